@@ -1,0 +1,7 @@
+"""`python -m dagent`."""
+
+import sys
+
+from dagent.cli import main
+
+sys.exit(main())

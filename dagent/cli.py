@@ -1,0 +1,242 @@
+"""Command line: argument parsing and exit codes only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dagent import __version__
+from dagent.errors import DagentError, InputError, PolicyError
+
+# The one place errors become exit codes; the first matching class wins.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (InputError, 2),
+    (PolicyError, 2),
+    (DagentError, 1),
+)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag that sets one configuration key."""
+
+    flags: tuple[str, ...]
+    key: str
+    kind: str  # str, int, float, true, false, never, list, kv
+    help: str
+    metavar: str | None = None
+
+
+# Every flag `start`, `config show` and `config validate` accept; seed flags keep their spelling.
+CONFIG_FLAGS: tuple[Flag, ...] = (
+    Flag(("--name", "-n"), "name", "str", "agent name"),
+    Flag(("--label", "-l"), "labels", "list", "agent label (repeat)", "LABEL"),
+    Flag(("--source",), "source", "str", "inbox or prefect"),
+    Flag(("--max-polls",), "max_polls", "int", "stop after N polls", "N"),
+    Flag(("--poll-interval",), "poll_interval", "float", "seconds between polls", "SECONDS"),
+    Flag(("--concurrency",), "concurrency", "int", "most runs in flight", "N"),
+    Flag(("--show-flow-logs",), "show_flow_logs", "true", "stream container output into the log"),
+    Flag(("--log-format",), "log_format", "str", "text or json"),
+    Flag(("--log-level",), "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
+    Flag(("--api-url",), "api.url", "str", "Prefect API URL", "URL"),
+    Flag(("--token", "-t"), "api.token", "str", "Prefect API key", "TOKEN"),
+    Flag(("--token-file",), "api.token_file", "str", "file holding the API key", "PATH"),
+    Flag(("--pool",), "api.work_pool", "str", "work pool name", "POOL"),
+    Flag(("--work-queue", "-q"), "api.work_queues", "list", "work queue (repeat)", "QUEUE"),
+    Flag(("--no-cloud-logs",), "api.send_agent_logs", "false", "do not send agent logs to the API"),
+    Flag(("--base-url",), "docker.base_url", "str", "Docker daemon URL", "URL"),
+    Flag(("--no-pull",), "docker.pull", "never", "never pull images"),
+    Flag(("--volume", "-v"), "docker.volumes", "list", "SRC:DST[:ro|rw] for every container (repeat)", "VOLUME"),
+    Flag(("--network",), "docker.network", "str", "Docker network for every container", "NETWORK"),
+    Flag(("--env", "-e"), "docker.env", "kv", "KEY=VALUE for every container (repeat)", "KEY=VALUE"),
+    Flag(("--agent-address",), "health.address", "str", "host:port for /health and /metrics", "HOST:PORT"),
+    Flag(("--inbox",), "inbox.path", "str", "inbox directory", "PATH"),
+)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", help="agent.toml to read (else $DAGENT_CONFIG, ./agent.toml)")
+    group = parser.add_argument_group("configuration (override environment and file)")
+    for flag in CONFIG_FLAGS:
+        common: dict[str, Any] = {"dest": flag.key, "default": argparse.SUPPRESS, "help": flag.help}
+        if flag.kind in ("true", "false", "never"):
+            const = {"true": True, "false": False, "never": "never"}[flag.kind]
+            group.add_argument(*flag.flags, action="store_const", const=const, **common)
+        elif flag.kind in ("list", "kv"):
+            group.add_argument(*flag.flags, action="append", metavar=flag.metavar, **common)
+        else:
+            group.add_argument(*flag.flags, metavar=flag.metavar or flag.key.split(".")[-1].upper(), **common)
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The nested config dict the given flags set (init kwargs, the highest source)."""
+    given = vars(args)
+    result: dict[str, Any] = {}
+    for flag in CONFIG_FLAGS:
+        if flag.key not in given:
+            continue
+        value = given[flag.key]
+        if flag.kind == "kv":
+            table = {}
+            for item in value:
+                key, sep, val = item.partition("=")
+                if not sep:
+                    raise InputError(f"command line: {flag.flags[0]} {item!r}: expected KEY=VALUE")
+                table[key] = val
+            value = table
+        node = result
+        *parents, last = flag.key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return result
+
+
+def _load(args: argparse.Namespace, config_file: str | None = None) -> Any:
+    from dagent.config import load_config
+
+    return load_config(cli_overrides(args), config_file or args.config)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    """Validate each file (or the default lookup) with env and flags applied as `start` would."""
+    files: list[str | None] = list(args.files) or [None]
+    errors: list[str] = []
+    for file in files:
+        try:
+            loaded = _load(args, file)
+        except InputError as e:
+            errors.extend(e.lines)
+            continue
+        print(f"{loaded.path or 'defaults and environment'}: ok")
+    if errors:
+        raise InputError(errors)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the effective configuration with each value's source; secrets masked."""
+    document = _load(args).show()
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    for key, source in document["sources"].items():
+        value: Any = document["config"]
+        for part in key.split("."):
+            value = value[part]
+        if value is None:
+            print(f"# {key} is unset  ({source})")
+        else:
+            print(f"{key} = {_toml_value(value)}  # {source}")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    """Print the JSON schema of agent.toml."""
+    from dagent.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Run the agent."""
+    _load(args)
+    print("dagent start: the agent loop is not implemented yet; the configuration is valid", file=sys.stderr)
+    return 1
+
+
+def _toml_value(value: Any) -> str:
+    """A JSON value as TOML, so `config show` output is itself a valid agent.toml."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_str(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _toml_str(text: str) -> str:
+    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+    out = []
+    for ch in text:
+        if ch in escapes:
+            out.append(escapes[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+# --- parser and main ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `dagent`."""
+    parser = argparse.ArgumentParser(prog="dagent", description="Run flow runs as Docker containers.")
+    parser.add_argument("--version", action="version", version=f"dagent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    start = commands.add_parser("start", help="run the agent until SIGINT/SIGTERM or max_polls")
+    _add_config_flags(start)
+    start.set_defaults(func=cmd_start)
+
+    config = commands.add_parser("config", help="validate, show or describe the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    validate = config_commands.add_parser("validate", help="would this agent start? exit 0 or 2")
+    validate.add_argument("files", nargs="*", metavar="FILE")
+    _add_config_flags(validate)
+    validate.set_defaults(func=cmd_config_validate)
+    show = config_commands.add_parser("show", help="effective configuration and where each value came from")
+    show.add_argument("--json", action="store_true", help='print {"config": ..., "sources": ...}')
+    _add_config_flags(show)
+    show.set_defaults(func=cmd_config_show)
+    schema = config_commands.add_parser("schema", help="print the JSON schema of agent.toml")
+    schema.set_defaults(func=cmd_config_schema)
+    return parser
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code for an error (EXIT_CODES)."""
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dagent` command."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="dagent: %(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except DagentError as e:
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"dagent: error: {line}", file=sys.stderr)
+        return exit_code(e)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (`dagent config show | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

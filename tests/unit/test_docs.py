@@ -1,0 +1,101 @@
+"""Generated documents are current, and every shipped config validates by the model and the schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from dagent import docs
+from dagent.config import load_config, tomllib
+from tests.conftest import REPO
+
+CONFIG_FILES = sorted([REPO / "config" / "agent.toml", *REPO.glob("examples/*/agent.toml")])
+
+
+def test_schema_is_current() -> None:
+    """schemas/agent.schema.json equals what the model generates (run `python -m dagent.docs`)."""
+    assert (REPO / "schemas" / "agent.schema.json").read_text() == docs.schema_text()
+
+
+def test_reference_toml_is_current() -> None:
+    """config/agent.toml equals what the model generates (run `python -m dagent.docs`)."""
+    assert (REPO / "config" / "agent.toml").read_text() == docs.reference_toml()
+
+
+def test_readme_reference_is_current() -> None:
+    """The README's configuration tables equal what the model generates (run `python -m dagent.docs`)."""
+    assert docs.reference_markdown() in (REPO / "README.md").read_text()
+
+
+def test_every_key_and_seed_argument_is_documented() -> None:
+    """Each key has a description; each seed DockerAgent argument maps to a real key."""
+    table = docs.reference_markdown()
+    for argument in ("name", "labels", "env_vars", "max_polls", "agent_address", "no_cloud_logs", "base_url"):
+        assert f"| `{argument}` |" in table
+    for argument in ("no_pull", "volumes", "show_flow_logs", "network", "docker_interface", "reg_allow_list", "token"):
+        assert f"| `{argument}` |" in table
+    assert "| None |" not in table
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_shipped_config_validates(path: Path) -> None:
+    """Reference and example files load with the model and validate against the JSON schema."""
+    load_config({}, path, environ={})
+    data = tomllib.loads(path.read_text())
+    jsonschema.validate(data, json.loads((REPO / "schemas" / "agent.schema.json").read_text()))
+    assert path.read_text().startswith("#:schema ")
+
+
+def test_schema_rejects_what_the_model_rejects() -> None:
+    """The schema catches unknown keys and bad enum values, as editors should."""
+    schema = json.loads((REPO / "schemas" / "agent.schema.json").read_text())
+    for bad in ({"nmae": "x"}, {"docker": {"pull": "sometimes"}}, {"concurrency": 0}, {"docker": {"foo": 1}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+def test_env_only_example_validates() -> None:
+    """examples/ci/dagent.env is a complete configuration by itself."""
+    environ = {}
+    for line in (REPO / "examples" / "ci" / "dagent.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            environ[key] = value
+    loaded = load_config({}, None, environ=environ)
+    assert loaded.path is None and loaded.config.source == "prefect" and loaded.config.docker.env == {"CI": "true"}
+
+
+@pytest.mark.skipif(shutil.which("npx") is None, reason="Node's npx is not installed; taplo needs it")
+def test_taplo_accepts_shipped_configs_and_rejects_a_bad_one(tmp_path: Path) -> None:
+    """taplo (what Even Better TOML uses) validates the files through their #:schema line."""
+    bad = REPO / "examples" / ".taplo-check-bad.toml"
+    bad.write_text('#:schema ../schemas/agent.schema.json\n[docker]\npull = "sometimes"\n')
+    try:
+        files = [str(p) for p in CONFIG_FILES]
+        env = {**os.environ, "npm_config_update_notifier": "false"}
+        ok = subprocess.run(
+            ["npx", "--yes", "@taplo/cli@0.7.0", "check", *files], env=env, capture_output=True, text=True
+        )
+        if ok.returncode != 0 and "schema" not in ok.stderr:
+            pytest.skip(f"taplo could not run here: {ok.stderr.strip().splitlines()[-1:]}")
+        assert ok.returncode == 0, ok.stderr
+        refused = subprocess.run(["npx", "--yes", "@taplo/cli@0.7.0", "check", str(bad)], env=env, capture_output=True)
+        assert refused.returncode != 0
+    finally:
+        bad.unlink()
+
+
+def test_docs_module_regenerates_in_a_copy(tmp_path: Path) -> None:
+    """`python -m dagent.docs DIR` writes the three documents."""
+    for sub in ("schemas", "config"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "README.md").write_text(f"x\n{docs.README_BEGIN}\n{docs.README_END}\n")
+    subprocess.run([sys.executable, "-m", "dagent.docs", str(tmp_path)], check=True, cwd=REPO)
+    assert (tmp_path / "config" / "agent.toml").read_text() == docs.reference_toml()
