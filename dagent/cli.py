@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagent import __version__
+from dagent.config import MASK
 from dagent.errors import DagentError, InputError, PolicyError
 
 # The one place errors become exit codes; the first matching class wins.
@@ -155,6 +156,82 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 1
 
 
+def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
+    from dagent.runs import load_run_file
+    from dagent.spec import build
+
+    config = _load(args).config
+    run = load_run_file(args.run_file)
+    return config, build(config, run)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the ContainerSpec and docker-py kwargs a run file becomes; touches nothing."""
+    _, spec = _plan(args)
+    kwargs = spec.to_docker_kwargs()
+    kwargs["environment"] = spec.model_dump(mode="json")["env"] | {k: MASK for k in spec.secret_env}
+    print(json.dumps({"spec": spec.model_dump(mode="json"), "docker_kwargs": kwargs}, indent=2, default=list))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Apply one run file now and exit with the container's exit code."""
+    from dagent.runtime import DockerRuntime
+
+    config, spec = _plan(args)
+    runtime = DockerRuntime(config)
+    runtime.verify()
+    show = args.logs or config.show_flow_logs
+    result = runtime.execute(spec, on_line=(lambda line: print(line, flush=True)) if show else None)
+    container = (result.container_id or "")[:12]
+    detail = f" ({result.error})" if result.error else ""
+    print(
+        f"run {result.run_id}: {result.outcome}, exit code {result.exit_code}, container {container}{detail}",
+        file=sys.stderr,
+    )
+    return result.exit_code if result.exit_code is not None else 1
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    """List this agent's containers."""
+    from dagent.runtime import DockerRuntime
+
+    config = _load(args).config
+    infos = DockerRuntime(config).managed(None if args.all else config.name)
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=2))
+        return 0
+    print(f"{'RUN ID':<28} {'CONTAINER':<13} {'IMAGE':<32} {'STATE':<10} {'EXIT':<5} CREATED")
+    for i in infos:
+        exit_code = "" if i.exit_code is None else str(i.exit_code)
+        print(f"{i.run_id:<28} {i.id[:12]:<13} {i.image:<32} {i.state:<10} {exit_code:<5} {i.created_at[:19]}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove this agent's finished containers older than --older-than."""
+    from dagent.runtime import DockerRuntime
+
+    config = _load(args).config
+    removed = list(DockerRuntime(config).gc(config.name, parse_duration(args.older_than)))
+    for info in removed:
+        print(f"removed {info.name} ({info.state}, exit code {info.exit_code})")
+    print(f"{len(removed)} container(s) removed", file=sys.stderr)
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `1h`, `2d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in units:
+            return float(value[:-1]) * units[value[-1]]
+        return float(value)
+    except ValueError:
+        raise InputError(f"command line: --older-than {text!r}: expected a duration such as 30m, 1h or 2d") from None
+
+
 def _toml_value(value: Any) -> str:
     """A JSON value as TOML, so `config show` output is itself a valid agent.toml."""
     if isinstance(value, bool):
@@ -208,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
     schema = config_commands.add_parser("schema", help="print the JSON schema of agent.toml")
     schema.set_defaults(func=cmd_config_schema)
+
+    plan = commands.add_parser("plan", help="print the ContainerSpec a run file becomes; touches nothing")
+    plan.add_argument("run_file", metavar="RUN.toml")
+    _add_config_flags(plan)
+    plan.set_defaults(func=cmd_plan)
+    run = commands.add_parser("run", help="apply one run file now; exit with the container's exit code")
+    run.add_argument("run_file", metavar="RUN.toml")
+    run.add_argument("--logs", action="store_true", help="stream the container's output (also show_flow_logs)")
+    _add_config_flags(run)
+    run.set_defaults(func=cmd_run)
+    ps = commands.add_parser("ps", help="list containers this agent manages")
+    ps.add_argument("--all", action="store_true", help="containers of every dagent agent, not only this one")
+    ps.add_argument("--json", action="store_true", help="print JSON")
+    _add_config_flags(ps)
+    ps.set_defaults(func=cmd_ps)
+    gc = commands.add_parser("gc", help="remove this agent's finished containers past retention")
+    gc.add_argument("--older-than", default="1h", metavar="AGE", help="finished at least this long ago (default 1h)")
+    _add_config_flags(gc)
+    gc.set_defaults(func=cmd_gc)
     return parser
 
 

@@ -39,14 +39,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dagent._compat import tomllib
 from dagent.errors import ConfigError
 from dagent.images import normalize_registry
 from dagent.units import parse_bytes
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 log = logging.getLogger("dagent.config")
 
@@ -296,6 +292,8 @@ class DockerConfig(_Section):
     """Which finished containers to keep for inspection (`dagent gc` removes them later)."""
     stop_grace: float = Field(default=10.0, ge=0)
     """Seconds between SIGTERM and SIGKILL when a run is stopped."""
+    run_timeout: float = Field(default=86400.0, gt=0)
+    """Seconds a run may take when it sets no `timeout`; past it the run is stopped as timed-out."""
     allowed_host_paths: Annotated[list[AbsPath], NoDecode, BeforeValidator(_list_from_text)] = []
     """Host directories under which a run may bind-mount; empty allows none."""
     allow_named_volumes: bool = False
@@ -308,6 +306,10 @@ class DockerConfig(_Section):
     """Capabilities runs may add with `cap_add`."""
     allowed_devices: StrList = []
     """Host devices runs may map with `devices`."""
+    allow_gpus: bool = False
+    """Let runs ask for GPUs with `gpus`."""
+    allow_ports: bool = False
+    """Let runs publish ports on the host with `ports`."""
     max_cpus: float | None = Field(default=None, gt=0)
     """Most CPUs one run may ask for; unset is no cap."""
     max_memory: Annotated[int, BeforeValidator(parse_bytes)] | None = None
@@ -701,7 +703,7 @@ def _error_lines(
     layers = list(_layers(cli, pending))
     for item in error.errors(include_url=False):
         loc = tuple(str(p) for p in item["loc"])
-        dotted = ".".join(p for p in loc if p != "[key]")
+        dotted, message = describe_error(item, AgentConfig)
         key_loc = tuple(p for p in loc if not p.isdigit() and p != "[key]")
         origin = "defaults"
         for name, layer in layers:
@@ -713,32 +715,35 @@ def _error_lines(
                     "toml": str(path),
                 }[name]
                 break
-        lines.append(f"{origin}: {dotted}: {_message(item, loc)}")
+        lines.append(f"{origin}: {dotted}: {message}")
     return lines
 
 
-def _message(item: Any, loc: tuple[str, ...]) -> str:
+def describe_error(item: Any, model: type[BaseModel]) -> tuple[str, str]:
+    """(dotted key path, message) for one pydantic error; secrets are never echoed."""
+    loc = tuple(str(p) for p in item["loc"])
+    dotted = ".".join(p for p in loc if p != "[key]")
     kind: str = item["type"]
     msg: str = item["msg"]
     if kind == "extra_forbidden":
-        model: type[BaseModel] = AgentConfig
+        node: type[BaseModel] = model
         for part in loc[:-1]:
-            annotation = model.model_fields[part].annotation if part in model.model_fields else None
-            if not _is_section(annotation):
+            annotation = node.model_fields[part].annotation if part in node.model_fields else None
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 break
-            model = annotation
-        hint = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
-        if not hint:  # maybe a key of another section, e.g. docker.concurrency
+            node = annotation
+        hint = difflib.get_close_matches(loc[-1], list(node.model_fields), n=1)
+        if not hint and model is AgentConfig:  # maybe a key of another section, e.g. docker.concurrency
             by_name = {k.rsplit(".", 1)[-1]: k for k in leaf_keys()}
             hint = [by_name[m] for m in difflib.get_close_matches(loc[-1], list(by_name), n=1)]
-        return "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        return dotted, "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
     msg = msg.removeprefix("Value error, ")
     secret = any(s in p for p in loc for s in _SECRET_PARTS)
     value = item.get("input")
     if not secret and kind not in ("value_error", "assertion_error") and not isinstance(value, (dict, list)):
         shown = repr(value)
         msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
-    return msg
+    return dotted, msg
 
 
 def json_schema() -> dict[str, Any]:

@@ -28,8 +28,8 @@ class RunFileError(InputError):
     """A run file is invalid."""
 
 
-class PolicyError(DagentError):
-    """A run asks for something the agent's policy does not allow."""
+class PolicyError(InputError):
+    """A run asks for something the agent's policy does not allow; one line per refusal."""
 
 
 class SourceError(DagentError):

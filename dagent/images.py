@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 DOCKER_HUB = "docker.io"
 # Docker Hub answers to several names; one canonical name keeps allow-lists honest.
@@ -24,3 +25,58 @@ def normalize_registry(name: str) -> str:
     if port is not None and not 0 < int(port) < 65536:
         raise ValueError(f"registry {name!r} has port {port} out of range")
     return DOCKER_HUB if value in _HUB_ALIASES else value
+
+
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """A parsed image reference: registry (canonical), repository path, tag and digest."""
+
+    registry: str
+    path: str
+    tag: str | None
+    digest: str | None
+    explicit_registry: bool
+
+    @property
+    def repository(self) -> str:
+        """What `docker pull` takes before the tag: registry-qualified unless it is Docker Hub."""
+        return (
+            self.path if self.registry == DOCKER_HUB and not self.explicit_registry else f"{self.registry}/{self.path}"
+        )
+
+
+def parse_image(reference: str) -> ImageRef:
+    """Parse an image reference as Docker does, or raise ValueError.
+
+    The first path component is a registry only if it holds `.` or `:` or is `localhost`;
+    otherwise the image is on Docker Hub. So `registry.example.com.evil.net/x` is on
+    `registry.example.com.evil.net` and `evil.net/registry.example.com/x` on `evil.net`.
+    """
+    if not reference or reference != reference.strip() or len(reference) > 512:
+        raise ValueError(f"image {reference!r} is not a valid reference")
+    rest, digest = reference, None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        if not _DIGEST_RE.match(digest):
+            raise ValueError(f"image {reference!r} has an invalid digest")
+    tag = None
+    last_slash = rest.rfind("/")
+    if ":" in rest[last_slash + 1 :]:
+        rest, tag = rest.rsplit(":", 1)
+        if not _TAG_RE.match(tag):
+            raise ValueError(f"image {reference!r} has an invalid tag")
+    first, sep, remainder = rest.partition("/")
+    explicit = bool(sep) and ("." in first or ":" in first or first == "localhost")
+    if explicit:
+        registry, path = normalize_registry(first), remainder
+    else:
+        registry, path = DOCKER_HUB, rest
+    if not _PATH_RE.match(path):
+        raise ValueError(f"image {reference!r}: repository {path!r} is not a valid name")
+    return ImageRef(registry=registry, path=path, tag=tag, digest=digest, explicit_registry=explicit)

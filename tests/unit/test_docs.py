@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 
 from dagent import docs
-from dagent.config import load_config, tomllib
+from dagent._compat import tomllib
+from dagent.config import load_config
 from tests.conftest import REPO
 
 CONFIG_FILES = sorted([REPO / "config" / "agent.toml", *REPO.glob("examples/*/agent.toml")])

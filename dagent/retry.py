@@ -1,0 +1,66 @@
+"""Retries of transient faults, built once from the `retry` settings (tenacity)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from dagent.config import RetryConfig
+
+log = logging.getLogger("dagent.retry")
+
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    """Switch retries off (one try) or back on; for tests that want to see the first failure."""
+    global _enabled
+    _enabled = enabled
+
+
+def _wait(settings: RetryConfig) -> Callable[[RetryCallState], float]:
+    backoff = wait_exponential_jitter(initial=settings.backoff_initial, max=settings.backoff_max)
+
+    def wait(state: RetryCallState) -> float:
+        # A server that says when to come back (429/503 Retry-After) is believed, within backoff_max.
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, (int, float)) and retry_after >= 0:
+            return float(min(retry_after, settings.backoff_max))
+        return float(backoff(state))
+
+    return wait
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s failed (%s); try %d in %.1fs", what, _short(error), state.attempt_number + 1, delay)
+
+    return before_sleep
+
+
+def _short(error: BaseException | None) -> str:
+    text = str(error).splitlines()[0] if error and str(error) else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def retrying(settings: RetryConfig, is_transient: Callable[[BaseException], bool], what: str) -> Retrying:
+    """A tenacity Retrying that retries only what `is_transient` accepts, then re-raises the real error."""
+    attempts = settings.attempts if _enabled else 1
+    return Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=_wait(settings),
+        retry=retry_if_exception(is_transient),
+        before_sleep=_log_retry(what),
+        reraise=True,
+    )
+
+
+def call(settings: RetryConfig, is_transient: Callable[[BaseException], bool], what: str, fn: Callable[[], Any]) -> Any:
+    """Call fn with retries of transient faults."""
+    return retrying(settings, is_transient, what)(fn)

@@ -1,0 +1,400 @@
+"""The Docker daemon: the only module that calls it (docker-py, with tenacity retries on transient faults)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import requests
+
+from dagent import retry
+from dagent.config import AgentConfig
+from dagent.errors import DaemonError
+from dagent.images import parse_image
+from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+log = logging.getLogger("dagent.runtime")
+
+Outcome = Literal["succeeded", "failed", "timed-out", "cancelled", "crashed"]
+
+# docker.errors classes that are never worth a retry. APIError (and its NotFound, ImageNotFound
+# subclasses) is judged by HTTP status instead; a test fails when a docker.errors class is in neither.
+PERMANENT_DOCKER_ERRORS = frozenset(
+    {
+        "BuildError",
+        "ContainerError",
+        "ContextAlreadyExists",
+        "ContextException",
+        "ContextNotFound",
+        "DeprecatedMethod",
+        "ImageLoadError",
+        "InvalidArgument",
+        "InvalidConfigFile",
+        "InvalidRepository",
+        "InvalidVersion",
+        "MissingContextParameter",
+        "NullResource",
+        "StreamParseError",
+        "TLSParameterError",
+    }
+)
+STATUS_JUDGED_DOCKER_ERRORS = frozenset({"APIError", "NotFound", "ImageNotFound"})
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Waits are cut into slices so a long run costs one idle request per slice, and a daemon hiccup
+# mid-wait costs at most one slice.
+WAIT_SLICE = 30.0
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for faults worth retrying: connection errors, timeouts, 408/429/5xx from the daemon."""
+    import docker.errors
+
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    if isinstance(error, docker.errors.APIError):
+        return error.status_code in TRANSIENT_STATUS
+    if isinstance(error, docker.errors.DockerException):
+        # docker-py wraps "cannot connect" at client creation in a bare DockerException.
+        cause = error.__cause__ or error.__context__
+        return isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+    return False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How one run ended."""
+
+    run_id: str
+    outcome: Outcome
+    exit_code: int | None
+    container_id: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container this agent manages, as `dagent ps` shows it."""
+
+    id: str
+    name: str
+    run_id: str
+    image: str
+    state: str
+    exit_code: int | None
+    created_at: str
+    finished_at: str | None
+    labels: dict[str, str]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class DockerRuntime:
+    """Creates, starts, watches and removes run containers on one daemon."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.base_url = config.docker.base_url
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run one daemon operation with retries; translate what is left into DaemonError."""
+        import docker.errors
+
+        try:
+            return retry.call(self.config.retry, is_transient, what, fn)
+        except DaemonError:
+            raise
+        except docker.errors.APIError as e:
+            raise DaemonError(f"docker: {what}: {_explain(e)}") from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise DaemonError(
+                f"docker: {what}: cannot reach the daemon at {self.base_url} (docker.base_url): {_reason(e)}"
+            ) from e
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The docker-py client, created on first use with the daemon's API version."""
+        with self._lock:
+            if self._client is None:
+                import docker
+
+                self._client = self._call(
+                    "connect",
+                    lambda: docker.DockerClient(base_url=self.base_url, version="auto", timeout=60),
+                )
+            return self._client
+
+    def verify(self) -> dict[str, Any]:
+        """Check the daemon answers (ping, version); DaemonError naming docker.base_url if not."""
+        client = self.client
+        self._call("ping", client.ping)
+        version: dict[str, Any] = self._call("version", client.version)
+        return version
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        if self._client is not None:
+            self._client.close()
+
+    # --- images ----------------------------------------------------------------------------------
+
+    def ensure_image(self, spec: ContainerSpec) -> None:
+        """Make the image present as the pull policy says; a pull blocks, logging its progress."""
+        import docker.errors
+
+        present = True
+        if spec.pull != "always":
+            try:
+                self._call(f"inspect image {spec.image}", lambda: self.client.images.get(spec.image))
+            except DaemonError as e:
+                if not isinstance(e.__cause__, docker.errors.ImageNotFound):
+                    raise
+                present = False
+        if spec.pull == "always" or (spec.pull == "if-not-present" and not present):
+            self.pull(spec.image)
+        elif not present:
+            reason = "docker.pull is never" if self.config.docker.pull == "never" else "its registry is not allowed"
+            raise DaemonError(f"image {spec.image} is not present and is not pulled ({reason})")
+
+    def pull(self, image: str) -> float:
+        """Pull an image, logging progress; returns seconds taken."""
+        ref = parse_image(image)
+        if ref.digest:
+            repository, tag = f"{ref.repository}@{ref.digest}", None
+        else:
+            repository, tag = ref.repository, ref.tag or "latest"
+        auth = self._auth_for(ref.registry)
+        started = time.monotonic()
+        log.info("pulling %s", image)
+
+        def pull_once() -> None:
+            last = 0.0
+            for event in self.client.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+                if "error" in event:
+                    raise DaemonError(f"docker: pull {image}: {event['error']}")
+                now = time.monotonic()
+                if now - last >= 2.0 or "Digest" in str(event.get("status", "")):
+                    last = now
+                    log.info("pull %s: %s %s", image, event.get("status", ""), event.get("progress", ""))
+
+        self._call(f"pull {image}", pull_once)
+        took = time.monotonic() - started
+        log.info("pulled %s in %.1fs", image, took)
+        return took
+
+    def _auth_for(self, registry: str) -> dict[str, str] | None:
+        # None lets docker-py use ~/.docker/config.json, as the docker CLI would.
+        for entry in self.config.docker.registry_auth:
+            if entry.registry == registry:
+                if entry.password is not None:
+                    password = entry.password.get_secret_value()
+                else:
+                    assert entry.password_file is not None
+                    try:
+                        password = entry.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+                    except OSError as e:
+                        raise DaemonError(
+                            f"docker.registry_auth: cannot read {entry.password_file}: {e.strerror}"
+                        ) from None
+                return {"username": entry.username, "password": password}
+        return None
+
+    # --- containers ------------------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> tuple[Container, bool]:
+        """Create the run's container, or adopt the one that already exists; (container, adopted)."""
+        import docker.errors
+
+        kwargs = spec.to_docker_kwargs()
+
+        def create_or_adopt() -> tuple[Container, bool]:
+            try:
+                return self.client.containers.create(**kwargs), False
+            except docker.errors.APIError as e:
+                if e.status_code != 409:
+                    raise
+            existing = self.client.containers.get(spec.name)
+            if existing.labels.get(LABEL_RUN_ID) != spec.run_id:
+                raise DaemonError(
+                    f"docker: container {spec.name} exists and is not run {spec.run_id}'s; not touching it"
+                )
+            return existing, True
+
+        container, adopted = self._call(f"create {spec.name}", create_or_adopt)
+        if adopted:
+            log.info("run %s: adopted existing container %s", spec.run_id, container.short_id)
+        return container, adopted
+
+    def start(self, container: Container) -> None:
+        """Start a created container (no-op for one already running or finished)."""
+        self._call(f"inspect {container.name}", container.reload)
+        if container.status == "created":
+            self._call(f"start {container.name}", container.start)
+
+    def wait(self, container: Container, deadline: float, cancelled: Callable[[], bool] = lambda: False) -> int | None:
+        """Wait for the container to exit: its exit code, or None when the deadline (monotonic) passed."""
+        import docker.errors
+
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or cancelled():
+                return None
+            try:
+                status = container.wait(timeout=min(remaining, WAIT_SLICE))
+                return int(status.get("StatusCode", -1))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
+                # A read timeout is the slice ending; a connection error is a daemon hiccup. Either
+                # way the container's own state says what happened.
+                if not isinstance(e, requests.exceptions.ReadTimeout) and "timed out" not in str(e).lower():
+                    log.warning("wait %s: %s; checking again", container.name, _reason(e))
+                    time.sleep(min(1.0, max(remaining, 0)))
+            except docker.errors.NotFound:
+                raise DaemonError(f"docker: container {container.name} disappeared while running") from None
+
+    def stop(self, container: Container, grace: float) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds."""
+        import docker.errors
+
+        try:
+            self._call(f"stop {container.name}", lambda: container.stop(timeout=round(grace)))
+        except DaemonError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
+
+    def remove(self, container: Container) -> None:
+        """Remove a finished container (gone already is fine)."""
+        import docker.errors
+
+        try:
+            self._call(f"remove {container.name}", lambda: container.remove(force=True))
+        except DaemonError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
+
+    def stream_logs(self, container: Container, on_line: Callable[[str], None]) -> threading.Thread:
+        """Follow the container's output in a daemon thread, one call per line."""
+
+        def follow() -> None:
+            try:
+                buffer = b""
+                for chunk in container.logs(stream=True, follow=True):
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        on_line(line.decode("utf-8", "replace"))
+                if buffer:
+                    on_line(buffer.decode("utf-8", "replace"))
+            except Exception as e:  # a log stream must never take the run down with it
+                log.debug("log stream of %s ended: %s", container.name, e)
+
+        thread = threading.Thread(target=follow, name=f"logs-{container.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def execute(
+        self,
+        spec: ContainerSpec,
+        on_line: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> RunResult:
+        """Run a spec to its end: image, create (or adopt), start, wait with deadline, clean up."""
+        started_at = _now()
+        self.ensure_image(spec)
+        container, _ = self.create(spec)
+        self.start(container)
+        deadline = time.monotonic() + spec.timeout
+        logs = self.stream_logs(container, on_line) if on_line else None
+        exit_code = self.wait(container, deadline, cancelled)
+        outcome: Outcome
+        if exit_code is None:
+            outcome = "cancelled" if cancelled() else "timed-out"
+            log.warning("run %s: %s; stopping %s", spec.run_id, outcome, container.name)
+            self.stop(container, spec.stop_grace)
+            exit_code = self.wait(container, time.monotonic() + spec.stop_grace + 30)
+        else:
+            outcome = "succeeded" if exit_code == 0 else "failed"
+        if logs is not None:
+            logs.join(timeout=5)
+        finished_at = _now()
+        if spec.keep == "never" or (spec.keep == "on-failure" and outcome == "succeeded"):
+            self.remove(container)
+        error = f"timed out after {spec.timeout:g}s" if outcome == "timed-out" else None
+        return RunResult(spec.run_id, outcome, exit_code, container.id, started_at, finished_at, error)
+
+    # --- listing and clean-up --------------------------------------------------------------------
+
+    def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]:
+        """Containers labelled by dagent (this agent's when `agent` is given)."""
+        filters = [f"{LABEL_AGENT}={agent}" if agent else LABEL_AGENT]
+        if run_id:
+            filters.append(f"{LABEL_RUN_ID}={run_id}")
+        raw = self._call("list containers", lambda: self.client.api.containers(all=True, filters={"label": filters}))
+        infos = []
+        for item in raw:
+            detail = self._call("inspect container", partial(self.client.api.inspect_container, item["Id"]))
+            state = detail.get("State", {})
+            finished = state.get("FinishedAt")
+            infos.append(
+                ContainerInfo(
+                    id=item["Id"],
+                    name=item["Names"][0].lstrip("/") if item.get("Names") else item["Id"][:12],
+                    run_id=item.get("Labels", {}).get(LABEL_RUN_ID, ""),
+                    image=item.get("Image", ""),
+                    state=state.get("Status", item.get("State", "")),
+                    exit_code=state.get("ExitCode") if state.get("Status") == "exited" else None,
+                    created_at=detail.get("Created", ""),
+                    finished_at=None if not finished or finished.startswith("0001-") else finished,
+                    labels=item.get("Labels", {}),
+                )
+            )
+        return infos
+
+    def gc(self, agent: str, older_than: float) -> Iterator[ContainerInfo]:
+        """Remove this agent's finished containers that finished more than `older_than` seconds ago."""
+        now = datetime.now(timezone.utc)
+        for info in self.managed(agent):
+            if info.state not in ("exited", "dead"):
+                continue
+            finished = _parse_time(info.finished_at) if info.finished_at else now
+            if (now - finished).total_seconds() >= older_than:
+                self._call(f"remove {info.name}", partial(self.client.api.remove_container, info.id, force=True))
+                yield info
+
+
+def _parse_time(value: str) -> datetime:
+    # Docker gives nanoseconds and a Z; Python wants at most microseconds and an offset.
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def _explain(error: Any) -> str:
+    explanation = getattr(error, "explanation", None) or str(error)
+    status = getattr(error, "status_code", None)
+    text = str(explanation).splitlines()[0] if explanation else type(error).__name__
+    return f"{text} (HTTP {status})" if status else text
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error)
+    for marker in ("Connection refused", "No such file or directory", "Name or service not known", "timed out"):
+        if marker in text:
+            return marker.lower()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 160 else first[:157] + "..."

@@ -1,0 +1,193 @@
+"""RunRequest + configuration → ContainerSpec: pure, total, and the only home of docker-py's argument names."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr
+
+from dagent import policy
+from dagent.config import AgentConfig, Mount
+from dagent.runs import PORT_RE, RunRequest
+
+CONTAINER_PREFIX = "dagent-"
+LABEL_AGENT = "dagent.agent"
+LABEL_RUN_ID = "dagent.run-id"
+LABEL_SOURCE = "dagent.source"
+LABEL_KEEP = "dagent.keep"
+ENV_RUN_ID = "DAGENT_RUN_ID"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What the source of a run adds that the run itself may not change.
+
+    `env` and `labels` win over the run's and the agent's (e.g. PREFECT__FLOW_RUN_ID), and
+    `secret_env` carries values that must reach the container but never a log or `plan`.
+    """
+
+    source: str = "inbox"
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, SecretStr] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def container_name(run_id: str) -> str:
+    """The deterministic container name of a run."""
+    return CONTAINER_PREFIX + run_id
+
+
+MountStr = Annotated[Mount, PlainSerializer(str, return_type=str)]
+
+
+class ContainerSpec(BaseModel):
+    """Everything needed to create one run's container, decided before touching the daemon."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    name: str
+    image: str
+    pull: Literal["if-not-present", "always", "never"]
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: dict[str, str] = {}
+    secret_env: dict[str, SecretStr] = {}
+    labels: dict[str, str] = {}
+    mounts: tuple[MountStr, ...] = ()
+    network: str | None = None
+    network_mode: str | None = None
+    extra_hosts: dict[str, str] = {}
+    cpus: float | None = None
+    memory: int | None = None
+    shm_size: int | None = None
+    gpus: Literal["all"] | int | None = None
+    devices: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    privileged: bool = False
+    pid_mode: str | None = None
+    ipc_mode: str | None = None
+    working_dir: str | None = None
+    user: str | None = None
+    timeout: float
+    stop_grace: float
+    keep: Literal["never", "on-failure", "always"]
+
+    def to_docker_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for docker-py's `containers.create` (the one place its names appear)."""
+        env = {**self.env, **{k: v.get_secret_value() for k, v in self.secret_env.items()}}
+        kwargs: dict[str, Any] = {
+            "image": self.image,
+            "name": self.name,
+            "detach": True,
+            "environment": env,
+            "labels": dict(self.labels),
+            "privileged": self.privileged,
+        }
+        optional: dict[str, Any] = {
+            "command": list(self.command) if self.command is not None else None,
+            "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
+            "volumes": [str(m) for m in self.mounts] or None,
+            "network": self.network,
+            "network_mode": self.network_mode,
+            "extra_hosts": dict(self.extra_hosts) or None,
+            "nano_cpus": round(self.cpus * 1e9) if self.cpus is not None else None,
+            "mem_limit": self.memory,
+            "shm_size": self.shm_size,
+            "device_requests": _device_requests(self.gpus),
+            "devices": [_device(d) for d in self.devices] or None,
+            "ports": _ports(self.ports) or None,
+            "cap_add": list(self.cap_add) or None,
+            "pid_mode": self.pid_mode,
+            "ipc_mode": self.ipc_mode,
+            "working_dir": self.working_dir,
+            "user": self.user,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        return kwargs
+
+
+def _device_requests(gpus: Literal["all"] | int | None) -> list[dict[str, Any]] | None:
+    if gpus is None:
+        return None
+    return [{"count": -1 if gpus == "all" else gpus, "capabilities": [["gpu"]]}]
+
+
+def _device(spec: str) -> str:
+    parts = spec.split(":")
+    host = parts[0]
+    target = parts[1] if len(parts) > 1 else host
+    perms = parts[2] if len(parts) > 2 else "rwm"
+    return f"{host}:{target}:{perms}"
+
+
+def _ports(specs: tuple[str, ...]) -> dict[str, Any]:
+    ports: dict[str, Any] = {}
+    for spec in specs:
+        match = PORT_RE.match(spec)
+        assert match, spec  # validated when the run was loaded
+        key = f"{match['ctr']}/{match['proto'] or 'tcp'}"
+        host = int(match["host"]) if match["host"] else None
+        ports[key] = (match["ip"].strip("[]"), host) if match["ip"] else host
+    return ports
+
+
+def build(
+    config: AgentConfig, run: RunRequest, origin: Origin | None = None, platform: str = sys.platform
+) -> ContainerSpec:
+    """The ContainerSpec for a run, or PolicyError naming every rule it breaks."""
+    origin = origin or Origin()
+    docker = config.docker
+    policy.check(docker, run)
+    network = run.network or docker.network
+    network_mode = network if network and (network == "host" or network.startswith("container:")) else None
+    env = {**docker.env, **run.env, ENV_RUN_ID: run.id, **origin.env}
+    secret_env = {k: v for k, v in origin.secret_env.items() if k not in origin.env}
+    for name in secret_env:
+        env.pop(name, None)
+    labels = {
+        **docker.labels,
+        **origin.labels,
+        LABEL_AGENT: config.name,
+        LABEL_RUN_ID: run.id,
+        LABEL_SOURCE: origin.source,
+        LABEL_KEEP: docker.keep_containers,
+    }
+    # host.docker.internal exists on Docker Desktop; on Linux it needs the host-gateway mapping.
+    interface = docker.docker_interface and platform.startswith("linux") and network_mode is None
+    pull = docker.pull if policy.image_may_be_pulled(docker, run.image) else "never"
+    return ContainerSpec(
+        run_id=run.id,
+        name=container_name(run.id),
+        image=run.image,
+        pull=pull,
+        command=run.command,
+        entrypoint=run.entrypoint,
+        env=env,
+        secret_env=secret_env,
+        labels=labels,
+        mounts=(*docker.volumes, *run.volumes),
+        network=None if network_mode else network,
+        network_mode=network_mode,
+        extra_hosts={"host.docker.internal": "host-gateway"} if interface else {},
+        # An agent maximum is also the limit of a run that asks for nothing: no run is unbounded.
+        cpus=run.cpus if run.cpus is not None else docker.max_cpus,
+        memory=run.memory if run.memory is not None else docker.max_memory,
+        shm_size=run.shm_size,
+        gpus=run.gpus,
+        devices=run.devices,
+        ports=run.ports,
+        cap_add=tuple(c.upper().removeprefix("CAP_") for c in run.cap_add),
+        privileged=run.privileged,
+        pid_mode=run.pid,
+        ipc_mode=run.ipc,
+        working_dir=run.working_dir,
+        user=run.user,
+        timeout=run.timeout if run.timeout is not None else docker.run_timeout,
+        stop_grace=docker.stop_grace,
+        keep=docker.keep_containers,
+    )
