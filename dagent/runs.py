@@ -77,7 +77,7 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     id: Annotated[str, AfterValidator(_check_run_id)]
-    """Run id; the container is named dagent-<id>. Defaults to the run file's name."""
+    """Run id; the container is named `dagent-<id>`. Defaults to the run file's name."""
     image: Annotated[str, AfterValidator(_check_image)]
     """Image reference, e.g. local/busybox:latest or 127.0.0.1:5000/flows/etl:1."""
     command: Command | None = None

@@ -50,6 +50,7 @@ PERMANENT_DOCKER_ERRORS = frozenset(
 )
 STATUS_JUDGED_DOCKER_ERRORS = frozenset({"APIError", "NotFound", "ImageNotFound"})
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+PERMANENT_MARKERS = ("no basic auth credentials", "unauthorized", "denied", "manifest unknown", "not found")
 # Waits are cut into slices so a long run costs one idle request per slice, and a daemon hiccup
 # mid-wait costs at most one slice.
 WAIT_SLICE = 30.0
@@ -62,6 +63,10 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return True
     if isinstance(error, docker.errors.APIError):
+        # Older daemons wrap a registry's "no such image" and "unauthorized" in a 500.
+        explanation = str(error.explanation or "").lower()
+        if any(marker in explanation for marker in PERMANENT_MARKERS):
+            return False
         return error.status_code in TRANSIENT_STATUS
     if isinstance(error, docker.errors.DockerException):
         # docker-py wraps "cannot connect" at client creation in a bare DockerException.

@@ -33,6 +33,7 @@ def test_reference_toml_is_current() -> None:
 def test_readme_reference_is_current() -> None:
     """The README's configuration tables equal what the model generates (run `python -m dagent.docs`)."""
     assert docs.reference_markdown() in (REPO / "README.md").read_text()
+    assert docs.run_fields_markdown() in (REPO / "README.md").read_text()
 
 
 def test_every_key_and_seed_argument_is_documented() -> None:

@@ -1,0 +1,227 @@
+"""Real components for integration tests: the Docker engine, local images, a registry, fault proxies.
+
+Everything binds 127.0.0.1 and every helper stops what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat", "env", "true", "false", "ls", "id", "printf", "kill", "wc", "grep")
+
+
+class Unavailable(Exception):
+    """A real component cannot run on this machine; the reason is the message."""
+
+
+def _run(*cmd: str, check: bool = True, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def apt_install(*packages: str) -> None:
+    """Install Debian packages (root only); Unavailable if that cannot work here."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise Unavailable(f"need {' '.join(packages)}: not root or no apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    result = subprocess.run(["apt-get", "install", "-y", "-qq", *packages], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+        result = subprocess.run(["apt-get", "install", "-y", "-qq", *packages], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise Unavailable(f"apt-get install {' '.join(packages)} failed: {result.stderr.strip()[-300:]}")
+
+
+def docker_answers() -> bool:
+    """True when `docker info` succeeds."""
+    return shutil.which("docker") is not None and _run("docker", "info", check=False, timeout=30).returncode == 0
+
+
+@contextlib.contextmanager
+def docker_engine() -> Iterator[None]:
+    """A running Docker engine: the one already there, or dockerd started (and stopped) here."""
+    if docker_answers():
+        yield
+        return
+    if shutil.which("dockerd") is None:
+        apt_install("docker.io")
+    if docker_answers():  # the package may start its own service
+        yield
+        return
+    log = tempfile.NamedTemporaryFile(prefix="dockerd-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not docker_answers():
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = Path(log.name).read_text(errors="replace")[-500:]
+                raise Unavailable(f"dockerd did not start: {tail}")
+            time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def busybox_image() -> str:
+    """A tiny image made with `docker import` from Debian's busybox-static, cached by content hash."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        apt_install("busybox-static")
+        busybox = shutil.which("busybox") or "/bin/busybox"
+    digest = hashlib.sha256(Path(busybox).read_bytes()).hexdigest()[:12]
+    tag = f"dagent-test/busybox:{digest}"
+    if _run("docker", "image", "inspect", tag, check=False).returncode != 0:
+        with tempfile.TemporaryDirectory() as root:
+            (Path(root) / "bin").mkdir()
+            (Path(root) / "tmp").mkdir()
+            shutil.copy2(busybox, Path(root) / "bin" / "busybox")
+            for applet in BUSYBOX_APPLETS:
+                os.symlink("busybox", Path(root) / "bin" / applet)
+            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+            _run("docker", "import", "--change", "ENV PATH=/bin", "-", tag, stdin=tar.stdout)
+            tar.wait()
+    return tag
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    """Debian's docker-registry on 127.0.0.1, storing under a temp dir; its log records every request."""
+
+    def __init__(self, root: Path, credentials: tuple[str, str] | None = None) -> None:
+        if shutil.which("docker-registry") is None:
+            apt_install("docker-registry")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = root / "registry.log"
+        self.credentials = credentials
+        # The docker CLI keeps its login here, not in the user's ~/.docker.
+        self.docker_config = root / "docker-config"
+        self.docker_config.mkdir()
+        auth = ""
+        if credentials:
+            import bcrypt
+
+            user, password = credentials
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+            (root / "htpasswd").write_text(f"{user}:{hashed}\n")
+            auth = f"auth:\n  htpasswd:\n    realm: dagent-test\n    path: {root / 'htpasswd'}\n"
+        config = root / "registry.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.address}\n{auth}"
+        )
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                break
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise Unavailable(f"docker-registry did not start: {self.log_path.read_text()[-500:]}")
+            time.sleep(0.2)
+
+    def push(self, local: str, name: str) -> str:
+        """Tag a local image into this registry and push it; returns the registry reference."""
+        remote = f"{self.address}/{name}"
+        cli = ("docker", "--config", str(self.docker_config))
+        if self.credentials:
+            user, password = self.credentials
+            _run(*cli, "login", "-u", user, "--password-stdin", self.address, input=password)
+        _run(*cli, "tag", local, remote)
+        _run(*cli, "push", remote)
+        return remote
+
+    def manifest_gets(self, name: str) -> int:
+        """How many times a client asked for a manifest of `name` (GET, or HEAD when it has the image)."""
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace")
+        return sum(text.count(f"{method} /v2/{name}/manifests/") for method in ("GET", "HEAD"))
+
+    def stop(self) -> None:
+        """Stop the registry."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self._log.close()
+
+
+class FaultProxy:
+    """A TCP listener on 127.0.0.1 that forwards to a unix socket, dropping the first `drop` connections."""
+
+    def __init__(self, target: str = DOCKER_SOCKET, drop: int = 0) -> None:
+        self.target = target
+        self.drop = drop
+        self.dropped = 0
+        self.forwarded = 0
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.port = int(self._server.getsockname()[1])
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self.dropped < self.drop:
+                self.dropped += 1
+                client.close()
+                continue
+            self.forwarded += 1
+            threading.Thread(target=self._pipe_pair, args=(client,), daemon=True).start()
+
+    def _pipe_pair(self, client: socket.socket) -> None:
+        upstream = socket.socket(socket.AF_UNIX)
+        try:
+            upstream.connect(self.target)
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+        _pipe(client, upstream)
+
+    def stop(self) -> None:
+        """Stop accepting; open pipes end with their peers."""
+        self._stopped.set()
+        self._server.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
