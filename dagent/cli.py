@@ -13,7 +13,7 @@ from typing import Any
 
 from dagent import __version__
 from dagent.config import MASK
-from dagent.errors import DagentError, InputError, PolicyError
+from dagent.errors import ConfigError, DagentError, InputError, PolicyError, SourceError
 
 # The one place errors become exit codes; the first matching class wins.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -150,10 +150,49 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    """Run the agent."""
-    _load(args)
-    print("dagent start: the agent loop is not implemented yet; the configuration is valid", file=sys.stderr)
-    return 1
+    """Run the agent until SIGINT/SIGTERM or max_polls."""
+    import signal
+
+    from dagent import logs
+    from dagent.agent import Agent
+    from dagent.health import HealthServer, Metrics
+    from dagent.runtime import DockerRuntime
+
+    config = _load(args).config
+    logs.setup(config.log_format, config.log_level)
+    runtime = DockerRuntime(config)
+    agent = Agent(config, make_source(config), runtime, Metrics())
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("dagent").info("received %s", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    health = None
+    if config.health.address:
+        try:
+            health = HealthServer(config.health.address, agent.health, agent.metrics)
+        except OSError as e:
+            raise ConfigError(f"health.address {config.health.address}: cannot listen: {e.strerror}") from None
+        health.start()
+    try:
+        agent.run()
+    finally:
+        if health is not None:
+            health.stop()
+        agent.source.close()
+        runtime.close()
+    return 0
+
+
+def make_source(config: Any) -> Any:
+    """The Source the configuration names."""
+    if config.source == "inbox":
+        from dagent.sources.inbox import InboxSource
+
+        return InboxSource(config)
+    raise SourceError(f"source {config.source!r} is not implemented yet")
 
 
 def _plan(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -732,10 +732,10 @@ def describe_error(item: Any, model: type[BaseModel]) -> tuple[str, str]:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 break
             node = annotation
-        hint = difflib.get_close_matches(loc[-1], list(node.model_fields), n=1)
+        hint = difflib.get_close_matches(loc[-1], list(node.model_fields), n=1, cutoff=0.7)
         if not hint and model is AgentConfig:  # maybe a key of another section, e.g. docker.concurrency
             by_name = {k.rsplit(".", 1)[-1]: k for k in leaf_keys()}
-            hint = [by_name[m] for m in difflib.get_close_matches(loc[-1], list(by_name), n=1)]
+            hint = [by_name[m] for m in difflib.get_close_matches(loc[-1], list(by_name), n=1, cutoff=0.7)]
         return dotted, "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
     msg = msg.removeprefix("Value error, ")
     secret = any(s in p for p in loc for s in _SECRET_PARTS)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -103,7 +104,25 @@ class ContainerInfo:
     labels: dict[str, str]
 
 
-def _now() -> str:
+@dataclass
+class RunHandle:
+    """Lets the agent cancel a run in flight: set `cancel`, then stop `container`."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    container: Container | None = None
+
+
+def should_remove(keep: str, outcome: str) -> bool:
+    """Whether keep_containers removes a container that ended with this outcome."""
+    return keep == "never" or (keep == "on-failure" and outcome == "succeeded")
+
+
+def _container_time(container: Container, key: str) -> str | None:
+    value = (container.attrs or {}).get("State", {}).get(key)
+    return None if not value or value.startswith("0001-") else _parse_time(value).isoformat(timespec="milliseconds")
+
+
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -114,6 +133,7 @@ class DockerRuntime:
         self.config = config
         self.base_url = config.docker.base_url
         self._client: docker.DockerClient | None = None
+        self._health: docker.APIClient | None = None
         self._lock = threading.Lock()
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -283,16 +303,6 @@ class DockerRuntime:
             if not isinstance(e.__cause__, docker.errors.NotFound):
                 raise
 
-    def remove(self, container: Container) -> None:
-        """Remove a finished container (gone already is fine)."""
-        import docker.errors
-
-        try:
-            self._call(f"remove {container.name}", lambda: container.remove(force=True))
-        except DaemonError as e:
-            if not isinstance(e.__cause__, docker.errors.NotFound):
-                raise
-
     def stream_logs(self, container: Container, on_line: Callable[[str], None]) -> threading.Thread:
         """Follow the container's output in a daemon thread, one call per line."""
 
@@ -313,35 +323,82 @@ class DockerRuntime:
         thread.start()
         return thread
 
-    def execute(
-        self,
-        spec: ContainerSpec,
-        on_line: Callable[[str], None] | None = None,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> RunResult:
-        """Run a spec to its end: image, create (or adopt), start, wait with deadline, clean up."""
-        started_at = _now()
+    def prepare(self, spec: ContainerSpec) -> None:
+        """Everything before the container exists: the image, pulled as the policy says."""
         self.ensure_image(spec)
+
+    def launch(self, spec: ContainerSpec) -> Container:
+        """Create (or adopt) the run's container and start it unless it already ran."""
         container, _ = self.create(spec)
         self.start(container)
+        return container
+
+    def watch(
+        self,
+        spec: ContainerSpec,
+        container: Container,
+        handle: RunHandle | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """Wait for the container to end (deadline, cancellation), then clean up as keep_containers says."""
+        handle = handle or RunHandle()
+        handle.container = container
+        watched_from = utc_now()
         deadline = time.monotonic() + spec.timeout
         logs = self.stream_logs(container, on_line) if on_line else None
-        exit_code = self.wait(container, deadline, cancelled)
+        exit_code = self.wait(container, deadline, handle.cancel.is_set)
         outcome: Outcome
         if exit_code is None:
-            outcome = "cancelled" if cancelled() else "timed-out"
+            outcome = "cancelled" if handle.cancel.is_set() else "timed-out"
             log.warning("run %s: %s; stopping %s", spec.run_id, outcome, container.name)
             self.stop(container, spec.stop_grace)
             exit_code = self.wait(container, time.monotonic() + spec.stop_grace + 30)
+        elif handle.cancel.is_set():
+            outcome = "cancelled"
         else:
             outcome = "succeeded" if exit_code == 0 else "failed"
         if logs is not None:
             logs.join(timeout=5)
-        finished_at = _now()
-        if spec.keep == "never" or (spec.keep == "on-failure" and outcome == "succeeded"):
-            self.remove(container)
+        with contextlib.suppress(DaemonError):
+            self._call(f"inspect {container.name}", container.reload)
+        started_at = _container_time(container, "StartedAt") or watched_from
+        finished_at = _container_time(container, "FinishedAt") or utc_now()
         error = f"timed out after {spec.timeout:g}s" if outcome == "timed-out" else None
         return RunResult(spec.run_id, outcome, exit_code, container.id, started_at, finished_at, error)
+
+    def finish(self, spec: ContainerSpec, result: RunResult) -> None:
+        """Remove the container unless keep_containers keeps it; call after the result is reported."""
+        if should_remove(spec.keep, result.outcome) and result.container_id:
+            self.remove_id(result.container_id)
+
+    def remove_id(self, container_id: str) -> None:
+        """Remove a container by id (gone already is fine)."""
+        import docker.errors
+
+        try:
+            self._call("remove container", partial(self.client.api.remove_container, container_id, force=True))
+        except DaemonError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
+
+    def execute(self, spec: ContainerSpec, on_line: Callable[[str], None] | None = None) -> RunResult:
+        """Run a spec to its end: image, create (or adopt), start, wait with deadline, clean up."""
+        self.prepare(spec)
+        container = self.launch(spec)
+        result = self.watch(spec, container, on_line=on_line)
+        self.finish(spec, result)
+        return result
+
+    def ping(self) -> bool:
+        """True when the daemon answers a ping now: one try, 2 s at most (for health checks)."""
+        import docker
+
+        try:
+            if self._health is None:
+                self._health = docker.APIClient(base_url=self.base_url, version=self.client.api.api_version, timeout=2)
+            return bool(self._health.ping())
+        except Exception:
+            return False
 
     # --- listing and clean-up --------------------------------------------------------------------
 

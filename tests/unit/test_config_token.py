@@ -100,7 +100,7 @@ def test_secret_never_in_output(
         ["config", "show", "--json", "-c", str(path), *argv_token],
         ["config", "validate", str(path), *argv_token],
         ["config", "validate", str(path), *argv_token, "--concurrency", "0", "--base-url", "bad"],
-        ["start", "-c", str(path), *argv_token],
+        ["plan", "nope.toml", "-c", str(path), *argv_token],
     ):
         main(argv)
         captured = capsys.readouterr()

@@ -1,0 +1,314 @@
+"""The agent loop: poll, claim, submit up to `concurrency`, watch, report, heartbeat, shut down."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dagent.config import AgentConfig
+from dagent.errors import DagentError, PolicyError
+from dagent.health import Metrics
+from dagent.runtime import ContainerInfo, RunHandle, RunResult, should_remove, utc_now
+from dagent.sources.base import Claim, Source
+from dagent.spec import LABEL_KEEP, ContainerSpec, build
+
+log = logging.getLogger("dagent.agent")
+flow_log = logging.getLogger("dagent.flow")
+
+MAX_BACKOFF = 60.0
+
+
+class Runtime(Protocol):
+    """What the loop needs from a container runtime (DockerRuntime is one)."""
+
+    def verify(self) -> dict[str, Any]: ...
+    def ping(self) -> bool: ...
+    def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]: ...
+    def prepare(self, spec: ContainerSpec) -> None: ...
+    def launch(self, spec: ContainerSpec) -> Any: ...
+    def watch(
+        self, spec: ContainerSpec, container: Any, handle: RunHandle | None = None, on_line: Any = None
+    ) -> RunResult: ...
+    def finish(self, spec: ContainerSpec, result: RunResult) -> None: ...
+    def stop(self, container: Any, grace: float) -> None: ...
+    def remove_id(self, container_id: str) -> None: ...
+
+
+@dataclass
+class _InFlight:
+    claim: Claim
+    handle: RunHandle = field(default_factory=RunHandle)
+    thread: threading.Thread | None = None
+
+
+class Agent:
+    """Drives one Source and one Runtime; knows neither's protocol."""
+
+    def __init__(self, config: AgentConfig, source: Source, runtime: Runtime, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.source = source
+        self.runtime = runtime
+        self.metrics = metrics or Metrics()
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, _InFlight] = {}
+        self.polls = 0
+        self.last_poll_ok: float | None = None
+        self._errors_in_a_row = 0
+        self._last_heartbeat = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop polling and return soon; containers in flight keep running (adopted at restart)."""
+        self.stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Start up, reconcile, then poll until stopped or max_polls (then wait for runs in flight)."""
+        version = self.runtime.verify()
+        self.source.connect()
+        log.info(
+            "agent %s started: source %s, Docker %s, concurrency %d, labels %s",
+            self.config.name, self.source.name, version.get("Version", "?"), self.config.concurrency,
+            sorted(self.config.labels),
+        )  # fmt: skip
+        self._reconcile()
+        interval = self.config.effective_poll_interval
+        while not self.stopping.is_set():
+            self._cancel_requested()
+            self._heartbeat()
+            filled = self._poll()
+            if self.config.max_polls is not None and self.polls >= self.config.max_polls:
+                break
+            if filled:
+                # Every free slot was filled, so more work may be waiting: look again as soon as
+                # a slot frees rather than a whole interval later.
+                self._wait_until(lambda: self._free_slots() > 0, timeout=None)
+            else:
+                backoff = min(interval * 2**self._errors_in_a_row, MAX_BACKOFF) if self._errors_in_a_row else interval
+                self._wait_until(lambda: False, timeout=backoff)
+        if not self.stopping.is_set():
+            log.info("max_polls (%d) reached; waiting for %d run(s) in flight", self.polls, len(self._in_flight))
+            self._wait_until(lambda: not self._in_flight, timeout=None)
+        else:
+            log.info("stopping; %d run(s) left running, to be adopted at the next start", len(self._in_flight))
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> None:
+        """Sleep until `done()`, the timeout or a stop, still honouring cancellations meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done() and not self.stopping.is_set():
+            remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if remaining <= 0:
+                return
+            self._wake.wait(remaining)
+            self._wake.clear()
+            self._cancel_requested()
+
+    # --- polling ---------------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.config.concurrency - len(self._in_flight)
+
+    def _poll(self) -> bool:
+        """One poll; True when it filled every free slot (there may be more work)."""
+        free = self._free_slots()
+        if free <= 0:
+            return False
+        started = time.monotonic()
+        try:
+            claims = self.source.poll(free)
+        except Exception as e:  # one bad poll never kills the loop
+            self._errors_in_a_row += 1
+            self.metrics.poll_errors.inc()
+            log.error("poll failed (%s); backing off", _one_line(e))
+            return False
+        finally:
+            self.polls += 1
+            self.metrics.poll_duration.observe(time.monotonic() - started)
+        self._errors_in_a_row = 0
+        self.last_poll_ok = time.monotonic()
+        for claim in claims:
+            self._submit(claim)
+        return len(claims) >= free
+
+    def _submit(self, claim: Claim) -> None:
+        run = claim.run
+        try:
+            spec = build(self.config, run, claim.origin)
+        except PolicyError as e:
+            self.metrics.runs_refused.inc()
+            log.error("run %s refused: %s", run.id, "; ".join(e.lines))
+            self.source.refuse(claim, str(e))
+            return
+        entry = _InFlight(claim)
+        with self._lock:
+            self._in_flight[run.id] = entry
+            self.metrics.runs_in_flight.set(len(self._in_flight))
+        entry.thread = threading.Thread(target=self._execute, args=(entry, spec), name=f"run-{run.id}", daemon=True)
+        entry.thread.start()
+
+    # --- one run ---------------------------------------------------------------------------------
+
+    def _execute(self, entry: _InFlight, spec: ContainerSpec) -> None:
+        claim, handle = entry.claim, entry.handle
+        run_id = claim.run.id
+        try:
+            result = self._run_to_end(claim, spec, handle)
+            if self.stopping.is_set() and result.outcome == "crashed":
+                return  # interrupted by our own shutdown: the restart adopts it instead
+            self.source.report(claim, result)
+            self.metrics.runs_finished.labels(result.outcome).inc()
+            level = logging.INFO if result.outcome == "succeeded" else logging.WARNING
+            message = f"run {run_id}: {result.outcome}, exit code {result.exit_code}" + (
+                f" ({result.error})" if result.error else ""
+            )
+            log.log(level, message)
+            self._tell_source(claim, "INFO" if level == logging.INFO else "WARNING", message)
+            self.runtime.finish(spec, result)
+        except Exception as e:  # a failing run never takes the loop down
+            log.exception("run %s: could not be reported (%s); it is retried at the next start", run_id, _one_line(e))
+        finally:
+            with self._lock:
+                self._in_flight.pop(run_id, None)
+                self.metrics.runs_in_flight.set(len(self._in_flight))
+            self._wake.set()
+
+    def _run_to_end(self, claim: Claim, spec: ContainerSpec, handle: RunHandle) -> RunResult:
+        run_id = claim.run.id
+        started = time.monotonic()
+        try:
+            self.runtime.prepare(spec)
+            self.metrics.pull_duration.observe(time.monotonic() - started)
+            if handle.cancel.is_set():
+                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started")
+            self.source.starting(claim)
+            container = self.runtime.launch(spec)
+            handle.container = container
+            if handle.cancel.is_set():
+                self.runtime.stop(container, spec.stop_grace)
+            self.source.started(claim, container.id)
+            self.metrics.runs_started.inc()
+            log.info("run %s: started container %s (%s)", run_id, container.short_id, spec.image)
+            self._tell_source(
+                claim, "INFO", f"dagent {self.config.name}: started container {container.short_id} ({spec.image})"
+            )
+            on_line = self._flow_logger(run_id) if self.config.show_flow_logs else None
+            return self.runtime.watch(spec, container, handle, on_line)
+        except DagentError as e:
+            if self.stopping.is_set():
+                return RunResult(run_id, "crashed", None, None, None, utc_now(), "agent stopping")
+            log.error("run %s: %s", run_id, _one_line(e))
+            container_id = handle.container.id if handle.container is not None else None
+            return RunResult(run_id, "crashed", None, container_id, None, utc_now(), _one_line(e))
+
+    def _flow_logger(self, run_id: str) -> Any:
+        def on_line(line: str) -> None:
+            if not self.stopping.is_set():  # the seed's on_shutdown: no flow output after we stop
+                flow_log.info("[%s] %s", run_id, line, extra={"run_id": run_id})
+
+        return on_line
+
+    def _tell_source(self, claim: Claim, level: str, message: str) -> None:
+        try:
+            self.source.log(claim, level, message)
+        except Exception as e:
+            log.debug("could not send a log line for run %s: %s", claim.run.id, _one_line(e))
+
+    # --- cancellation, heartbeat, restart --------------------------------------------------------
+
+    def _cancel_requested(self) -> None:
+        with self._lock:
+            entries = dict(self._in_flight)
+        if not entries:
+            return
+        try:
+            asked = self.source.cancellations(list(entries))
+        except Exception as e:
+            log.warning("could not check for cancellations: %s", _one_line(e))
+            return
+        for run_id in asked:
+            entry = entries.get(run_id)
+            if entry is None or entry.handle.cancel.is_set():
+                continue
+            log.info("run %s: cancel requested; stopping it", run_id)
+            entry.handle.cancel.set()
+            container = entry.handle.container
+            if container is not None:
+                grace = self.config.docker.stop_grace
+                threading.Thread(target=self._stop_quietly, args=(container, grace), daemon=True).start()
+
+    def _stop_quietly(self, container: Any, grace: float) -> None:
+        try:
+            self.runtime.stop(container, grace)
+        except DagentError as e:
+            log.warning("could not stop %s: %s", getattr(container, "name", container), _one_line(e))
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.config.api.heartbeat_interval:
+            return
+        self._last_heartbeat = now
+        try:
+            self.source.heartbeat()
+        except Exception as e:
+            log.warning("heartbeat failed: %s", _one_line(e))
+
+    def _reconcile(self) -> None:
+        """Adopt what this agent left behind: resume its claimed runs, clean up reported containers."""
+        containers = {c.run_id: c for c in self.runtime.managed(self.config.name)}
+        resumed = self.source.recover(containers)
+        for claim in resumed:
+            log.info("run %s: resuming after restart", claim.run.id)
+            self._submit(claim)
+        resumed_ids = {c.run.id for c in resumed}
+        for run_id, info in containers.items():
+            if run_id not in resumed_ids:
+                self._clean_orphan(info)
+
+    def _clean_orphan(self, info: ContainerInfo) -> None:
+        """A container whose run was already reported: apply keep_containers to it."""
+        if info.state in ("running", "restarting", "paused"):
+            log.warning(
+                "container %s runs but its run %s is not claimed by this agent; leaving it", info.name, info.run_id
+            )
+            return
+        outcome = "succeeded" if info.exit_code == 0 else "failed"
+        keep = info.labels.get(LABEL_KEEP, self.config.docker.keep_containers)
+        if should_remove(keep, outcome):
+            log.info("removing container %s of reported run %s", info.name, info.run_id)
+            self.runtime.remove_id(info.id)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """200 while the last poll succeeded within three intervals and the daemon answers."""
+        window = 3 * self.config.effective_poll_interval
+        age = None if self.last_poll_ok is None else time.monotonic() - self.last_poll_ok
+        polling = age is not None and age <= max(window, 1.0) + 1.0
+        daemon = self.runtime.ping()
+        with self._lock:
+            in_flight = len(self._in_flight)
+        details = {
+            "agent": self.config.name,
+            "source": self.source.name,
+            "last_poll_age_seconds": None if age is None else round(age, 3),
+            "docker": "ok" if daemon else "unreachable",
+            "runs_in_flight": in_flight,
+        }
+        return polling and daemon, details
+
+    @property
+    def in_flight(self) -> Mapping[str, Claim]:
+        """Runs claimed and not yet reported."""
+        with self._lock:
+            return {k: v.claim for k, v in self._in_flight.items()}
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,83 @@
+"""/health (also /api/health, the seed agent's path) and /metrics (Prometheus text format)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("dagent.health")
+
+
+class Metrics:
+    """The agent's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs_started = Counter("dagent_runs_started", "Runs whose container was started", registry=self.registry)
+        self.runs_finished = Counter(
+            "dagent_runs_finished", "Runs reported, by outcome", ["outcome"], registry=self.registry
+        )
+        self.runs_refused = Counter("dagent_runs_refused", "Runs refused by policy or invalid", registry=self.registry)
+        self.runs_in_flight = Gauge(
+            "dagent_runs_in_flight", "Runs claimed and not yet reported", registry=self.registry
+        )
+        self.poll_duration = Histogram("dagent_poll_duration_seconds", "Time one poll took", registry=self.registry)
+        self.poll_errors = Counter("dagent_poll_errors", "Polls that failed", registry=self.registry)
+        self.pull_duration = Histogram(
+            "dagent_pull_duration_seconds", "Time spent making a run's image present", registry=self.registry,
+            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900),
+        )  # fmt: skip
+
+
+class HealthServer:
+    """A small HTTP server in a daemon thread; `status()` returns (healthy, details)."""
+
+    def __init__(self, address: str, status: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics) -> None:
+        host, _, port = address.rpartition(":")
+        handler = _handler(status, metrics)
+        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+        self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
+
+    def start(self) -> None:
+        """Serve in the background."""
+        self._thread.start()
+        log.info("health and metrics on http://%s/health and /metrics", self.address)
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(status: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path in ("/health", "/api/health"):
+                healthy, details = status()
+                body = json.dumps({"status": "ok" if healthy else "unhealthy", **details}).encode()
+                self._send(200 if healthy else 503, "application/json", body)
+            elif path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
+            else:
+                self._send(404, "application/json", b'{"error": "not found"}')
+
+        def _send(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("health: " + format, *args)
+
+    return Handler

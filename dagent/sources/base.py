@@ -1,0 +1,63 @@
+"""The seam between the agent loop and a control plane."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dagent.runs import RunRequest
+from dagent.runtime import ContainerInfo, RunResult
+from dagent.spec import Origin
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run this agent owns now: what to run, what the source adds, and the source's own handle."""
+
+    run: RunRequest
+    origin: Origin = field(default_factory=Origin)
+    handle: Any = None
+
+
+class Source(Protocol):
+    """What the agent loop needs from a control plane; it never knows which one it drives."""
+
+    name: str
+
+    def connect(self) -> None:
+        """Check the control plane is there and usable; raise SourceError in one line if not."""
+
+    def recover(self, containers: Mapping[str, ContainerInfo]) -> Sequence[Claim]:
+        """At start: the runs this agent had claimed that must go on (their containers are adopted).
+
+        Runs that cannot go on are reported by the source itself (e.g. crashed); `containers` maps
+        run id to this agent's containers.
+        """
+
+    def poll(self, limit: int) -> Sequence[Claim]:
+        """Claim up to `limit` runs this agent may take (labels match); each is ours alone."""
+
+    def starting(self, claim: Claim) -> None:
+        """Called just before the run's container is created."""
+
+    def started(self, claim: Claim, container_id: str) -> None:
+        """Called once the container runs."""
+
+    def report(self, claim: Claim, result: RunResult) -> None:
+        """Record how the run ended; called once per claim (and idempotent if called again)."""
+
+    def refuse(self, claim: Claim, reason: str) -> None:
+        """The run could not be started (policy, bad input): record why, never run it."""
+
+    def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
+        """Which of these runs in flight were asked to stop."""
+
+    def heartbeat(self) -> None:
+        """Tell the control plane this agent is alive."""
+
+    def log(self, claim: Claim, level: str, message: str) -> None:
+        """The agent's own line about a run, for the control plane's users (may do nothing)."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,195 @@
+"""The embedded local inbox: a directory of run files, claimed by atomic rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from dagent.config import AgentConfig
+from dagent.errors import RunFileError, SourceError
+from dagent.runs import load_run_file
+from dagent.runtime import ContainerInfo, RunResult, utc_now
+from dagent.sources.base import Claim
+from dagent.spec import Origin
+
+log = logging.getLogger("dagent.inbox")
+
+SUBDIRS = ("new", "claimed", "done", "failed", "cancel")
+
+
+class InboxSource:
+    """new/ → claimed/<agent>/ → done/ (or failed/); cancel/<id> asks for a stop.
+
+    Claiming is `rename(2)` out of new/, so of several agents on one inbox exactly one wins each
+    file. A marker `claimed/<agent>/<id>.started` is written before the container is created: after
+    a crash, a claimed run with neither container nor marker never ran and is run; one with a
+    marker but no container is reported crashed, never run twice.
+    """
+
+    name = "inbox"
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.root = config.inbox.path
+        self.agent = config.name
+        self.labels = frozenset(config.labels)
+        self.new, self.done, self.failed, self.cancel = (self.root / d for d in ("new", "done", "failed", "cancel"))
+        self.mine = self.root / "claimed" / self.agent
+        # new/ files left for agents with other labels, by mtime, so they are not re-read every poll.
+        self._left: dict[str, float] = {}
+
+    def connect(self) -> None:
+        """Create the layout; SourceError if the directory is not usable."""
+        try:
+            for path in (self.new, self.done, self.failed, self.cancel, self.mine):
+                path.mkdir(parents=True, exist_ok=True)
+            probe = self.mine / ".probe"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise SourceError(f"inbox.path {self.root}: cannot use it: {e.strerror}") from None
+
+    def recover(self, containers: Mapping[str, ContainerInfo]) -> Sequence[Claim]:
+        """Claimed runs of this agent that must go on; crashed ones are reported here."""
+        claims = []
+        for path in sorted(self.mine.glob("*.toml")):
+            try:
+                run = load_run_file(path)
+            except RunFileError as e:
+                self._move_to_failed(path, str(e))
+                continue
+            claim = Claim(run=run, origin=Origin(source=self.name), handle=path)
+            if (self.done / f"{run.id}.json").exists():
+                self._archive(claim)  # reported before the crash; finish the move
+            elif run.id in containers or not self._marker(run.id).exists():
+                claims.append(claim)  # adopt its container, or it never started
+            else:
+                self.report(
+                    claim,
+                    RunResult(run.id, "crashed", None, None, None, utc_now(),
+                              "the agent stopped after starting this run and its container is gone; not run again"),
+                )  # fmt: skip
+        return claims
+
+    def poll(self, limit: int) -> Sequence[Claim]:
+        """Claim up to `limit` runs from new/, oldest first, whose labels this agent has."""
+        claims: list[Claim] = []
+        try:
+            entries = sorted(self.new.glob("*.toml"), key=_age_key)
+        except OSError as e:
+            raise SourceError(f"inbox {self.new}: cannot list: {e.strerror}") from None
+        for path in entries:
+            if len(claims) >= limit:
+                break
+            with contextlib.suppress(FileNotFoundError):  # another agent took it meanwhile
+                claim = self._try_claim(path)
+                if claim is not None:
+                    claims.append(claim)
+        return claims
+
+    def _try_claim(self, path: Path) -> Claim | None:
+        mtime = path.stat().st_mtime
+        if self._left.get(path.name) == mtime:
+            return None
+        try:
+            run = load_run_file(path)
+        except RunFileError as e:
+            self._move_to_failed(path, str(e))
+            return None
+        if not set(run.labels) <= self.labels:
+            self._left[path.name] = mtime
+            log.debug("leaving %s: needs labels %s", path.name, sorted(set(run.labels) - self.labels))
+            return None
+        target = self.mine / f"{run.id}.toml"
+        if target.exists() or (self.done / f"{run.id}.json").exists():
+            self._move_to_failed(path, f"{path}: id: run id {run.id!r} is already claimed or done; ids must be unique")
+            return None
+        os.rename(path, target)  # the claim: exactly one agent's rename succeeds
+        self._left.pop(path.name, None)
+        claim = Claim(run=run, origin=Origin(source=self.name), handle=target)
+        log.info("claimed run %s (%s)", run.id, path.name)
+        if (self.cancel / run.id).exists():
+            self.report(
+                claim, RunResult(run.id, "cancelled", None, None, None, utc_now(), "cancelled before it started")
+            )
+            return None
+        return claim
+
+    def starting(self, claim: Claim) -> None:
+        """Mark the run as started before its container exists (see the class docstring)."""
+        self._marker(claim.run.id).touch()
+
+    def started(self, claim: Claim, container_id: str) -> None:
+        """Nothing to record: the container's labels say which run it is."""
+
+    def report(self, claim: Claim, result: RunResult) -> None:
+        """Write done/<id>.json once, then move the run file next to it."""
+        record = {
+            "id": result.run_id,
+            "agent": self.agent,
+            **{k: v for k, v in asdict(result).items() if k != "run_id"},
+        }
+        target = self.done / f"{result.run_id}.json"
+        tmp = self.done / f".{result.run_id}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        try:
+            os.link(tmp, target)  # fails if a result exists: a run is reported exactly once
+        except FileExistsError:
+            log.warning("run %s: already reported; keeping the first result", result.run_id)
+        finally:
+            tmp.unlink()
+        self._archive(claim)
+
+    def refuse(self, claim: Claim, reason: str) -> None:
+        """Move a claimed run that may not run to failed/ with the reason."""
+        self._move_to_failed(Path(claim.handle), reason)
+        self._marker(claim.run.id).unlink(missing_ok=True)
+
+    def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
+        """Runs in flight with a cancel/<id> file."""
+        return [run_id for run_id in run_ids if (self.cancel / run_id).exists()]
+
+    def heartbeat(self) -> None:
+        """The inbox has no one to tell."""
+
+    def log(self, claim: Claim, level: str, message: str) -> None:
+        """The inbox keeps no logs of its own; the agent's log has them."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _marker(self, run_id: str) -> Path:
+        return self.mine / f"{run_id}.started"
+
+    def _archive(self, claim: Claim) -> None:
+        run_id = claim.run.id
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(Path(claim.handle), self.done / f"{run_id}.toml")
+        self._marker(run_id).unlink(missing_ok=True)
+        (self.cancel / run_id).unlink(missing_ok=True)
+
+    def _move_to_failed(self, path: Path, reason: str) -> None:
+        target = self.failed / path.name
+        n = 1
+        while target.exists():
+            target = self.failed / f"{path.stem}.{n}{path.suffix}"
+            n += 1
+        try:
+            os.rename(path, target)  # only one agent moves it
+        except FileNotFoundError:
+            return
+        target.with_name(target.name + ".error").write_text(reason + "\n")
+        log.error("%s", reason.splitlines()[0] if reason else f"{path.name} is invalid")
+
+
+def _age_key(path: Path) -> tuple[float, str]:
+    try:
+        return (path.stat().st_mtime, path.name)
+    except FileNotFoundError:
+        return (float("inf"), path.name)
