@@ -144,7 +144,8 @@ class Agent:
             spec = build(self.config, run, claim.origin)
         except PolicyError as e:
             self.metrics.runs_refused.inc()
-            log.error("run %s refused: %s", run.id, "; ".join(e.lines))
+            for line in e.lines:
+                log.error("%s", line)
             self.source.refuse(claim, str(e))
             return
         entry = _InFlight(claim)

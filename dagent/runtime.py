@@ -113,8 +113,11 @@ class RunHandle:
 
 
 def should_remove(keep: str, outcome: str) -> bool:
-    """Whether keep_containers removes a container that ended with this outcome."""
-    return keep == "never" or (keep == "on-failure" and outcome == "succeeded")
+    """Whether keep_containers removes a container that ended with this outcome.
+
+    A cancelled run is the user's own stop, not a failure to inspect: on-failure removes it too.
+    """
+    return keep == "never" or (keep == "on-failure" and outcome in ("succeeded", "cancelled"))
 
 
 def _container_time(container: Container, key: str) -> str | None:

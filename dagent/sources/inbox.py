@@ -146,7 +146,7 @@ class InboxSource:
 
     def refuse(self, claim: Claim, reason: str) -> None:
         """Move a claimed run that may not run to failed/ with the reason."""
-        self._move_to_failed(Path(claim.handle), reason)
+        self._move_to_failed(Path(claim.handle), reason, quiet=True)  # the agent logged why
         self._marker(claim.run.id).unlink(missing_ok=True)
 
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
@@ -174,7 +174,7 @@ class InboxSource:
         self._marker(run_id).unlink(missing_ok=True)
         (self.cancel / run_id).unlink(missing_ok=True)
 
-    def _move_to_failed(self, path: Path, reason: str) -> None:
+    def _move_to_failed(self, path: Path, reason: str, quiet: bool = False) -> None:
         target = self.failed / path.name
         n = 1
         while target.exists():
@@ -185,7 +185,9 @@ class InboxSource:
         except FileNotFoundError:
             return
         target.with_name(target.name + ".error").write_text(reason + "\n")
-        log.error("%s", reason.splitlines()[0] if reason else f"{path.name} is invalid")
+        if not quiet:
+            for line in reason.splitlines() or [f"{path.name} is invalid"]:
+                log.error("%s", line)
 
 
 def _age_key(path: Path) -> tuple[float, str]:

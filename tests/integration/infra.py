@@ -225,3 +225,48 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+
+class PrivateEngine:
+    """A second dockerd of our own (own socket, roots and network namespace) to stop and start at will."""
+
+    def __init__(self) -> None:
+        if shutil.which("dockerd") is None:
+            apt_install("docker.io")
+        # Unix socket paths are short-lived and must stay under 108 bytes: keep the root short.
+        self.root = Path(tempfile.mkdtemp(prefix="dg", dir="/tmp"))
+        self.socket = self.root / "d.sock"
+        self.url = f"unix://{self.socket}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        """Start dockerd and wait until it answers."""
+        log = (self.root / "dockerd.log").open("ab")
+        # Its own network namespace: a second dockerd with --bridge none in the host's namespace
+        # deletes the host daemon's docker0 bridge.
+        self.process = subprocess.Popen(
+            ["unshare", "--net", "dockerd", "--host", self.url, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "x"),
+             "--pidfile", str(self.root / "pid"), "--bridge", "none", "--iptables=false", "--ip-masq=false"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while _run("docker", "-H", self.url, "info", check=False, timeout=30).returncode != 0:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise Unavailable(f"private dockerd did not start: {(self.root / 'dockerd.log').read_text()[-400:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """Stop dockerd (SIGTERM, as systemd would)."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def close(self) -> None:
+        """Stop and delete everything."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
