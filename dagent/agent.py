@@ -14,7 +14,7 @@ from dagent.errors import DagentError, PolicyError
 from dagent.health import Metrics
 from dagent.runtime import ContainerInfo, RunHandle, RunResult, should_remove, utc_now
 from dagent.sources.base import Claim, Source
-from dagent.spec import LABEL_KEEP, ContainerSpec, build
+from dagent.spec import LABEL_AGENT, LABEL_KEEP, ContainerSpec, build
 
 log = logging.getLogger("dagent.agent")
 flow_log = logging.getLogger("dagent.flow")
@@ -28,6 +28,7 @@ class Runtime(Protocol):
     def verify(self) -> dict[str, Any]: ...
     def ping(self) -> bool: ...
     def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]: ...
+    def container_ids(self) -> frozenset[str]: ...
     def prepare(self, spec: ContainerSpec) -> None: ...
     def launch(self, spec: ContainerSpec) -> Any: ...
     def watch(
@@ -189,7 +190,8 @@ class Agent:
             self.metrics.pull_duration.observe(time.monotonic() - started)
             if handle.cancel.is_set():
                 return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started")
-            self.source.starting(claim)
+            if not self.source.starting(claim):
+                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started")
             container = self.runtime.launch(spec)
             handle.container = container
             if handle.cancel.is_set():
@@ -263,14 +265,14 @@ class Agent:
 
     def _reconcile(self) -> None:
         """Adopt what this agent left behind: resume its claimed runs, clean up reported containers."""
-        containers = {c.run_id: c for c in self.runtime.managed(self.config.name)}
-        resumed = self.source.recover(containers)
+        containers = {c.run_id: c for c in self.runtime.managed()}
+        resumed = self.source.recover(containers, self.runtime.container_ids())
         for claim in resumed:
             log.info("run %s: resuming after restart", claim.run.id)
             self._submit(claim)
         resumed_ids = {c.run.id for c in resumed}
         for run_id, info in containers.items():
-            if run_id not in resumed_ids:
+            if run_id not in resumed_ids and info.labels.get(LABEL_AGENT) == self.config.name:
                 self._clean_orphan(info)
 
     def _clean_orphan(self, info: ContainerInfo) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from dagent import __version__
 from dagent.config import MASK
-from dagent.errors import ConfigError, DagentError, InputError, PolicyError, SourceError
+from dagent.errors import ConfigError, DagentError, InputError, PolicyError
 
 # The one place errors become exit codes; the first matching class wins.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -192,7 +192,9 @@ def make_source(config: Any) -> Any:
         from dagent.sources.inbox import InboxSource
 
         return InboxSource(config)
-    raise SourceError(f"source {config.source!r} is not implemented yet")
+    from dagent.sources.prefect import PrefectSource
+
+    return PrefectSource(config)
 
 
 def _plan(args: argparse.Namespace) -> tuple[Any, Any]:

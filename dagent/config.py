@@ -238,6 +238,8 @@ class ApiConfig(_Section):
     """Work pool to serve; created as a `docker` pool when missing."""
     work_queues: StrList = []
     """Work queues of the pool to take runs from; empty means all."""
+    default_image: str | None = None
+    """Image for flow runs whose job variables name none (Prefect's own worker picks prefecthq/prefect)."""
     send_agent_logs: bool = True
     """Send the agent's own lines about a run to the Prefect API (seed `--no-cloud-logs` inverts)."""
     heartbeat_interval: float = Field(default=30.0, gt=0)

@@ -431,6 +431,11 @@ class DockerRuntime:
             )
         return infos
 
+    def container_ids(self) -> frozenset[str]:
+        """Ids of every container the daemon has, running or not, dagent's or not."""
+        raw = self._call("list containers", lambda: self.client.api.containers(all=True, quiet=True))
+        return frozenset(str(item["Id"]) for item in raw)
+
     def gc(self, agent: str, older_than: float) -> Iterator[ContainerInfo]:
         """Remove this agent's finished containers that finished more than `older_than` seconds ago."""
         now = datetime.now(timezone.utc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,18 +28,19 @@ class Source(Protocol):
     def connect(self) -> None:
         """Check the control plane is there and usable; raise SourceError in one line if not."""
 
-    def recover(self, containers: Mapping[str, ContainerInfo]) -> Sequence[Claim]:
+    def recover(self, containers: Mapping[str, ContainerInfo], live: Collection[str]) -> Sequence[Claim]:
         """At start: the runs this agent had claimed that must go on (their containers are adopted).
 
-        Runs that cannot go on are reported by the source itself (e.g. crashed); `containers` maps
-        run id to this agent's containers.
+        Runs that cannot go on are reported by the source itself (e.g. crashed). `containers` maps
+        run id to every dagent container on the daemon (check the agent label before adopting);
+        `live` holds the ids of all containers the daemon has, dagent's or not.
         """
 
     def poll(self, limit: int) -> Sequence[Claim]:
         """Claim up to `limit` runs this agent may take (labels match); each is ours alone."""
 
-    def starting(self, claim: Claim) -> None:
-        """Called just before the run's container is created."""
+    def starting(self, claim: Claim) -> bool:
+        """Called just before the run's container is created; False: it was cancelled, never start it."""
 
     def started(self, claim: Claim, container_id: str) -> None:
         """Called once the container runs."""

@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from dagent.errors import RunFileError, SourceError
 from dagent.runs import load_run_file
 from dagent.runtime import ContainerInfo, RunResult, utc_now
 from dagent.sources.base import Claim
-from dagent.spec import Origin
+from dagent.spec import LABEL_AGENT, Origin
 
 log = logging.getLogger("dagent.inbox")
 
@@ -53,7 +53,7 @@ class InboxSource:
         except OSError as e:
             raise SourceError(f"inbox.path {self.root}: cannot use it: {e.strerror}") from None
 
-    def recover(self, containers: Mapping[str, ContainerInfo]) -> Sequence[Claim]:
+    def recover(self, containers: Mapping[str, ContainerInfo], live: Collection[str] = ()) -> Sequence[Claim]:
         """Claimed runs of this agent that must go on; crashed ones are reported here."""
         claims = []
         for path in sorted(self.mine.glob("*.toml")):
@@ -65,7 +65,7 @@ class InboxSource:
             claim = Claim(run=run, origin=Origin(source=self.name), handle=path)
             if (self.done / f"{run.id}.json").exists():
                 self._archive(claim)  # reported before the crash; finish the move
-            elif run.id in containers or not self._marker(run.id).exists():
+            elif self._mine(containers.get(run.id)) or not self._marker(run.id).exists():
                 claims.append(claim)  # adopt its container, or it never started
             else:
                 self.report(
@@ -119,9 +119,12 @@ class InboxSource:
             return None
         return claim
 
-    def starting(self, claim: Claim) -> None:
+    def starting(self, claim: Claim) -> bool:
         """Mark the run as started before its container exists (see the class docstring)."""
+        if (self.cancel / claim.run.id).exists():
+            return False
         self._marker(claim.run.id).touch()
+        return True
 
     def started(self, claim: Claim, container_id: str) -> None:
         """Nothing to record: the container's labels say which run it is."""
@@ -163,6 +166,9 @@ class InboxSource:
         """Nothing to release."""
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _mine(self, info: ContainerInfo | None) -> bool:
+        return info is not None and info.labels.get(LABEL_AGENT) == self.agent
 
     def _marker(self, run_id: str) -> Path:
         return self.mine / f"{run_id}.started"

@@ -91,7 +91,7 @@ def test_report_is_exactly_once(tmp_path: Path) -> None:
 
 
 def _info(run_id: str, state: str = "running") -> ContainerInfo:
-    return ContainerInfo("cid", f"dagent-{run_id}", run_id, "busybox", state, None, "", None, {})
+    return ContainerInfo("cid", f"dagent-{run_id}", run_id, "busybox", state, None, "", None, {"dagent.agent": "a"})
 
 
 def test_recover_rules(tmp_path: Path) -> None:

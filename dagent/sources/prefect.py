@@ -1,0 +1,595 @@
+"""The Prefect 3 REST API: dagent as a worker of a `docker` work pool (requests + tenacity, no prefect package)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from dagent import __version__, retry
+from dagent.config import AgentConfig
+from dagent.errors import RunFileError, SourceError
+from dagent.runs import RunRequest, parse_run
+from dagent.runtime import ContainerInfo, RunResult
+from dagent.sources.base import Claim
+from dagent.spec import LABEL_AGENT, Origin
+
+log = logging.getLogger("dagent.prefect")
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
+DEFAULT_COMMAND = ("prefect", "flow-run", "execute")
+# Job variables that map straight onto RunRequest fields.
+_DIRECT = (
+    "image",
+    "env",
+    "volumes",
+    "cpus",
+    "shm_size",
+    "gpus",
+    "devices",
+    "ports",
+    "timeout",
+    "working_dir",
+    "user",
+    "privileged",
+    "cap_add",
+    "entrypoint",
+)
+# Prefect docker-pool variables dagent decides itself (names, removal, streaming) and so ignores.
+_IGNORED = frozenset(
+    {"name", "auto_remove", "stream_output", "image_pull_policy", "registry_credentials", "memswap_limit"}
+)
+_LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+
+def base_job_template() -> dict[str, Any]:
+    """The template of a pool dagent creates: dagent's run fields plus `required_labels`, as job variables."""
+    string_list = {"type": "array", "items": {"type": "string"}}
+    properties: dict[str, Any] = {
+        "image": {"type": "string", "title": "Image", "description": "Image reference for the flow run's container"},
+        "command": {
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "default": None,
+            "description": "Command; default `prefect flow-run execute`",
+        },
+        "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
+        "labels": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "default": {},
+            "description": "Labels put on the container",
+        },
+        "required_labels": {**string_list, "default": [], "description": "Labels the agent must have to take the run"},
+        "volumes": {**string_list, "default": [], "description": "SRC:DST[:ro|rw]"},
+        "networks": {**string_list, "default": []},
+        "network_mode": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "mem_limit": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "cpus": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
+        "shm_size": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "gpus": {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}], "default": None},
+        "devices": {**string_list, "default": []},
+        "ports": {**string_list, "default": []},
+        "cap_add": {**string_list, "default": []},
+        "privileged": {"type": "boolean", "default": False},
+        "timeout": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
+        "working_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "user": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+    }
+    return {
+        "job_configuration": {name: "{{ " + name + " }}" for name in properties},
+        "variables": {"type": "object", "properties": properties},
+    }
+
+
+class _Transient(Exception):
+    """A response worth retrying; carries Retry-After when the server sent one."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, (_Transient, requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+
+
+class PrefectClient:
+    """A requests.Session for one API, with retries of transient faults and errors as SourceError."""
+
+    def __init__(self, config: AgentConfig, session: requests.Session | None = None) -> None:
+        if not config.api.url:
+            raise SourceError(
+                "api.url is not set: give it in agent.toml, DAGENT_API__URL, PREFECT_API_URL or --api-url"
+            )
+        self.url = config.api.url
+        self.timeout = config.api.timeout
+        self.retry = config.retry
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = f"dagent/{__version__}"
+        if config.api.token is not None:
+            self.session.headers["Authorization"] = f"Bearer {config.api.token.get_secret_value()}"
+        elif config.api.auth_string is not None:
+            user, _, password = config.api.auth_string.get_secret_value().partition(":")
+            self.session.auth = (user, password)
+        self.requests = 0  # for the benchmark's requests-per-run figure
+
+    def call(self, method: str, path: str, body: Any = None, *, allow: Iterable[int] = ()) -> Any:
+        """One API call; the decoded JSON (None for 204 or an allowed error status)."""
+        allowed = set(allow)
+
+        def once() -> requests.Response:
+            self.requests += 1
+            response = self.session.request(method, self.url + path, json=body, timeout=self.timeout)
+            if response.status_code in TRANSIENT_STATUS:
+                raise _Transient(f"{method} {path} -> {response.status_code}", _retry_after(response))
+            return response
+
+        try:
+            response: requests.Response = retry.call(self.retry, _is_transient, f"{method} {path}", once)
+        except (_Transient, requests.exceptions.RequestException) as e:
+            raise SourceError(f"Prefect API {self.url}: {method} {path}: {_short(e)}") from None
+        if response.status_code in allowed:
+            return None
+        if response.status_code in (401, 403):
+            raise SourceError(
+                f"Prefect API {self.url}: {method} {path} -> {response.status_code}: "
+                "not authorised (check api.token / api.auth_string)"
+            )
+        if response.status_code >= 400:
+            raise SourceError(f"Prefect API {self.url}: {method} {path} -> {response.status_code}: {_detail(response)}")
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise SourceError(f"Prefect API {self.url}: {method} {path}: the answer is not JSON") from None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.session.close()
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    text = str(detail).replace("\n", " ")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclass
+class _Run:
+    """What the source keeps about a claimed flow run."""
+
+    flow_run: dict[str, Any]
+    deployment: dict[str, Any] | None
+    flow_name: str | None
+    reported: bool = False
+
+
+@dataclass
+class _Cache:
+    deployments: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    flows: dict[str, str | None] = field(default_factory=dict)
+
+
+class PrefectSource:
+    """Polls a work pool, claims runs with Prefect's state machine, reports crashes and cancellations."""
+
+    name = "prefect"
+
+    def __init__(self, config: AgentConfig, client: PrefectClient | None = None) -> None:
+        self.config = config
+        self.api = config.api
+        self.client = client or PrefectClient(config)
+        self.labels = frozenset(config.labels)
+        self.hostname = socket.gethostname()
+        self.worker = config.name
+        self.pool_defaults: dict[str, Any] = {}
+        self._cache = _Cache()
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._claim_note = f"Claimed by dagent agent {config.name!r}"
+        self._last_cancel_check = 0.0
+        self._cancel_seen: set[str] = set()
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Check the API answers and the credentials work; read (or create) the work pool."""
+        version = self.client.call("GET", "/admin/version")
+        pool_name = self.api.work_pool
+        pool = self.client.call("GET", f"/work_pools/{pool_name}", allow=(404,))
+        if pool is None:
+            log.info("work pool %s does not exist; creating it (type docker)", pool_name)
+            pool = self.client.call(
+                "POST",
+                "/work_pools/",
+                {"name": pool_name, "type": "docker", "base_job_template": base_job_template()},
+                allow=(409,),
+            )
+            if pool is None:  # another agent created it meanwhile
+                pool = self.client.call("GET", f"/work_pools/{pool_name}")
+        if not isinstance(pool, dict):
+            raise SourceError(f"Prefect API: GET /work_pools/{pool_name}: unexpected answer")
+        if pool.get("type") != "docker":
+            raise SourceError(f"api.work_pool {pool_name!r} is a {pool.get('type')!r} pool; dagent serves docker pools")
+        properties = ((pool.get("base_job_template") or {}).get("variables") or {}).get("properties") or {}
+        self.pool_defaults = {k: v["default"] for k, v in properties.items() if isinstance(v, dict) and "default" in v}
+        log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
+
+    def heartbeat(self) -> None:
+        """Mark this agent ONLINE as a worker of the pool."""
+        self.client.call(
+            "POST",
+            f"/work_pools/{self.api.work_pool}/workers/heartbeat",
+            {"name": self.worker, "heartbeat_interval_seconds": round(self.api.heartbeat_interval)},
+        )
+
+    # --- polling and claiming --------------------------------------------------------------------
+
+    def poll(self, limit: int) -> Sequence[Claim]:
+        """Claim up to `limit` scheduled runs of the pool whose required labels this agent has."""
+        body: dict[str, Any] = {
+            "scheduled_before": (datetime.now(timezone.utc) + timedelta(seconds=self.api.prefetch)).isoformat(),
+            # Ask for more than we can take: some may need labels we lack, or be claimed by others.
+            "limit": max(limit * 2, 10),
+        }
+        if self.api.work_queues:
+            body["work_queue_names"] = list(self.api.work_queues)
+        items = self.client.call("POST", f"/work_pools/{self.api.work_pool}/get_scheduled_flow_runs", body) or []
+        if not isinstance(items, list):
+            raise SourceError("Prefect API: get_scheduled_flow_runs: expected a list")
+        claims: list[Claim] = []
+        for item in items:
+            if len(claims) >= limit:
+                break
+            flow_run = item.get("flow_run") if isinstance(item, dict) else None
+            if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
+                log.warning("skipping a malformed item from get_scheduled_flow_runs")
+                continue
+            claim = self._consider(flow_run)
+            if claim is not None:
+                claims.append(claim)
+        return claims
+
+    def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
+        run_id = flow_run["id"]
+        deployment = self._deployment(flow_run.get("deployment_id"))
+        variables = self._job_variables(flow_run, deployment)
+        required = variables.get("required_labels") or []
+        if not isinstance(required, list) or not set(map(str, required)) <= self.labels:
+            log.debug("leaving flow run %s: needs labels %s", run_id, required)
+            return None
+        if not self._claim(run_id):
+            return None
+        entry = _Run(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
+        try:
+            run = self._run_request(run_id, variables)
+        except RunFileError as e:
+            claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
+            with self._lock:
+                self._runs[run_id] = entry
+            self.refuse(claim, str(e))
+            return None
+        with self._lock:
+            self._runs[run_id] = entry
+        return Claim(run, self._origin(run_id, entry, variables), run_id)
+
+    def _claim(self, run_id: str) -> bool:
+        """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
+        answer = self.client.call(
+            "POST",
+            f"/flow_runs/{run_id}/set_state",
+            {
+                "state": {"type": "PENDING", "name": "Pending", "message": self._claim_note, "state_details": {}},
+                "force": False,
+            },
+            allow=(404,),
+        )
+        status = (answer or {}).get("status")
+        if status == "ACCEPT":
+            log.info("claimed flow run %s", run_id)
+            return True
+        if status in ("ABORT", "REJECT"):
+            # Ours anyway if an earlier try of this very proposal went through and its answer was lost.
+            state = self._state(run_id)
+            if state and state.get("type") == "PENDING" and state.get("message") == self._claim_note:
+                return True
+            log.debug("flow run %s: %s (%s)", run_id, status, ((answer or {}).get("details") or {}).get("reason"))
+            return False
+        if status == "WAIT":
+            log.debug("flow run %s: WAIT; trying again at a later poll", run_id)
+        return False
+
+    def _state(self, run_id: str) -> dict[str, Any] | None:
+        flow_run = self.client.call("GET", f"/flow_runs/{run_id}", allow=(404,))
+        state = (flow_run or {}).get("state")
+        return state if isinstance(state, dict) else None
+
+    def _deployment(self, deployment_id: Any) -> dict[str, Any] | None:
+        if not isinstance(deployment_id, str):
+            return None
+        if deployment_id not in self._cache.deployments:
+            deployment = self.client.call("GET", f"/deployments/{deployment_id}", allow=(404,))
+            self._cache.deployments[deployment_id] = deployment if isinstance(deployment, dict) else None
+        return self._cache.deployments[deployment_id]
+
+    def _flow_name(self, flow_id: Any) -> str | None:
+        if not isinstance(flow_id, str):
+            return None
+        if flow_id not in self._cache.flows:
+            flow = self.client.call("GET", f"/flows/{flow_id}", allow=(404,))
+            self._cache.flows[flow_id] = flow.get("name") if isinstance(flow, dict) else None
+        return self._cache.flows[flow_id]
+
+    def _job_variables(self, flow_run: Mapping[str, Any], deployment: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Pool defaults ⊕ deployment ⊕ flow run; `env` merges key by key, other keys replace."""
+        merged: dict[str, Any] = {}
+        layers = (self.pool_defaults, (deployment or {}).get("job_variables"), flow_run.get("job_variables"))
+        for layer in layers:
+            for key, value in (layer or {}).items():
+                if key == "env" and isinstance(value, dict) and isinstance(merged.get("env"), dict):
+                    merged["env"] = {**merged["env"], **value}
+                else:
+                    merged[key] = value
+        return merged
+
+    def _run_request(self, run_id: str, variables: Mapping[str, Any]) -> RunRequest:
+        """Job variables → RunRequest, through the same validation as a run file."""
+        origin = f"flow run {run_id} job_variables"
+        data: dict[str, Any] = {"id": run_id}
+        for key in _DIRECT:
+            if variables.get(key) not in (None, [], {}):
+                data[key] = variables[key]
+        data.setdefault("image", self.api.default_image)
+        if data["image"] is None:
+            raise RunFileError(f"{origin}: image: not set (set the job variable `image`, or api.default_image)")
+        command = variables.get("command")
+        data["command"] = (
+            shlex.split(command) if isinstance(command, str) and command.strip() else (command or list(DEFAULT_COMMAND))
+        )
+        if variables.get("mem_limit") is not None:
+            data["memory"] = variables["mem_limit"]
+        if variables.get("required_labels"):
+            data["labels"] = variables["required_labels"]
+        network_mode, networks = variables.get("network_mode"), variables.get("networks") or []
+        if network_mode:
+            data["network"] = network_mode
+        elif isinstance(networks, list) and networks:
+            data["network"] = networks[0]
+            if len(networks) > 1:
+                log.warning("flow run %s: joining network %s only, not %s", run_id, networks[0], networks[1:])
+        if variables.get("container_create_kwargs"):
+            # Raw docker-py arguments would go around every policy rule.
+            raise RunFileError(f"{origin}: container_create_kwargs: not supported; use dagent's job variables")
+        unknown = (
+            set(variables)
+            - set(_DIRECT)
+            - _IGNORED
+            - {
+                "command",
+                "mem_limit",
+                "required_labels",
+                "network_mode",
+                "networks",
+                "labels",
+                "container_create_kwargs",
+            }
+        )
+        if unknown:
+            log.debug("flow run %s: ignoring job variables %s", run_id, sorted(unknown))
+        return parse_run(data, origin)
+
+    def _origin(self, run_id: str, entry: _Run, variables: Mapping[str, Any]) -> Origin:
+        """What the container must carry: how to reach the API, which run it is, Prefect's labels."""
+        host_network = variables.get("network_mode") == "host"
+        api_url = (
+            self.client.url
+            if host_network or not self.config.docker.docker_interface
+            else _for_container(self.client.url)
+        )
+        env = {"PREFECT_API_URL": api_url, "PREFECT__FLOW_RUN_ID": run_id}
+        secret_env = {}
+        if self.api.token is not None:
+            secret_env["PREFECT_API_KEY"] = self.api.token
+        elif self.api.auth_string is not None:
+            secret_env["PREFECT_API_AUTH_STRING"] = self.api.auth_string
+        deployment = entry.deployment or {}
+        labels = {
+            "io.prefect.flow-run-id": run_id,
+            "io.prefect.flow-run-name": str(entry.flow_run.get("name") or ""),
+            "io.prefect.deployment-id": str(deployment.get("id") or ""),
+            "io.prefect.deployment-name": str(deployment.get("name") or ""),
+            "io.prefect.flow-id": str(entry.flow_run.get("flow_id") or ""),
+            "io.prefect.flow-name": entry.flow_name or "",
+            "io.prefect.work-pool-name": self.api.work_pool,
+            "io.prefect.worker-name": self.worker,
+            "io.prefect.version": "dagent-" + __version__,
+        }
+        container_labels = variables.get("labels")
+        if isinstance(container_labels, dict):
+            labels = {**{str(k): str(v) for k, v in container_labels.items()}, **labels}
+        return Origin(source=self.name, env=env, secret_env=secret_env, labels=labels)
+
+    # --- a run's life ----------------------------------------------------------------------------
+
+    def starting(self, claim: Claim) -> bool:
+        """False when the run was cancelled while PENDING: it must never start."""
+        state = self._state(claim.handle) or {}
+        if state.get("type") in ("CANCELLING", "CANCELLED"):
+            log.info("flow run %s was cancelled before it started", claim.handle)
+            return False
+        return True
+
+    def started(self, claim: Claim, container_id: str) -> None:
+        """Record where the run is: `infrastructure_pid` = host:container."""
+        self.client.call(
+            "PATCH", f"/flow_runs/{claim.handle}", {"infrastructure_pid": f"{self.hostname}:{container_id}"}
+        )
+
+    def report(self, claim: Claim, result: RunResult) -> None:
+        """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
+        run_id = claim.handle
+        with self._lock:
+            self._runs.pop(run_id, None)
+        state = self._state(run_id) or {}
+        kind = state.get("type")
+        if result.outcome == "cancelled":
+            if kind not in FINAL_STATES:
+                self._set_state(run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True)
+            return
+        if kind in FINAL_STATES:
+            return  # the engine reported the run itself
+        if result.outcome == "timed-out":
+            message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
+        elif result.exit_code is None:
+            message = f"dagent could not run the container: {result.error}"
+        elif result.exit_code == 0:
+            message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
+        else:
+            message = f"the container exited with code {result.exit_code}"
+        self._set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message)
+
+    def refuse(self, claim: Claim, reason: str) -> None:
+        """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
+        with self._lock:
+            self._runs.pop(claim.handle, None)
+        log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
+        self._set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
+
+    def _set_state(self, run_id: str, kind: str, name: str, message: str, force: bool = False) -> None:
+        answer = self.client.call(
+            "POST",
+            f"/flow_runs/{run_id}/set_state",
+            {"state": {"type": kind, "name": name, "message": message, "state_details": {}}, "force": force},
+            allow=(404,),
+        )
+        status = (answer or {}).get("status")
+        if status != "ACCEPT":
+            log.info("flow run %s: %s proposal answered %s", run_id, kind, status)
+
+    def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
+        """Runs of ours in CANCELLING; asked at most once per poll interval."""
+        now = time.monotonic()
+        if now - self._last_cancel_check < max(self.config.effective_poll_interval, 2.0):
+            return []
+        self._last_cancel_check = now
+        found = (
+            self.client.call(
+                "POST",
+                "/flow_runs/filter",
+                {
+                    "flow_runs": {"id": {"any_": list(run_ids)}, "state": {"type": {"any_": ["CANCELLING"]}}},
+                    "limit": len(run_ids),
+                },
+            )
+            or []
+        )
+        return [r["id"] for r in found if isinstance(r, dict) and isinstance(r.get("id"), str)]
+
+    def log(self, claim: Claim, level: str, message: str) -> None:
+        """Send the agent's own line about a run to Prefect (api.send_agent_logs)."""
+        if not self.api.send_agent_logs:
+            return
+        entry = {
+            "name": "dagent.agent",
+            "level": _LOG_LEVELS.get(level, 20),
+            "message": message,
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "flow_run_id": claim.handle,
+        }
+        self.client.call("POST", "/logs/", [entry])
+
+    # --- restart ---------------------------------------------------------------------------------
+
+    def recover(self, containers: Mapping[str, ContainerInfo], live: Collection[str]) -> Sequence[Claim]:
+        """Resume our runs that have a container or never started; crash those whose container is gone."""
+        found = (
+            self.client.call(
+                "POST",
+                "/flow_runs/filter",
+                {
+                    "work_pools": {"name": {"any_": [self.api.work_pool]}},
+                    "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
+                    "limit": 200,
+                },
+            )
+            or []
+        )
+        claims: list[Claim] = []
+        for flow_run in found:
+            if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
+                continue
+            run_id = flow_run["id"]
+            state = flow_run.get("state") or {}
+            host, _, container_id = str(flow_run.get("infrastructure_pid") or "").partition(":")
+            ours_pending = state.get("type") == "PENDING" and state.get("message") == self._claim_note
+            info = containers.get(run_id)
+            if info is not None and info.labels.get(LABEL_AGENT) == self.worker:
+                claim = self._resume(flow_run)  # adopt the container (running, or finished and unreported)
+            elif info is None and ours_pending and not container_id:
+                claim = self._resume(flow_run)  # claimed, never started: run it now
+            elif host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
+                # Whoever started it, its container is gone from this host's daemon.
+                log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
+                self._set_state(run_id, "CRASHED", "Crashed", "Crashed: the run's container is gone (agent restarted)")
+                continue
+            else:
+                continue
+            if claim is not None:
+                claims.append(claim)
+        return claims
+
+    def _resume(self, flow_run: dict[str, Any]) -> Claim | None:
+        run_id = flow_run["id"]
+        deployment = self._deployment(flow_run.get("deployment_id"))
+        variables = self._job_variables(flow_run, deployment)
+        entry = _Run(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
+        try:
+            run = self._run_request(run_id, variables)
+        except RunFileError as e:
+            log.error("flow run %s cannot be resumed: %s", run_id, e)
+            return None
+        with self._lock:
+            self._runs[run_id] = entry
+        return Claim(run, self._origin(run_id, entry, variables), run_id)
+
+    def close(self) -> None:
+        """Close the API connection pool."""
+        self.client.close()
+
+
+def _for_container(url: str) -> str:
+    """localhost and 127.0.0.1 mean the container itself inside it: point them at the host."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host in ("localhost", "127.0.0.1", "::1") or re.match(r"^127\.", host):
+        netloc = parts.netloc.replace(f"[{host}]" if ":" in host else host, "host.docker.internal", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
