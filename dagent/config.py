@@ -228,6 +228,9 @@ class ApiConfig(_Section):
 
     url: Annotated[str, AfterValidator(_check_http_url)] | None = None
     """Prefect API base URL, e.g. http://127.0.0.1:4200/api (also PREFECT_API_URL)."""
+    container_url: Annotated[str, AfterValidator(_check_http_url)] | None = None
+    """API URL flow containers use, when it differs from `api.url`; unset: `api.url`, with localhost
+    pointed at host.docker.internal unless the container uses the host's network."""
     token: SecretStr | None = None
     """API key sent as a Bearer token (also PREFECT_API_KEY, PREFECT__CLOUD__AGENT__AUTH_TOKEN)."""
     token_file: LocalPath | None = None

@@ -19,6 +19,8 @@ EXAMPLES: dict[str, Any] = {
     "max_polls": 100,
     "poll_interval": 1.0,
     "api.url": "http://127.0.0.1:4200/api",
+    "api.container_url": "http://prefect.internal:4200/api",
+    "api.default_image": "127.0.0.1:5000/flows/base:3",
     "api.token": "pnu_...",
     "api.token_file": "/etc/dagent/token",
     "api.auth_string": "admin:pass",
@@ -66,6 +68,10 @@ def _default(dotted: str) -> Any:
     # The raw field default: no environment, no file, no cwd (inbox.path stays "runs").
     value = _field(dotted).get_default(call_default_factory=True)
     return str(value) if isinstance(value, Path) else value
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join(str(text).split())
 
 
 def _env_names(dotted: str) -> list[str]:
@@ -124,7 +130,7 @@ def reference_toml() -> str:
         field = _field(dotted)
         default = _default(dotted)
         lines.append("")
-        lines.append(f"# {field.description}")
+        lines.append(f"# {_one_line(field.description)}")
         where = "env " + ", ".join(_env_names(dotted))
         if _flags(dotted):
             where += " · flag " + ", ".join(_flags(dotted))
@@ -151,7 +157,7 @@ def reference_markdown() -> str:
             shown = "`unix:///var/run/docker.sock` (Windows: `npipe:////./pipe/docker_engine`)"
         envs = "<br>".join(f"`{n}`" for n in _env_names(dotted))
         flags = "<br>".join(f"`{f}`" for f in _flags(dotted)) or ""
-        description = str(_field(dotted).description).replace("|", "\\|")
+        description = _one_line(_field(dotted).description).replace("|", "\\|")
         rows.append(f"| `{dotted}` | {_type(dotted)} | {shown} | {envs} | {flags} | {description} |")
     seed = ["| `DockerAgent` argument | key | environment | flag | note |", "|---|---|---|---|---|"]
     for argument, dotted in SEED_ARGUMENTS:

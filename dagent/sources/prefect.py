@@ -314,6 +314,8 @@ class PrefectSource:
         )
         status = (answer or {}).get("status")
         if status == "ACCEPT":
+            if not self._was_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
+                return False
             log.info("claimed flow run %s", run_id)
             return True
         if status in ("ABORT", "REJECT"):
@@ -325,6 +327,29 @@ class PrefectSource:
             return False
         if status == "WAIT":
             log.debug("flow run %s: WAIT; trying again at a later poll", run_id)
+        return False
+
+    def _was_scheduled(self, run_id: str, pending_id: Any) -> bool:
+        """True when our PENDING followed a SCHEDULED state.
+
+        Prefect accepts PENDING from a final state too (a re-run). A poll's list can be stale: another
+        agent may have claimed and finished the run meanwhile. Then our PENDING revived a finished
+        run; put its final state back and leave it.
+        """
+        history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}") or []
+        history = sorted((h for h in history if isinstance(h, dict)), key=lambda h: str(h.get("timestamp")))
+        index = next((i for i, h in enumerate(history) if h.get("id") == pending_id), None)
+        previous = history[index - 1] if index else None
+        if previous is None or previous.get("type") == "SCHEDULED":
+            return True
+        log.warning("flow run %s was %s, not scheduled, when claimed; restoring it", run_id, previous.get("type"))
+        self._set_state(
+            run_id,
+            str(previous.get("type")),
+            str(previous.get("name") or ""),
+            str(previous.get("message") or ""),
+            force=True,
+        )
         return False
 
     def _state(self, run_id: str) -> dict[str, Any] | None:
@@ -409,11 +434,12 @@ class PrefectSource:
     def _origin(self, run_id: str, entry: _Run, variables: Mapping[str, Any]) -> Origin:
         """What the container must carry: how to reach the API, which run it is, Prefect's labels."""
         host_network = variables.get("network_mode") == "host"
-        api_url = (
-            self.client.url
-            if host_network or not self.config.docker.docker_interface
-            else _for_container(self.client.url)
-        )
+        if self.api.container_url:
+            api_url = self.api.container_url
+        elif host_network or not self.config.docker.docker_interface:
+            api_url = self.client.url
+        else:
+            api_url = _for_container(self.client.url)
         env = {"PREFECT_API_URL": api_url, "PREFECT__FLOW_RUN_ID": run_id}
         secret_env = {}
         if self.api.token is not None:

@@ -1,0 +1,284 @@
+"""dagent as a worker of a Prefect 3 docker work pool: a real server, real flows in a real image."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration import infra, prefect_infra
+from tests.integration.conftest import Dagent
+from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
+from tests.integration.test_agent import AgentProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[prefect_infra.PrefectServer]:
+    """Prefect 3.8.8 in its own venv, serving on 127.0.0.1."""
+    try:
+        server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), tmp_path_factory.mktemp("prefect"))
+    except (prefect_infra.Unavailable, subprocess.CalledProcessError) as e:
+        pytest.skip(f"no Prefect server can run here: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def flow_image(engine: docker.DockerClient) -> str:
+    """An image that runs this repo's test flows with `prefect flow-run execute` (built once, cached)."""
+    try:
+        return prefect_infra.flow_image()
+    except prefect_infra.Unavailable as e:
+        pytest.skip(f"cannot build the flow image: {e}")
+
+
+@pytest.fixture
+def api(prefect_server: prefect_infra.PrefectServer) -> PrefectAPI:
+    return PrefectAPI(prefect_server.api_url)
+
+
+@pytest.fixture
+def pool() -> str:
+    return f"pool-{uuid.uuid4().hex[:8]}"
+
+
+def prefect_config(
+    dagent: Dagent, api_url: str, pool: str, *, labels: list[str] | None = None, extra: str = "", **docker_keys: object
+) -> Path:
+    """An agent.toml for the Prefect source, polling fast, allowed host networking (flows reach 127.0.0.1)."""
+    head = (
+        f'source = "prefect"\npoll_interval = 0.5\nconcurrency = 4\nlabels = {json.dumps(labels or [])}\n{extra}\n'
+        f'[api]\nurl = "{api_url}"\nwork_pool = "{pool}"\nheartbeat_interval = 5\n'
+    )
+    return dagent.config(head, allow_host_network=True, keep_containers="never", stop_grace=2, **docker_keys)
+
+
+def _deploy(api: PrefectAPI, pool: str, image: str, entrypoint: str, **job_variables: object) -> str:
+    return api.deployment(pool, entrypoint, {"image": image, "network_mode": "host", **job_variables})
+
+
+@pytest.fixture
+def agent(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, pool: str, flow_image: str
+) -> Iterator[AgentProcess]:
+    """One dagent agent serving the test's pool (which it creates)."""
+    with AgentProcess(dagent, prefect_config(dagent, prefect_server.api_url, pool)) as process:
+        api = PrefectAPI(prefect_server.api_url)
+        wait_for(lambda: api.pool(pool) is not None, 30, "the agent to create its pool")
+        yield process
+        process.signal()
+
+
+def test_flow_completes_and_the_agent_is_a_worker(
+    agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str, dagent: Dagent
+) -> None:
+    """A flow that returns → COMPLETED; infrastructure_pid set; the agent is an ONLINE worker; its lines are in Prefect."""
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello"), parameters={"name": "prefect"})
+    flow_run = api.wait_state(run_id, "COMPLETED", 120)
+    assert ":" in flow_run["infrastructure_pid"]
+    workers = api.call("POST", f"/work_pools/{pool}/workers/filter", {})
+    assert any(w["name"] == dagent.name and w["status"] == "ONLINE" for w in workers)
+    template = api.pool(pool)["base_job_template"]["variables"]["properties"]  # type: ignore[index]
+    assert "required_labels" in template and "image" in template
+    wait_for(lambda: any("started container" in m for m in api.logs(run_id)), 30, "the agent's log line in Prefect")
+    wait_for(lambda: any("hello prefect" in m for m in api.logs(run_id)), 30, "the flow's own log line")
+    wait_for(lambda: dagent.containers() == [], 30, "the container removed")
+
+
+def test_flow_that_raises_is_failed(agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str) -> None:
+    """A flow that raises → FAILED (the engine says so; the agent does not overwrite it)."""
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:boom"))
+    api.wait_state(run_id, "FAILED", 120)
+    time.sleep(2)
+    assert api.state(run_id) == "FAILED"
+
+
+def test_container_killed_from_outside_is_crashed(
+    agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str, dagent: Dagent
+) -> None:
+    """docker kill of a running flow's container → CRASHED with the exit code in the message."""
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:sleepy"), parameters={"seconds": 120})
+    api.wait_state(run_id, "RUNNING", 120)
+    [container] = dagent.containers(run_id)
+    container.kill()
+    flow_run = api.wait_state(run_id, "CRASHED", 60)
+    assert "exited with code 137" in flow_run["state"]["message"]
+
+
+def test_exit_0_without_a_final_state_is_crashed(
+    agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """A container that exits 0 without running the flow → CRASHED."""
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello", command="true"))
+    flow_run = api.wait_state(run_id, "CRASHED", 60)
+    assert "exited with code 0" in flow_run["state"]["message"]
+
+
+def test_cancel_while_running(agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str, dagent: Dagent) -> None:
+    """CANCELLING a running flow run → the container is stopped and gone, the run CANCELLED."""
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:sleepy"), parameters={"seconds": 120})
+    api.wait_state(run_id, "RUNNING", 120)
+    assert api.set_state(run_id, "CANCELLING") == "ACCEPT"
+    api.wait_state(run_id, "CANCELLED", 60)
+    wait_for(lambda: dagent.containers(run_id) == [], 30, "the container gone")
+
+
+def test_run_needing_a_label_goes_to_the_agent_with_it(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """required_labels = ["gpu"]: left SCHEDULED by an agent without it, taken by one with it."""
+    plain = prefect_config(dagent, prefect_server.api_url, pool)
+    with AgentProcess(dagent, plain, "--max-polls", "1") as first:
+        assert first.process.wait(timeout=60) == 0  # creates the pool
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello", required_labels=["gpu"]))
+    with AgentProcess(dagent, plain, "--max-polls", "6") as second:
+        assert second.process.wait(timeout=60) == 0
+    assert api.state(run_id) == "SCHEDULED"
+    gpu = prefect_config(dagent, prefect_server.api_url, pool, labels=["gpu"])
+    with AgentProcess(dagent, gpu, name=f"{dagent.name}-gpu") as third:
+        api.wait_state(run_id, "COMPLETED", 120)
+        third.signal()
+
+
+def test_pool_made_by_prefect_cli_with_its_defaults(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """A pool from `prefect work-pool create --type docker`: its template's defaults (here the image) apply."""
+    venv = prefect_infra.prefect_venv()
+    env = {
+        "PREFECT_API_URL": prefect_server.api_url,
+        "PATH": "/usr/bin:/bin",
+        "PREFECT_HOME": str(dagent.workdir / "ph"),
+    }
+    template = json.loads(
+        subprocess.run([str(venv / "bin" / "prefect"), "work-pool", "get-default-base-job-template", "--type", "docker"],
+                       env=env, capture_output=True, text=True, check=True).stdout
+    )  # fmt: skip
+    template["variables"]["properties"]["image"]["default"] = flow_image
+    template["variables"]["properties"]["network_mode"]["default"] = "host"
+    (dagent.workdir / "template.json").write_text(json.dumps(template))
+    subprocess.run([str(venv / "bin" / "prefect"), "work-pool", "create", pool, "--type", "docker",
+                    "--base-job-template", str(dagent.workdir / "template.json")], env=env, check=True, capture_output=True)  # fmt: skip
+    run_id = api.run(api.deployment(pool, "flows.py:hello", {}))
+    with AgentProcess(dagent, prefect_config(dagent, prefect_server.api_url, pool)) as agent:
+        api.wait_state(run_id, "COMPLETED", 120)
+        agent.signal()
+
+
+def test_bad_job_variables_are_crashed_with_the_reason(
+    agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """Job variables dagent refuses (raw create kwargs, a relative volume, privileged) → CRASHED saying why."""
+    cases = {
+        "container_create_kwargs": {"container_create_kwargs": {"privileged": True}},
+        "volumes.0": {"volumes": ["relative:x"]},
+        "docker.allow_privileged": {"privileged": True},
+    }
+    runs = {
+        reason: api.run(_deploy(api, pool, flow_image, "flows.py:hello", **variables))
+        for reason, variables in cases.items()
+    }
+    for reason, run_id in runs.items():
+        flow_run = api.wait_state(run_id, "CRASHED", 60)
+        assert reason in flow_run["state"]["message"]
+
+
+def test_unreachable_api_is_one_line_and_exit_1(dagent: Dagent) -> None:
+    """No server at api.url: `dagent start` exits 1 with one line naming it."""
+    url = f"http://127.0.0.1:{infra.free_port()}/api"
+    config = prefect_config(dagent, url, "p", extra="[retry]\nattempts = 2\n")
+    result = dagent("start", "-c", str(config))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dagent: error:")]
+    assert len(errors) == 1 and url in errors[0] and "Traceback" not in result.stderr
+
+
+def test_two_agents_fifty_runs_exactly_once(
+    dagent: Dagent,
+    prefect_server: prefect_infra.PrefectServer,
+    api: PrefectAPI,
+    pool: str,
+    flow_image: str,
+    tmp_path: Path,
+) -> None:
+    """Two agents on one pool, 50 runs: each run gets exactly one container (counted by the containers themselves)."""
+    config = prefect_config(dagent, prefect_server.api_url, pool, allowed_host_paths=[str(tmp_path)])
+    with AgentProcess(dagent, config, "--max-polls", "1") as first:
+        first.process.wait(timeout=60)
+    deployment = _deploy(
+        api, pool, flow_image, "flows.py:hello",
+        command='sh -c \'echo "$PREFECT__FLOW_RUN_ID" >> /count/starts\'', volumes=[f"{tmp_path}:/count"],
+    )  # fmt: skip
+    ids = [api.run(deployment) for _ in range(50)]
+    with (
+        AgentProcess(dagent, config, name=f"{dagent.name}-a") as a,
+        AgentProcess(dagent, config, name=f"{dagent.name}-b") as b,
+    ):
+        for run_id in ids:
+            api.wait_state(run_id, FINAL, 240)
+        a.signal()
+        b.signal()
+    starts = (tmp_path / "starts").read_text().split()
+    assert sorted(starts) == sorted(ids)
+    assert "claimed flow run" in a.log and "claimed flow run" in b.log
+
+
+def test_kill_9_mid_run_then_restart(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """kill -9 of the agent while flows run; the restarted agent adopts them: none stuck RUNNING, none run twice."""
+    config = prefect_config(dagent, prefect_server.api_url, pool)
+    with AgentProcess(dagent, config, "--max-polls", "1") as first:
+        first.process.wait(timeout=60)
+    deployment = _deploy(api, pool, flow_image, "flows.py:sleepy")
+    ids = [api.run(deployment, parameters={"seconds": 8}) for _ in range(3)]
+    with AgentProcess(dagent, config) as victim:
+        for run_id in ids:
+            api.wait_state(run_id, "RUNNING", 120)
+        victim.signal(signal.SIGKILL)
+    with AgentProcess(dagent, config) as survivor:
+        for run_id in ids:
+            api.wait_state(run_id, "COMPLETED", 120)
+        wait_for(lambda: dagent.containers() == [], 30, "containers removed")
+        survivor.signal()
+        assert survivor.log.count("resuming after restart") == 3
+    for run_id in ids:
+        runs = [s for s in api.call("GET", f"/flow_run_states/?flow_run_id={run_id}") if s["type"] == "RUNNING"]
+        assert len(runs) == 1, f"{run_id} ran {len(runs)} times"
+
+
+def test_api_faults_are_retried(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """20% of the agent's requests get 503, 429, a reset or a slow answer: every run still ends right, once."""
+    base = prefect_server.api_url.removesuffix("/api")
+    proxy = FaultyHTTPProxy(base, fault_rate=0.2)
+    try:
+        config = prefect_config(
+            dagent, proxy.api_url("/api"), pool,
+            extra="[retry]\nattempts = 8\nbackoff_initial = 0.1\nbackoff_max = 1\n",
+        )  # fmt: skip
+        config.write_text(config.read_text().replace("[api]\n", f'[api]\ncontainer_url = "{prefect_server.api_url}"\n'))
+        with AgentProcess(dagent, config) as agent:
+            wait_for(lambda: api.pool(pool) is not None, 60, "the pool")
+            good = _deploy(api, pool, flow_image, "flows.py:hello")
+            bad = _deploy(api, pool, flow_image, "flows.py:boom")
+            ids = {api.run(good): "COMPLETED", api.run(good): "COMPLETED", api.run(bad): "FAILED"}
+            for run_id, final in ids.items():
+                api.wait_state(run_id, final, 180)
+            agent.signal()
+        assert sum(proxy.faults.values()) > 0, "no fault was injected"
+        for run_id in ids:
+            runs = [s for s in api.call("GET", f"/flow_run_states/?flow_run_id={run_id}") if s["type"] == "RUNNING"]
+            assert len(runs) == 1
+    finally:
+        proxy.stop()
