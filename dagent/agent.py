@@ -56,6 +56,7 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.stopping = threading.Event()
         self._wake = threading.Event()
+        self._poll_now = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[str, _InFlight] = {}
         self.polls = 0
@@ -65,6 +66,11 @@ class Agent:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
+    def poll_soon(self) -> None:
+        """Ask for a poll now (the source saw work arrive); safe from any thread."""
+        self._poll_now.set()
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop polling and return soon; containers in flight keep running (adopted at restart)."""
         self.stopping.set()
@@ -72,8 +78,10 @@ class Agent:
 
     def run(self) -> None:
         """Start up, reconcile, then poll until stopped or max_polls (then wait for runs in flight)."""
-        version = self.runtime.verify()
+        # The source first: its first request is what a control plane sees of a starting agent.
         self.source.connect()
+        version = self.runtime.verify()
+        self.source.watch(self.poll_soon)
         log.info(
             "agent %s started: source %s, Docker %s, concurrency %d, labels %s",
             self.config.name, self.source.name, version.get("Version", "?"), self.config.concurrency,
@@ -93,7 +101,8 @@ class Agent:
                 self._wait_until(lambda: self._free_slots() > 0, timeout=None)
             else:
                 backoff = min(interval * 2**self._errors_in_a_row, MAX_BACKOFF) if self._errors_in_a_row else interval
-                self._wait_until(lambda: False, timeout=backoff)
+                self._wait_until(self._poll_now.is_set, timeout=backoff)
+            self._poll_now.clear()
         if not self.stopping.is_set():
             log.info("max_polls (%d) reached; waiting for %d run(s) in flight", self.polls, len(self._in_flight))
             self._wait_until(lambda: not self._in_flight, timeout=None)

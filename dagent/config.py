@@ -245,6 +245,8 @@ class ApiConfig(_Section):
     """Image for flow runs whose job variables name none (Prefect's own worker picks prefecthq/prefect)."""
     send_agent_logs: bool = True
     """Send the agent's own lines about a run to the Prefect API (seed `--no-cloud-logs` inverts)."""
+    event_stream: bool = True
+    """Listen to Prefect's event stream to poll as soon as a run is scheduled (polls stay the truth)."""
     heartbeat_interval: float = Field(default=30.0, gt=0)
     """Seconds between worker heartbeats."""
     prefetch: float = Field(default=10.0, ge=0)

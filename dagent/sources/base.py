@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +53,9 @@ class Source(Protocol):
 
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
         """Which of these runs in flight were asked to stop."""
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` whenever work may be waiting, so the loop polls early (may do nothing)."""
 
     def heartbeat(self) -> None:
         """Tell the control plane this agent is alive."""

@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -155,6 +155,9 @@ class InboxSource:
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
         """Runs in flight with a cancel/<id> file."""
         return [run_id for run_id in run_ids if (self.cancel / run_id).exists()]
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Polling a directory every second is cheap enough; no watcher."""
 
     def heartbeat(self) -> None:
         """The inbox has no one to tell."""

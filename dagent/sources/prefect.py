@@ -8,7 +8,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,6 +22,7 @@ from dagent.errors import RunFileError, SourceError
 from dagent.runs import RunRequest, parse_run
 from dagent.runtime import ContainerInfo, RunResult
 from dagent.sources.base import Claim
+from dagent.sources.prefect_events import ScheduledRunWatcher
 from dagent.spec import LABEL_AGENT, Origin
 
 log = logging.getLogger("dagent.prefect")
@@ -216,7 +217,7 @@ class PrefectSource:
         self._lock = threading.Lock()
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
         self._last_cancel_check = 0.0
-        self._cancel_seen: set[str] = set()
+        self._watcher: ScheduledRunWatcher | None = None
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -241,7 +242,23 @@ class PrefectSource:
             raise SourceError(f"api.work_pool {pool_name!r} is a {pool.get('type')!r} pool; dagent serves docker pools")
         properties = ((pool.get("base_job_template") or {}).get("variables") or {}).get("properties") or {}
         self.pool_defaults = {k: v["default"] for k, v in properties.items() if isinstance(v, dict) and "default" in v}
+        self.pool_id = str(pool.get("id") or "")
         log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Wake the loop as soon as a run is scheduled in the pool (Prefect's event stream)."""
+        if not self.api.event_stream or not self.pool_id:
+            return
+        api = self.api
+        token = (
+            api.token.get_secret_value()
+            if api.token
+            else api.auth_string.get_secret_value()
+            if api.auth_string
+            else None
+        )
+        self._watcher = ScheduledRunWatcher(self.client.url, self.pool_id, token, wake)
+        self._watcher.start()
 
     def heartbeat(self) -> None:
         """Mark this agent ONLINE as a worker of the pool."""
@@ -607,7 +624,9 @@ class PrefectSource:
         return Claim(run, self._origin(run_id, entry, variables), run_id)
 
     def close(self) -> None:
-        """Close the API connection pool."""
+        """Stop the event stream and close the API connection pool."""
+        if self._watcher is not None:
+            self._watcher.stop()
         self.client.close()
 
 

@@ -282,3 +282,21 @@ def test_api_faults_are_retried(
             assert len(runs) == 1
     finally:
         proxy.stop()
+
+
+def test_event_stream_wakes_the_agent_between_polls(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """With polls 60 s apart, a new run is still claimed within seconds: the event stream wakes the loop."""
+    config = prefect_config(dagent, prefect_server.api_url, pool)
+    config.write_text(config.read_text().replace("poll_interval = 0.5", "poll_interval = 60"))
+    with AgentProcess(dagent, config) as agent:
+        wait_for(lambda: api.pool(pool) is not None, 30, "the pool")
+        deployment = _deploy(api, pool, flow_image, "flows.py:hello")
+        time.sleep(3)  # past the first poll and the stream's subscription
+        created = time.monotonic()
+        run_id = api.run(deployment)
+        wait_for(lambda: bool(dagent.containers(run_id)), 20, "the run's container")
+        assert time.monotonic() - created < 10
+        api.wait_state(run_id, "COMPLETED", 120)
+        agent.signal()
