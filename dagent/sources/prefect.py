@@ -347,11 +347,12 @@ class PrefectSource:
         return False
 
     def _was_scheduled(self, run_id: str, pending_id: Any) -> bool:
-        """True when our PENDING followed a SCHEDULED state.
+        """True when our accepted PENDING followed a SCHEDULED state, so the run is ours.
 
-        Prefect accepts PENDING from a final state too (a re-run). A poll's list can be stale: another
-        agent may have claimed and finished the run meanwhile. Then our PENDING revived a finished
-        run; put its final state back and leave it.
+        A poll's list can be stale. If another agent claimed the run first (its PENDING came just
+        before ours), it is theirs: step back and touch nothing. If it had already finished the
+        run, our PENDING revived it (Prefect accepts PENDING after a final state): put the final
+        state back, but only while our PENDING is still the latest state.
         """
         history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}") or []
         history = sorted((h for h in history if isinstance(h, dict)), key=lambda h: str(h.get("timestamp")))
@@ -359,14 +360,12 @@ class PrefectSource:
         previous = history[index - 1] if index else None
         if previous is None or previous.get("type") == "SCHEDULED":
             return True
-        log.warning("flow run %s was %s, not scheduled, when claimed; restoring it", run_id, previous.get("type"))
-        self._set_state(
-            run_id,
-            str(previous.get("type")),
-            str(previous.get("name") or ""),
-            str(previous.get("message") or ""),
-            force=True,
-        )
+        kind = str(previous.get("type"))
+        log.info("flow run %s was %s, not scheduled, when claimed; leaving it", run_id, kind)
+        if kind in FINAL_STATES and index == len(history) - 1:
+            self._set_state(
+                run_id, kind, str(previous.get("name") or ""), str(previous.get("message") or ""), force=True
+            )
         return False
 
     def _state(self, run_id: str) -> dict[str, Any] | None:

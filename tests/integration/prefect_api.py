@@ -111,8 +111,10 @@ class FaultyHTTPProxy:
     but dagent (the flow engine inside containers) pass untouched. It counts dagent's requests.
     """
 
-    def __init__(self, upstream: str, fault_rate: float = 0.0, seed: int = 7) -> None:
+    def __init__(self, upstream: str, fault_rate: float = 0.0, seed: int = 7, count_all: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
+        self.count_all = count_all
+        self.times: list[float] = []  # when each counted request arrived
         self.fault_rate = fault_rate
         self.random = random.Random(seed)
         self.lock = threading.Lock()
@@ -138,10 +140,11 @@ class FaultyHTTPProxy:
                 body = self.rfile.read(length) if length else None
                 from_dagent = self.headers.get("User-Agent", "").startswith("dagent/")
                 fault = None
-                if from_dagent:
+                if from_dagent or proxy.count_all:
                     with proxy.lock:
                         proxy.requests.append((self.command, self.path))
-                        if proxy.random.random() < proxy.fault_rate:
+                        proxy.times.append(time.time())
+                        if from_dagent and proxy.random.random() < proxy.fault_rate:
                             fault = proxy.random.choice(["503", "429", "reset", "slow"])
                             proxy.faults[fault] += 1
                 if fault == "503":

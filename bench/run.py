@@ -1,0 +1,365 @@
+"""dagent vs Prefect's own Docker worker (prefect-docker) vs no agent at all, on one machine, in one run.
+
+    python bench/run.py            # the standard run: 30 dispatches, a burst of 12, 60 s idle
+    python bench/run.py --full     # also a burst of 100
+    python bench/run.py --smoke    # a few runs, to keep the harness working (numbers mean little)
+
+Prints a markdown table and writes bench/results/latest.json. Ratios are the point; absolute times
+depend on this machine. No number here is asserted anywhere: machines are noisy and shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+
+from tests.integration import infra, prefect_infra  # noqa: E402
+from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI  # noqa: E402
+
+CONCURRENCY = 4
+
+
+@dataclass
+class Figures:
+    """What one system measured."""
+
+    system: str
+    start_to_first_request_s: float | None = None
+    idle_rss_mb: float | None = None
+    idle_cpu_s_per_min: float | None = None
+    idle_requests_per_min: float | None = None
+    dispatch_p50_s: float | None = None
+    dispatch_p95_s: float | None = None
+    dispatch_samples: list[float] = field(default_factory=list)
+    burst: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+    requests_per_run: float | None = None
+
+
+class ContainerEvents:
+    """docker events for flow-run containers: when each run's container started and died."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.started: dict[str, float] = {}
+        self.died: dict[str, float] = {}
+        self._events = client.events(decode=True, filters={"type": "container", "label": "io.prefect.flow-run-id"})
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        try:
+            for event in self._events:
+                run_id = event.get("Actor", {}).get("Attributes", {}).get("io.prefect.flow-run-id")
+                when = event.get("timeNano", 0) / 1e9
+                if run_id and event.get("status") == "start":
+                    self.started.setdefault(run_id, when)
+                elif run_id and event.get("status") == "die":
+                    self.died[run_id] = when
+        except Exception:
+            return
+
+    def close(self) -> None:
+        self._events.close()
+
+
+def _proc_stats(pid: int) -> tuple[float, float]:
+    """(RSS in MB of the process and its children, CPU seconds used so far by them)."""
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    rss = cpu = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            rss += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, StopIteration):
+            continue
+    return rss, cpu
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(tempfile.mkdtemp(prefix="dagent-bench-"))
+        self.client = docker.from_env()
+        self.venv = prefect_infra.prefect_venv()
+        self.image = prefect_infra.flow_image()
+        self.server = prefect_infra.PrefectServer(self.venv, self.root)
+        self.api = PrefectAPI(self.server.api_url)
+        self.events = ContainerEvents(self.client)
+
+    def close(self) -> None:
+        self.events.close()
+        self.server.stop()
+
+    # --- systems ---------------------------------------------------------------------------------
+
+    def _worker_pool(self, pool: str) -> None:
+        env = {"PREFECT_API_URL": self.server.api_url, "PATH": "/usr/bin:/bin", "PREFECT_HOME": str(self.root / "ph")}
+        cli = str(self.venv / "bin" / "prefect")
+        template = json.loads(
+            subprocess.run([cli, "work-pool", "get-default-base-job-template", "--type", "docker"], env=env,
+                           capture_output=True, text=True, check=True).stdout
+        )  # fmt: skip
+        path = self.root / f"{pool}.json"
+        path.write_text(json.dumps(template))
+        subprocess.run([cli, "work-pool", "create", pool, "--type", "docker", "--base-job-template", str(path)],
+                       env=env, check=True, capture_output=True)  # fmt: skip
+
+    def _start(self, system: str, pool: str, proxy: FaultyHTTPProxy) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{system}.log").open("wb")
+        if system == "dagent":
+            config = self.root / "agent.toml"
+            config.write_text(
+                f'name = "bench"\nsource = "prefect"\nconcurrency = {CONCURRENCY}\n'
+                f'[api]\nurl = "{proxy.api_url("/api")}"\ncontainer_url = "{self.server.api_url}"\nwork_pool = "{pool}"\n'
+                '[docker]\nallow_host_network = true\nkeep_containers = "never"\n'
+            )
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_"))}
+            argv = [sys.executable, "-m", "dagent", "start", "-c", str(config)]
+            return subprocess.Popen(argv, env={**env, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_API_URL": proxy.api_url("/api"), "PREFECT_HOME": str(self.root / "worker-home")}
+        argv = [
+            str(self.venv / "bin" / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "docker",
+            "--limit",
+            str(CONCURRENCY),
+        ]
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def _deployment(self, pool: str) -> str:
+        # Containers reach the server directly, so the proxy counts only the agent's own requests.
+        job_variables = {"image": self.image, "network_mode": "host", "env": {"PREFECT_API_URL": self.server.api_url}}
+        return self.api.deployment(pool, "flows.py:hello", job_variables)
+
+    def measure(self, system: str) -> Figures:
+        figures = Figures(system)
+        pool = f"bench-{system}"
+        if system == "worker":
+            self._worker_pool(pool)
+        proxy = FaultyHTTPProxy(self.server.api_url.removesuffix("/api"), count_all=True)
+        started = time.time()
+        process = self._start(system, pool, proxy)
+        try:
+            while not proxy.times and process.poll() is None and time.time() - started < 60:
+                time.sleep(0.005)
+            figures.start_to_first_request_s = round(proxy.times[0] - started, 3) if proxy.times else None
+            # Idle: from 10 s after start (start-up done) to the end of the idle window.
+            while self.api.pool(pool) is None:
+                time.sleep(0.2)
+            time.sleep(max(0.0, started + 10 - time.time()))
+            requests_before, (_, cpu_before), idle_from = len(proxy.times), _proc_stats(process.pid), time.time()
+            time.sleep(self.args.idle)
+            rss, cpu_after = _proc_stats(process.pid)
+            minutes = (time.time() - idle_from) / 60
+            figures.idle_rss_mb = round(rss, 1)
+            figures.idle_cpu_s_per_min = round((cpu_after - cpu_before) / minutes, 3)
+            figures.idle_requests_per_min = round((len(proxy.times) - requests_before) / minutes, 2)
+            deployment = self._deployment(pool)
+            figures.dispatch_samples = self._dispatch(deployment, self.args.runs)
+            figures.dispatch_p50_s = round(statistics.median(figures.dispatch_samples), 3)
+            figures.dispatch_p95_s = round(_percentile(figures.dispatch_samples, 0.95), 3)
+            peak = [0.0]
+            sampling = threading.Event()
+
+            def sample() -> None:
+                while not sampling.is_set():
+                    peak[0] = max(peak[0], _proc_stats(process.pid)[0])
+                    time.sleep(0.2)
+
+            threading.Thread(target=sample, daemon=True).start()
+            count_before = len(proxy.times)
+            runs_total = 0
+            for size in self.args.bursts:
+                figures.burst[str(size)] = self._burst(deployment, size)
+                runs_total += size
+            sampling.set()
+            figures.peak_rss_mb = round(peak[0], 1)
+            burst_requests = len(proxy.times) - count_before
+            idle_share = figures.idle_requests_per_min * sum(b["wall_s"] for b in figures.burst.values()) / 60
+            figures.requests_per_run = round((burst_requests - idle_share) / runs_total, 2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            proxy.stop()
+        return figures
+
+    def _dispatch(self, deployment: str, runs: int) -> list[float]:
+        """Flow run created (scheduled now) → its container started; one at a time."""
+        samples = []
+        for _ in range(runs):
+            created = time.time()
+            run_id = self.api.run(deployment)
+            while run_id not in self.events.started:
+                if time.time() - created > 120:
+                    raise RuntimeError(f"flow run {run_id} got no container in 120 s")
+                time.sleep(0.01)
+            samples.append(round(self.events.started[run_id] - created, 3))
+            self.api.wait_state(run_id, FINAL, 180)
+        return samples
+
+    def _burst(self, deployment: str, size: int) -> dict[str, float]:
+        """A batch created at once: first created → last container exited."""
+        created = time.time()
+        ids = [self.api.run(deployment) for _ in range(size)]
+        for run_id in ids:
+            self.api.wait_state(run_id, FINAL, 600)
+        while not all(run_id in self.events.died for run_id in ids):
+            time.sleep(0.05)
+        wall = max(self.events.died[r] for r in ids) - created
+        states = [self.api.state(r) for r in ids]
+        return {"runs": size, "wall_s": round(wall, 2), "completed": states.count("COMPLETED")}
+
+    def floor(self) -> Figures:
+        """The same runs with no agent: docker-py create + start + wait + remove, 4 at a time."""
+        figures = Figures("floor (no agent)")
+        pool = "bench-floor"
+        self.api.call("POST", "/work_pools/", {"name": pool, "type": "docker"})
+        deployment = self.api.deployment(pool, "flows.py:hello", {})
+
+        def start_one(run_id: str) -> None:
+            self.api.set_state(run_id, "PENDING")  # what an agent's claim does
+            container = self.client.containers.create(
+                self.image, ["prefect", "flow-run", "execute"], detach=True, network_mode="host",
+                environment={"PREFECT_API_URL": self.server.api_url, "PREFECT__FLOW_RUN_ID": run_id},
+                labels={"io.prefect.flow-run-id": run_id},
+            )  # fmt: skip
+            container.start()
+            container.wait()
+            container.remove(force=True)
+
+        for size in self.args.bursts:
+            created = time.time()
+            ids = [self.api.run(deployment) for _ in range(size)]
+            with ThreadPoolExecutor(CONCURRENCY) as pool_:
+                list(pool_.map(start_one, ids))
+            while not all(r in self.events.died for r in ids):
+                time.sleep(0.05)
+            wall = max(self.events.died[r] for r in ids) - created
+            states = [self.api.state(r) for r in ids]
+            figures.burst[str(size)] = {"runs": size, "wall_s": round(wall, 2), "completed": states.count("COMPLETED")}
+        # The bare per-container cost, a busybox-sized floor for context.
+        image = infra.busybox_image()
+        took = []
+        for _ in range(5):
+            t = time.time()
+            c = self.client.containers.create(image, ["true"])
+            c.start()
+            c.wait()
+            c.remove()
+            took.append(time.time() - t)
+        figures.dispatch_p50_s = round(statistics.median(took), 3)
+        return figures
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a is not None and b else "–"
+
+
+def table(results: dict[str, Any]) -> str:
+    d, w, f = (Figures(**results[k]) for k in ("dagent", "worker", "floor"))
+    rows = [
+        "| measure | dagent | Prefect worker | dagent / worker | target |",
+        "|---|---|---|---|---|",
+        f"| dispatch latency p50 (s) | {d.dispatch_p50_s} | {w.dispatch_p50_s} | {_ratio(d.dispatch_p50_s, w.dispatch_p50_s)} | ≤ 0.20× |",
+        f"| dispatch latency p95 (s) | {d.dispatch_p95_s} | {w.dispatch_p95_s} | {_ratio(d.dispatch_p95_s, w.dispatch_p95_s)} | |",
+    ]
+    for size in d.burst:
+        floor_wall = f.burst.get(size, {}).get("wall_s")
+        dw, ww = d.burst[size]["wall_s"], w.burst.get(size, {}).get("wall_s")
+        rows.append(
+            f"| burst of {size}, 4 at a time: wall (s) / vs floor {floor_wall} s | {dw} / {_ratio(dw, floor_wall)} | "
+            f"{ww} / {_ratio(ww, floor_wall)} | {_ratio(dw, ww)} | dagent ≤ 1.15× floor |"
+        )
+    rows += [
+        f"| idle RSS after 60 s (MB) | {d.idle_rss_mb} | {w.idle_rss_mb} | {_ratio(d.idle_rss_mb, w.idle_rss_mb)} | ≤ 0.50× and < 55 MB |",
+        f"| peak RSS in the burst (MB) | {d.peak_rss_mb} | {w.peak_rss_mb} | {_ratio(d.peak_rss_mb, w.peak_rss_mb)} | |",
+        f"| process start → first API request (s) | {d.start_to_first_request_s} | {w.start_to_first_request_s} | {_ratio(d.start_to_first_request_s, w.start_to_first_request_s)} | < 0.5 s |",
+        f"| API requests per run (own, idle share removed) | {d.requests_per_run} | {w.requests_per_run} | {_ratio(d.requests_per_run, w.requests_per_run)} | ≤ worker |",
+        f"| API requests per idle minute | {d.idle_requests_per_min} | {w.idle_requests_per_min} | {_ratio(d.idle_requests_per_min, w.idle_requests_per_min)} | ≤ worker |",
+        f"| idle CPU seconds per minute | {d.idle_cpu_s_per_min} | {w.idle_cpu_s_per_min} | {_ratio(d.idle_cpu_s_per_min, w.idle_cpu_s_per_min)} | |",
+        f"| floor: docker-py create+start+wait+remove, busybox (s) | | | {f.dispatch_p50_s} | |",
+    ]
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="a few runs, to keep the harness working")
+    mode.add_argument("--full", action="store_true", help="also a burst of 100 runs")
+    parser.add_argument("--runs", type=int, help="dispatch samples per system (default 30; smoke 3)")
+    parser.add_argument("--idle", type=float, help="idle window in seconds (default 60; smoke 5)")
+    parser.add_argument("--only", choices=["dagent", "worker"], help="measure one system (and the floor)")
+    args = parser.parse_args()
+    args.runs = args.runs or (3 if args.smoke else 30)
+    args.idle = args.idle if args.idle is not None else (5 if args.smoke else 50)  # + 10 s start-up = 60 s
+    args.bursts = [4] if args.smoke else ([12, 100] if args.full else [12])
+    with infra.docker_engine():
+        bench = Bench(args)
+        try:
+            results: dict[str, Any] = {}
+            for system in ("dagent", "worker"):
+                if args.only in (None, system):
+                    print(f"measuring {system} ...", file=sys.stderr, flush=True)
+                    results[system] = asdict(bench.measure(system))
+            print("measuring the floor ...", file=sys.stderr, flush=True)
+            results["floor"] = asdict(bench.floor())
+        finally:
+            bench.close()
+    results["meta"] = {
+        "mode": "smoke" if args.smoke else "full" if args.full else "standard",
+        "prefect": prefect_infra.PREFECT,
+        "prefect_docker": prefect_infra.PREFECT_DOCKER,
+        "concurrency": CONCURRENCY,
+        "cpus": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = REPO / "bench" / "results" / "latest.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    for system in ("dagent", "worker"):
+        results.setdefault(system, asdict(Figures(system)))
+    print(table(results))
+    print(f"\nwritten to {out.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
