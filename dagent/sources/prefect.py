@@ -218,6 +218,8 @@ class PrefectSource:
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
         self._last_cancel_check = 0.0
         self._watcher: ScheduledRunWatcher | None = None
+        self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
+        self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -331,7 +333,7 @@ class PrefectSource:
         )
         status = (answer or {}).get("status")
         if status == "ACCEPT":
-            if not self._was_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
+            if not self._claimed_from_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
                 return False
             log.info("claimed flow run %s", run_id)
             return True
@@ -346,7 +348,7 @@ class PrefectSource:
             log.debug("flow run %s: WAIT; trying again at a later poll", run_id)
         return False
 
-    def _was_scheduled(self, run_id: str, pending_id: Any) -> bool:
+    def _claimed_from_scheduled(self, run_id: str, pending_id: Any) -> bool:
         """True when our accepted PENDING followed a SCHEDULED state, so the run is ours.
 
         A poll's list can be stale. If another agent claimed the run first (its PENDING came just
@@ -358,6 +360,7 @@ class PrefectSource:
         history = sorted((h for h in history if isinstance(h, dict)), key=lambda h: str(h.get("timestamp")))
         index = next((i for i, h in enumerate(history) if h.get("id") == pending_id), None)
         previous = history[index - 1] if index else None
+        log.debug("flow run %s: claim check: %s", run_id, [(h.get("type"), h.get("timestamp")) for h in history])
         if previous is None or previous.get("type") == "SCHEDULED":
             return True
         kind = str(previous.get("type"))
@@ -486,6 +489,8 @@ class PrefectSource:
         state = self._state(claim.handle) or {}
         if state.get("type") in ("CANCELLING", "CANCELLED"):
             log.info("flow run %s was cancelled before it started", claim.handle)
+            if state.get("type") == "CANCELLED":
+                self._abandoned.add(claim.handle)  # nothing left to report; CANCELLING still gets CANCELLED
             return False
         return True
 
@@ -500,6 +505,9 @@ class PrefectSource:
         run_id = claim.handle
         with self._lock:
             self._runs.pop(run_id, None)
+        if run_id in self._abandoned:  # cancelled before it started: nothing to say
+            self._abandoned.discard(run_id)
+            return
         state = self._state(run_id) or {}
         kind = state.get("type")
         if result.outcome == "cancelled":
@@ -556,17 +564,9 @@ class PrefectSource:
         return [r["id"] for r in found if isinstance(r, dict) and isinstance(r.get("id"), str)]
 
     def log(self, claim: Claim, level: str, message: str) -> None:
-        """Send the agent's own line about a run to Prefect (api.send_agent_logs)."""
-        if not self.api.send_agent_logs:
-            return
-        entry = {
-            "name": "dagent.agent",
-            "level": _LOG_LEVELS.get(level, 20),
-            "message": message,
-            "timestamp": datetime.now(timezone.utc).isoformat(),
-            "flow_run_id": claim.handle,
-        }
-        self.client.call("POST", "/logs/", [entry])
+        """Queue the agent's own line about a run for Prefect (api.send_agent_logs); sent in batches."""
+        if self._logs is not None:
+            self._logs.add(claim.handle, _LOG_LEVELS.get(level, 20), message)
 
     # --- restart ---------------------------------------------------------------------------------
 
@@ -623,10 +623,49 @@ class PrefectSource:
         return Claim(run, self._origin(run_id, entry, variables), run_id)
 
     def close(self) -> None:
-        """Stop the event stream and close the API connection pool."""
+        """Send queued log lines, stop the event stream and close the API connection pool."""
         if self._watcher is not None:
             self._watcher.stop()
+        if self._logs is not None:
+            self._logs.close()
         self.client.close()
+
+
+class LogShipper:
+    """Sends queued log lines in one POST /logs/ every few seconds, so a burst costs a few requests."""
+
+    INTERVAL = 3.0
+
+    def __init__(self, client: PrefectClient) -> None:
+        self.client = client
+        self._queue: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prefect-logs", daemon=True)
+        self._thread.start()
+
+    def add(self, flow_run_id: str, level: int, message: str) -> None:
+        entry = {"name": "dagent.agent", "level": level, "message": message,
+                 "timestamp": datetime.now(timezone.utc).isoformat(), "flow_run_id": flow_run_id}  # fmt: skip
+        with self._lock:
+            self._queue.append(entry)
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._queue = self._queue, []
+        if batch:
+            try:
+                self.client.call("POST", "/logs/", batch)
+            except SourceError as e:
+                log.debug("could not send %d log line(s) to Prefect: %s", len(batch), e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
 
 
 def _for_container(url: str) -> str:

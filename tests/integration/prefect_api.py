@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,6 +106,11 @@ class PrefectAPI:
         return None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up (resets are part of the test) are not news
+
+
 class FaultyHTTPProxy:
     """An HTTP proxy on 127.0.0.1 in front of the API; a share of dagent's requests get a fault.
 
@@ -120,7 +127,7 @@ class FaultyHTTPProxy:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self.faults: dict[str, int] = {"503": 0, "429": 0, "reset": 0, "slow": 0}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -136,6 +143,8 @@ class FaultyHTTPProxy:
             protocol_version = "HTTP/1.1"
 
             def _any(self) -> None:
+                if self.headers.get("Upgrade", "").lower() == "websocket":
+                    return self._tunnel()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 from_dagent = self.headers.get("User-Agent", "").startswith("dagent/")
@@ -172,6 +181,32 @@ class FaultyHTTPProxy:
                         )
                 except urllib.error.HTTPError as e:
                     return self._reply(e.code, e.read(), {"Content-Type": e.headers.get("Content-Type", "")})
+
+            def _tunnel(self) -> None:
+                """A websocket (the event stream): one counted request, then bytes both ways."""
+                with proxy.lock:
+                    proxy.requests.append((self.command, self.path))
+                    proxy.times.append(time.time())
+                host, port = urllib.parse.urlsplit(proxy.upstream).netloc.rsplit(":", 1)
+                upstream = socket.create_connection((host, int(port)))
+                head = f"{self.requestline}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()) + "\r\n"
+                upstream.sendall(head.encode("latin-1"))
+                self.close_connection = True
+                done = threading.Event()
+
+                def pump(src: socket.socket, dst: socket.socket) -> None:
+                    try:
+                        while data := src.recv(65536):
+                            dst.sendall(data)
+                    except OSError:
+                        pass
+                    finally:
+                        done.set()
+
+                threading.Thread(target=pump, args=(upstream, self.connection), daemon=True).start()
+                pump(self.connection, upstream)
+                done.wait(timeout=5)
+                upstream.close()
 
             def _reply(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
