@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -313,12 +313,6 @@ class Agent:
             "runs_in_flight": in_flight,
         }
         return polling and daemon, details
-
-    @property
-    def in_flight(self) -> Mapping[str, Claim]:
-        """Runs claimed and not yet reported."""
-        with self._lock:
-            return {k: v.claim for k, v in self._in_flight.items()}
 
 
 def _one_line(error: BaseException) -> str:

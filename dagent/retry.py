@@ -12,14 +12,6 @@ from dagent.config import RetryConfig
 
 log = logging.getLogger("dagent.retry")
 
-_enabled = True
-
-
-def set_enabled(enabled: bool) -> None:
-    """Switch retries off (one try) or back on; for tests that want to see the first failure."""
-    global _enabled
-    _enabled = enabled
-
 
 def _wait(settings: RetryConfig) -> Callable[[RetryCallState], float]:
     backoff = wait_exponential_jitter(initial=settings.backoff_initial, max=settings.backoff_max)
@@ -51,9 +43,8 @@ def _short(error: BaseException | None) -> str:
 
 def retrying(settings: RetryConfig, is_transient: Callable[[BaseException], bool], what: str) -> Retrying:
     """A tenacity Retrying that retries only what `is_transient` accepts, then re-raises the real error."""
-    attempts = settings.attempts if _enabled else 1
     return Retrying(
-        stop=stop_after_attempt(attempts),
+        stop=stop_after_attempt(settings.attempts),
         wait=_wait(settings),
         retry=retry_if_exception(is_transient),
         before_sleep=_log_retry(what),

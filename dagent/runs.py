@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from dagent._compat import tomllib
-from dagent.config import EnvName, Mount, Volume, describe_error
+from dagent.config import EnvName, Volume, describe_error
 from dagent.errors import RunFileError
 from dagent.images import parse_image
 from dagent.units import parse_bytes
@@ -158,8 +158,3 @@ def resolve_host_paths(run: RunRequest) -> RunRequest:
 def _resolve_device(spec: str) -> str:
     host, *rest = spec.split(":")
     return ":".join([os.path.realpath(host), *rest])
-
-
-def bind_mounts(run: RunRequest) -> tuple[Mount, ...]:
-    """The run's host-path mounts."""
-    return tuple(m for m in run.volumes if m.is_bind)

@@ -185,12 +185,11 @@ def _short(error: BaseException) -> str:
 
 @dataclass
 class _Run:
-    """What the source keeps about a claimed flow run."""
+    """What a claimed flow run's container needs from Prefect: the run, its deployment, its flow's name."""
 
     flow_run: dict[str, Any]
     deployment: dict[str, Any] | None
     flow_name: str | None
-    reported: bool = False
 
 
 @dataclass
@@ -213,8 +212,6 @@ class PrefectSource:
         self.worker = config.name
         self.pool_defaults: dict[str, Any] = {}
         self._cache = _Cache()
-        self._runs: dict[str, _Run] = {}
-        self._lock = threading.Lock()
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
         self._last_cancel_check = 0.0
         self._watcher: ScheduledRunWatcher | None = None
@@ -312,12 +309,8 @@ class PrefectSource:
             run = self._run_request(run_id, variables)
         except RunFileError as e:
             claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
-            with self._lock:
-                self._runs[run_id] = entry
             self.refuse(claim, str(e))
             return None
-        with self._lock:
-            self._runs[run_id] = entry
         return Claim(run, self._origin(run_id, entry, variables), run_id)
 
     def _claim(self, run_id: str) -> bool:
@@ -503,8 +496,6 @@ class PrefectSource:
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
         run_id = claim.handle
-        with self._lock:
-            self._runs.pop(run_id, None)
         if run_id in self._abandoned:  # cancelled before it started: nothing to say
             self._abandoned.discard(run_id)
             return
@@ -528,8 +519,6 @@ class PrefectSource:
 
     def refuse(self, claim: Claim, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
-        with self._lock:
-            self._runs.pop(claim.handle, None)
         log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
         self._set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
 
@@ -618,8 +607,6 @@ class PrefectSource:
         except RunFileError as e:
             log.error("flow run %s cannot be resumed: %s", run_id, e)
             return None
-        with self._lock:
-            self._runs[run_id] = entry
         return Claim(run, self._origin(run_id, entry, variables), run_id)
 
     def close(self) -> None:

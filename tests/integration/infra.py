@@ -205,8 +205,8 @@ class FaultProxy:
         except OSError:
             client.close()
             return
-        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-        _pipe(client, upstream)
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+        pipe(client, upstream)
 
     def stop(self) -> None:
         """Stop accepting; open pipes end with their peers."""
@@ -214,7 +214,8 @@ class FaultProxy:
         self._server.close()
 
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
+def pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Copy bytes from source to sink until either ends, then close both."""
     try:
         while data := source.recv(65536):
             sink.sendall(data)

@@ -15,6 +15,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.integration import infra
+
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 
@@ -192,21 +194,9 @@ class FaultyHTTPProxy:
                 head = f"{self.requestline}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()) + "\r\n"
                 upstream.sendall(head.encode("latin-1"))
                 self.close_connection = True
-                done = threading.Event()
-
-                def pump(src: socket.socket, dst: socket.socket) -> None:
-                    try:
-                        while data := src.recv(65536):
-                            dst.sendall(data)
-                    except OSError:
-                        pass
-                    finally:
-                        done.set()
-
-                threading.Thread(target=pump, args=(upstream, self.connection), daemon=True).start()
-                pump(self.connection, upstream)
-                done.wait(timeout=5)
-                upstream.close()
+                # infra.pipe closes both sockets when either side ends.
+                threading.Thread(target=infra.pipe, args=(upstream, self.connection), daemon=True).start()
+                infra.pipe(self.connection, upstream)
 
             def _reply(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
