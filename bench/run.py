@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +53,18 @@ class Figures:
     burst: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mb: float | None = None
     requests_per_run: float | None = None
+    # method and path (ids as {id}) → requests per run in the burst, and per idle minute
+    requests_by_kind: dict[str, float] = field(default_factory=dict)
+    idle_requests_by_kind: dict[str, float] = field(default_factory=dict)
+
+
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _by_kind(requests: list[tuple[str, str]], per: float) -> dict[str, float]:
+    """Requests grouped by method and path, ids and queries blanked, divided by `per`."""
+    kinds = Counter(f"{method} {_ID.sub('{id}', path.split('?')[0])}" for method, path in requests)
+    return {kind: round(n / per, 2) for kind, n in kinds.most_common()}
 
 
 class ContainerEvents:
@@ -188,6 +202,7 @@ class Bench:
             figures.idle_rss_mb = round(rss, 1)
             figures.idle_cpu_s_per_min = round((cpu_after - cpu_before) / minutes, 3)
             figures.idle_requests_per_min = round((len(proxy.times) - requests_before) / minutes, 2)
+            figures.idle_requests_by_kind = _by_kind(proxy.requests[requests_before:], minutes)
             deployment = self._deployment(pool)
             figures.dispatch_samples = self._dispatch(deployment, self.args.runs)
             figures.dispatch_p50_s = round(statistics.median(figures.dispatch_samples), 3)
@@ -211,6 +226,7 @@ class Bench:
             burst_requests = len(proxy.times) - count_before
             idle_share = figures.idle_requests_per_min * sum(b["wall_s"] for b in figures.burst.values()) / 60
             figures.requests_per_run = round((burst_requests - idle_share) / runs_total, 2)
+            figures.requests_by_kind = _by_kind(proxy.requests[count_before:], runs_total)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -357,6 +373,10 @@ def main() -> int:
     for system in ("dagent", "worker"):
         results.setdefault(system, asdict(Figures(system)))
     print(table(results))
+    for system in ("dagent", "worker"):
+        kinds = results[system].get("requests_by_kind") or {}
+        if kinds:
+            print(f"\n{system}, API requests per run in the burst: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
     print(f"\nwritten to {out.relative_to(REPO)}", file=sys.stderr)
     return 0
 

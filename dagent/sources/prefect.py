@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 import socket
 import threading
 import time
@@ -22,7 +21,7 @@ from dagent.errors import RunFileError, SourceError
 from dagent.runs import RunRequest, parse_run
 from dagent.runtime import ContainerInfo, RunResult
 from dagent.sources.base import Claim
-from dagent.sources.prefect_events import ScheduledRunWatcher
+from dagent.sources.prefect_events import StateEventWatcher
 from dagent.spec import LABEL_AGENT, Origin
 
 log = logging.getLogger("dagent.prefect")
@@ -30,6 +29,10 @@ log = logging.getLogger("dagent.prefect")
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
 DEFAULT_COMMAND = ("prefect", "flow-run", "execute")
+# A claim checked this recently needs no second read before its container starts.
+FRESH_CLAIM = 1.0
+# Seconds between cancellation checks over REST while the event stream reports cancellations.
+CANCEL_CHECK_STREAMING = 60.0
 # Job variables that map straight onto RunRequest fields.
 _DIRECT = (
     "image",
@@ -125,12 +128,20 @@ class PrefectClient:
             self.session.auth = (user, password)
         self.requests = 0  # for the benchmark's requests-per-run figure
 
-    def call(self, method: str, path: str, body: Any = None, *, allow: Iterable[int] = ()) -> Any:
-        """One API call; the decoded JSON (None for 204 or an allowed error status)."""
+    def call(
+        self, method: str, path: str, body: Any = None, *, allow: Iterable[int] = (), tries: list[int] | None = None
+    ) -> Any:
+        """One API call; the decoded JSON (None for 204 or an allowed error status).
+
+        `tries`, when given, gets one entry per attempt: more than one means an earlier attempt
+        may have reached the server even though its answer was lost.
+        """
         allowed = set(allow)
 
         def once() -> requests.Response:
             self.requests += 1
+            if tries is not None:
+                tries.append(1)
             response = self.session.request(method, self.url + path, json=body, timeout=self.timeout)
             if response.status_code in TRANSIENT_STATUS:
                 raise _Transient(f"{method} {path} -> {response.status_code}", _retry_after(response))
@@ -192,6 +203,25 @@ class _Run:
     flow_name: str | None
 
 
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def taken_since_scheduled(history: Iterable[Any], pending_id: Any) -> list[dict[str, Any]]:
+    """States other than ours since the run was last scheduled, oldest first: empty when the claim is ours."""
+    states = sorted((h for h in history if isinstance(h, dict) and isinstance(h.get("type"), str)), key=_when)
+    since = max((_when(h) for h in states if h.get("type") == "SCHEDULED"), default=_EPOCH)
+    return [h for h in states if h.get("id") != pending_id and h.get("type") != "SCHEDULED" and _when(h) >= since]
+
+
+def _when(state: Mapping[str, Any]) -> datetime:
+    """A state's timestamp; the epoch when it has none or cannot be read."""
+    try:
+        when = datetime.fromisoformat(str(state.get("timestamp")).replace("Z", "+00:00"))
+    except ValueError:
+        return _EPOCH
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 @dataclass
 class _Cache:
     deployments: dict[str, dict[str, Any] | None] = field(default_factory=dict)
@@ -214,8 +244,16 @@ class PrefectSource:
         self._cache = _Cache()
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
         self._last_cancel_check = 0.0
-        self._watcher: ScheduledRunWatcher | None = None
+        self._watcher: StateEventWatcher | None = None
+        self._wake: Callable[[], None] = lambda: None
+        # What the event stream told of runs in flight here; guarded by _heard_lock.
+        self._heard_lock = threading.Lock()
+        self._mine: set[str] = set()
+        self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
+        self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
+        self._backlog_at = 0.0
+        self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
 
     # --- start-up --------------------------------------------------------------------------------
@@ -245,7 +283,11 @@ class PrefectSource:
         log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
 
     def watch(self, wake: Callable[[], None]) -> None:
-        """Wake the loop as soon as a run is scheduled in the pool (Prefect's event stream)."""
+        """Follow the pool's state changes on Prefect's event stream: wake the loop for new or cancelled runs.
+
+        While the stream is up, it also answers what would otherwise cost requests: which runs
+        are cancelling, and whether the flow engine reported a run's end itself.
+        """
         if not self.api.event_stream or not self.pool_id:
             return
         api = self.api
@@ -256,8 +298,31 @@ class PrefectSource:
             if api.auth_string
             else None
         )
-        self._watcher = ScheduledRunWatcher(self.client.url, self.pool_id, token, wake)
+        self._wake = wake
+        self._watcher = StateEventWatcher(self.client.url, self.pool_id, token, self._on_state)
         self._watcher.start()
+
+    def _on_state(self, state: str, run_id: str) -> None:
+        if state == "SCHEDULED":
+            self._wake()
+            return
+        with self._heard_lock:
+            if run_id not in self._mine:
+                return
+            self._heard[run_id] = state
+        if state == "CANCELLING":
+            self._wake()
+
+    def _track(self, run_id: str, mine: bool) -> None:
+        with self._heard_lock:
+            if mine:
+                self._mine.add(run_id)
+            else:
+                self._mine.discard(run_id)
+            self._heard.pop(run_id, None)
+
+    def _streaming(self) -> bool:
+        return self._watcher is not None and self._watcher.connected
 
     def heartbeat(self) -> None:
         """Mark this agent ONLINE as a worker of the pool."""
@@ -270,7 +335,29 @@ class PrefectSource:
     # --- polling and claiming --------------------------------------------------------------------
 
     def poll(self, limit: int) -> Sequence[Claim]:
-        """Claim up to `limit` scheduled runs of the pool whose required labels this agent has."""
+        """Claim up to `limit` scheduled runs of the pool whose required labels this agent has.
+
+        One listing serves several polls: runs listed but not yet taken wait in a short-lived
+        backlog, so a burst costs one list request per page of runs, not one per freed slot. A
+        stale entry costs nothing worse than a refused claim (or a claim check that steps back).
+        """
+        if time.monotonic() - self._backlog_at > self.config.effective_poll_interval:
+            self._backlog.clear()
+        claims: list[Claim] = []
+        listed = False
+        while len(claims) < limit:
+            if not self._backlog:
+                if listed:
+                    break
+                self._backlog = self._list(limit)
+                self._backlog_at, listed = time.monotonic(), True
+                continue
+            claim = self._consider(self._backlog.pop(0))
+            if claim is not None:
+                claims.append(claim)
+        return claims
+
+    def _list(self, limit: int) -> list[dict[str, Any]]:
         body: dict[str, Any] = {
             "scheduled_before": (datetime.now(timezone.utc) + timedelta(seconds=self.api.prefetch)).isoformat(),
             # Ask for more than we can take: some may need labels we lack, or be claimed by others.
@@ -281,18 +368,14 @@ class PrefectSource:
         items = self.client.call("POST", f"/work_pools/{self.api.work_pool}/get_scheduled_flow_runs", body) or []
         if not isinstance(items, list):
             raise SourceError("Prefect API: get_scheduled_flow_runs: expected a list")
-        claims: list[Claim] = []
+        runs = []
         for item in items:
-            if len(claims) >= limit:
-                break
             flow_run = item.get("flow_run") if isinstance(item, dict) else None
             if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
                 log.warning("skipping a malformed item from get_scheduled_flow_runs")
                 continue
-            claim = self._consider(flow_run)
-            if claim is not None:
-                claims.append(claim)
-        return claims
+            runs.append(flow_run)
+        return runs
 
     def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
         run_id = flow_run["id"]
@@ -315,6 +398,7 @@ class PrefectSource:
 
     def _claim(self, run_id: str) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
+        tries: list[int] = []
         answer = self.client.call(
             "POST",
             f"/flow_runs/{run_id}/set_state",
@@ -323,18 +407,24 @@ class PrefectSource:
                 "force": False,
             },
             allow=(404,),
+            tries=tries,
         )
         status = (answer or {}).get("status")
         if status == "ACCEPT":
             if not self._claimed_from_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
                 return False
+            self._checked[run_id] = time.monotonic()
+            self._track(run_id, mine=True)
             log.info("claimed flow run %s", run_id)
             return True
-        if status in ("ABORT", "REJECT"):
+        if status in ("ABORT", "REJECT") and len(tries) > 1:
             # Ours anyway if an earlier try of this very proposal went through and its answer was lost.
             state = self._state(run_id)
             if state and state.get("type") == "PENDING" and state.get("message") == self._claim_note:
+                self._checked[run_id] = time.monotonic()
+                self._track(run_id, mine=True)
                 return True
+        if status in ("ABORT", "REJECT"):
             log.debug("flow run %s: %s (%s)", run_id, status, ((answer or {}).get("details") or {}).get("reason"))
             return False
         if status == "WAIT":
@@ -342,25 +432,40 @@ class PrefectSource:
         return False
 
     def _claimed_from_scheduled(self, run_id: str, pending_id: Any) -> bool:
-        """True when our accepted PENDING followed a SCHEDULED state, so the run is ours.
+        """True when our accepted PENDING claimed the run as scheduled, not after someone ran it.
 
-        A poll's list can be stale. If another agent claimed the run first (its PENDING came just
-        before ours), it is theirs: step back and touch nothing. If it had already finished the
-        run, our PENDING revived it (Prefect accepts PENDING after a final state): put the final
-        state back, but only while our PENDING is still the latest state.
+        Prefect refuses PENDING over PENDING or RUNNING but accepts it after a final state, so a
+        stale poll list can revive a run another agent has already claimed and finished. The
+        history's order cannot show which state came just before ours: timestamps are taken
+        before the database's write lock, so they need not follow commit order. What can be
+        trusted is what else happened since the run was last scheduled: anything besides our
+        PENDING (another agent's claim, a run, a final state) means the run was taken. Then we
+        step back and put its final state back, since our PENDING replaced it.
         """
-        history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}") or []
-        history = sorted((h for h in history if isinstance(h, dict)), key=lambda h: str(h.get("timestamp")))
-        index = next((i for i, h in enumerate(history) if h.get("id") == pending_id), None)
-        previous = history[index - 1] if index else None
-        log.debug("flow run %s: claim check: %s", run_id, [(h.get("type"), h.get("timestamp")) for h in history])
-        if previous is None or previous.get("type") == "SCHEDULED":
+        try:
+            history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
+            if not isinstance(history, list):
+                raise SourceError(f"Prefect API: GET /flow_run_states/ for {run_id}: expected a list")
+        except SourceError as e:
+            # Our PENDING stands; leaving it would strand the run, so run it on the claim alone.
+            log.warning("flow run %s: could not check the claim (%s); taking it", run_id, e)
             return True
-        kind = str(previous.get("type"))
-        log.info("flow run %s was %s, not scheduled, when claimed; leaving it", run_id, kind)
-        if kind in FINAL_STATES and index == len(history) - 1:
+        log.debug(
+            "flow run %s: claim check: %s",
+            run_id,
+            [(h.get("type"), h.get("timestamp")) for h in history if isinstance(h, dict)],
+        )
+        others = taken_since_scheduled(history, pending_id)
+        if not others:
+            return True
+        log.info(
+            "flow run %s was taken by another agent before our claim (%s); leaving it", run_id, others[-1].get("type")
+        )
+        final = [h for h in others if h.get("type") in FINAL_STATES]
+        if final:
+            last = final[-1]
             self._set_state(
-                run_id, kind, str(previous.get("name") or ""), str(previous.get("message") or ""), force=True
+                run_id, str(last.get("type")), str(last.get("name") or ""), str(last.get("message") or ""), force=True
             )
         return False
 
@@ -408,9 +513,8 @@ class PrefectSource:
         if data["image"] is None:
             raise RunFileError(f"{origin}: image: not set (set the job variable `image`, or api.default_image)")
         command = variables.get("command")
-        data["command"] = (
-            shlex.split(command) if isinstance(command, str) and command.strip() else (command or list(DEFAULT_COMMAND))
-        )
+        # A string is split by RunRequest itself, which reports an unbalanced quote as bad input.
+        data["command"] = command if command and not _blank(command) else list(DEFAULT_COMMAND)
         if variables.get("mem_limit") is not None:
             data["memory"] = variables["mem_limit"]
         if variables.get("required_labels"):
@@ -479,6 +583,15 @@ class PrefectSource:
 
     def starting(self, claim: Claim) -> bool:
         """False when the run was cancelled while PENDING: it must never start."""
+        checked = self._checked.pop(claim.handle, None)
+        with self._heard_lock:
+            heard = self._heard.get(claim.handle)
+        if (
+            checked is not None
+            and time.monotonic() - checked < FRESH_CLAIM
+            and heard not in ("CANCELLING", "CANCELLED")
+        ):
+            return True  # the claim check has just read the state, and no cancel was heard since
         state = self._state(claim.handle) or {}
         if state.get("type") in ("CANCELLING", "CANCELLED"):
             log.info("flow run %s was cancelled before it started", claim.handle)
@@ -496,33 +609,41 @@ class PrefectSource:
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
         run_id = claim.handle
+        self._checked.pop(run_id, None)
+        with self._heard_lock:
+            heard = self._heard.get(run_id)
+        self._track(run_id, mine=False)
         if run_id in self._abandoned:  # cancelled before it started: nothing to say
             self._abandoned.discard(run_id)
             return
-        state = self._state(run_id) or {}
-        kind = state.get("type")
         if result.outcome == "cancelled":
-            if kind not in FINAL_STATES:
+            if (self._state(run_id) or {}).get("type") not in FINAL_STATES:
                 self._set_state(run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True)
             return
-        if kind in FINAL_STATES:
-            return  # the engine reported the run itself
         if result.outcome == "timed-out":
             message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
         elif result.exit_code is None:
             message = f"dagent could not run the container: {result.error}"
-        elif result.exit_code == 0:
-            message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
-        else:
+        elif result.exit_code != 0:
             message = f"the container exited with code {result.exit_code}"
-        self._set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message)
+        else:
+            # The stream usually tells of the engine's final state before its container exits.
+            kind = heard if heard in FINAL_STATES or heard == "PAUSED" else (self._state(run_id) or {}).get("type")
+            if kind in FINAL_STATES or kind == "PAUSED":
+                return  # the engine reported the run itself, or suspended it to resume later
+            message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
+        # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
+        self._set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
 
     def refuse(self, claim: Claim, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
+        self._track(claim.handle, mine=False)
         log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
         self._set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
 
-    def _set_state(self, run_id: str, kind: str, name: str, message: str, force: bool = False) -> None:
+    def _set_state(
+        self, run_id: str, kind: str, name: str, message: str, force: bool = False, quiet: bool = False
+    ) -> None:
         answer = self.client.call(
             "POST",
             f"/flow_runs/{run_id}/set_state",
@@ -531,12 +652,21 @@ class PrefectSource:
         )
         status = (answer or {}).get("status")
         if status != "ACCEPT":
-            log.info("flow run %s: %s proposal answered %s", run_id, kind, status)
+            log.log(
+                logging.DEBUG if quiet else logging.INFO, "flow run %s: %s proposal answered %s", run_id, kind, status
+            )
 
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
-        """Runs of ours in CANCELLING; asked at most once per poll interval."""
+        """Runs of ours in CANCELLING: heard on the event stream, else asked once per poll interval."""
+        if self._streaming():
+            with self._heard_lock:
+                heard = [r for r in run_ids if self._heard.get(r) == "CANCELLING"]
+            if heard:
+                return heard
         now = time.monotonic()
-        if now - self._last_cancel_check < max(self.config.effective_poll_interval, 2.0):
+        # While events flow, a rare check only covers an event lost in a reconnect.
+        every = CANCEL_CHECK_STREAMING if self._streaming() else max(self.config.effective_poll_interval, 2.0)
+        if now - self._last_cancel_check < every:
             return []
         self._last_cancel_check = now
         found = (
@@ -607,6 +737,7 @@ class PrefectSource:
         except RunFileError as e:
             log.error("flow run %s cannot be resumed: %s", run_id, e)
             return None
+        self._track(run_id, mine=True)
         return Claim(run, self._origin(run_id, entry, variables), run_id)
 
     def close(self) -> None:
@@ -653,6 +784,10 @@ class LogShipper:
     def close(self) -> None:
         self._stop.set()
         self.flush()
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
 
 
 def _for_container(url: str) -> str:

@@ -1,4 +1,4 @@
-"""Prefect's event stream (websocket /events/out), used only to wake the loop when a run is scheduled."""
+"""Prefect's event stream (websocket /events/out): flow-run state changes of one work pool, as they happen."""
 
 from __future__ import annotations
 
@@ -11,22 +11,23 @@ from datetime import datetime, timedelta, timezone
 
 log = logging.getLogger("dagent.prefect.events")
 
-# State events that put a flow run where get_scheduled_flow_runs finds it.
-SCHEDULED_EVENTS = ("prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry", "prefect.flow-run.Late")
 MAX_BACKOFF = 60.0
+_RUN_PREFIX = "prefect.flow-run."
 
 
-class ScheduledRunWatcher:
-    """Calls `wake()` when a flow run of one work pool becomes scheduled; reconnects forever, never raises.
+class StateEventWatcher:
+    """Calls `on_state(state_type, flow_run_id)` as a work pool's runs change state; reconnects, never raises.
 
-    Polling stays the source of truth: a missed event only means waiting for the next regular poll.
+    Polling stays the source of truth: a missed event only means learning it at the next poll.
+    `connected` says whether events are flowing now, so callers can poll less while they are.
     """
 
-    def __init__(self, api_url: str, pool_id: str, token: str | None, wake: Callable[[], None]) -> None:
+    def __init__(self, api_url: str, pool_id: str, token: str | None, on_state: Callable[[str, str], None]) -> None:
         self.url = "ws" + api_url.removeprefix("http") + "/events/out"
         self.pool_id = pool_id
         self.token = token
-        self.wake = wake
+        self.on_state = on_state
+        self.connected = False
         self._stop = threading.Event()
         self._socket: object | None = None
         self.thread = threading.Thread(target=self._run, name="prefect-events", daemon=True)
@@ -74,18 +75,32 @@ class ScheduledRunWatcher:
             now = datetime.now(timezone.utc)
             event_filter = {
                 "occurred": {"since": now.isoformat(), "until": (now + timedelta(days=3650)).isoformat()},
-                "event": {"name": list(SCHEDULED_EVENTS)},
+                "event": {"prefix": [_RUN_PREFIX]},
                 "related": {"id": [f"prefect.work-pool.{self.pool_id}"]},
             }
             sock.send(json.dumps({"type": "filter", "filter": event_filter}))
-            log.debug("event stream: listening for runs scheduled in pool %s", self.pool_id)
+            log.debug("event stream: listening to flow-run states in pool %s", self.pool_id)
             sock.settimeout(None)
+            self.connected = True
             while not self._stop.is_set():
                 message = sock.recv()
                 if not message:
                     raise ConnectionError("event stream closed")
-                if json.loads(message).get("type") == "event":
-                    self.wake()
+                self._dispatch(json.loads(message))
         finally:
+            self.connected = False
             self._socket = None
             sock.close()
+
+    def _dispatch(self, message: object) -> None:
+        event = message.get("event") if isinstance(message, dict) and message.get("type") == "event" else None
+        if not isinstance(event, dict):
+            return
+        resource = str((event.get("resource") or {}).get("prefect.resource.id") or "")
+        if not resource.startswith(_RUN_PREFIX):
+            return
+        # State events are named after the state's name (Late, Suspended, ...); the type is in the payload.
+        state = ((event.get("payload") or {}).get("validated_state") or {}).get("type")
+        self.on_state(
+            str(state or str(event.get("event")).rpartition(".")[2]).upper(), resource.removeprefix(_RUN_PREFIX)
+        )

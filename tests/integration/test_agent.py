@@ -30,6 +30,8 @@ class AgentProcess:
         self.log_path = dagent.workdir / f"agent-{name or dagent.name}-{time.monotonic_ns()}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_")) and k != "DOCKER_HOST"}
         env = {**base, "PYTHONPATH": str(REPO), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1"}
+        if os.environ.get("TEST_AGENT_LOG_LEVEL"):  # e.g. DEBUG, to chase a race in the agents' logs
+            env["DAGENT_LOG_LEVEL"] = os.environ["TEST_AGENT_LOG_LEVEL"]
         if name:
             env["DAGENT_NAME"] = name
         with self.log_path.open("w") as log:

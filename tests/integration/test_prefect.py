@@ -202,10 +202,6 @@ def test_unreachable_api_is_one_line_and_exit_1(dagent: Dagent) -> None:
     assert len(errors) == 1 and url in errors[0] and "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open race (issue 6): about 1 run in 4 leaves one flow run PENDING when two agents claim it at once",
-)
 def test_two_agents_fifty_runs_exactly_once(
     dagent: Dagent,
     prefect_server: prefect_infra.PrefectServer,
