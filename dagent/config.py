@@ -87,7 +87,16 @@ def _list_from_text(value: Any) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"not a valid JSON list: {e.msg}") from None
+    if text.startswith("{"):
+        raise ValueError("expected a JSON list or comma-separated values, not an object")
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _check_words(value: list[str]) -> list[str]:
+    for item in value:
+        if not item.strip():
+            raise ValueError("items must not be empty")
+    return value
 
 
 def _table_from_text(value: str) -> dict[str, Any]:
@@ -131,7 +140,7 @@ EnvName = Annotated[str, AfterValidator(_check_env_name)]
 LabelKey = Annotated[str, AfterValidator(_check_label_key)]
 RegistryName = Annotated[str, AfterValidator(normalize_registry)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
-StrList = Annotated[list[str], NoDecode, BeforeValidator(_list_from_text)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_list_from_text), AfterValidator(_check_words)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +391,7 @@ class AgentConfig(BaseSettings):
         title="dagent agent configuration",
     )
 
-    name: str = Field(default="agent", min_length=1)
+    name: str = Field(default="agent", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     """Agent name (also PREFECT__CLOUD__AGENT__NAME)."""
     labels: StrList = []
     """Labels of this agent; it takes runs whose required labels are a subset."""
@@ -483,6 +492,8 @@ class TomlFileSettingsSource(TomlConfigSettingsSource):
                 data: dict[str, Any] = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file_path}: invalid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file_path}: not UTF-8 text") from None
         except OSError as e:
             raise ConfigError(f"{file_path}: cannot read: {e.strerror}") from None
         base = file_path.resolve().parent

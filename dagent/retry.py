@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from dagent.config import RetryConfig
 
@@ -14,7 +14,10 @@ log = logging.getLogger("dagent.retry")
 
 
 def _wait(settings: RetryConfig) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(initial=settings.backoff_initial, max=settings.backoff_max)
+    # Exponential from backoff_initial, with jitter of up to one initial step so agents spread out.
+    backoff = wait_exponential(multiplier=settings.backoff_initial, max=settings.backoff_max) + wait_random(
+        0, settings.backoff_initial
+    )
 
     def wait(state: RetryCallState) -> float:
         # A server that says when to come back (429/503 Retry-After) is believed, within backoff_max.

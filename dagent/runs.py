@@ -67,6 +67,13 @@ def _check_device(value: str) -> str:
     return value
 
 
+def _check_gpus(value: Any) -> Any:
+    # One clear message instead of one per branch of the union.
+    if value is None or value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f'must be "all" or a count of at least 1 (got {value!r})')
+
+
 Command = Annotated[tuple[str, ...], BeforeValidator(_split_command)]
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 
@@ -98,7 +105,7 @@ class RunRequest(BaseModel):
     """Memory limit, e.g. 512m."""
     shm_size: Bytes | None = None
     """Size of /dev/shm, e.g. 1g."""
-    gpus: Literal["all"] | Annotated[int, Field(ge=1)] | None = None
+    gpus: Annotated[Literal["all"] | int | None, BeforeValidator(_check_gpus)] = None
     """GPUs: "all" or a count (needs docker.allow_gpus)."""
     devices: tuple[Annotated[str, AfterValidator(_check_device)], ...] = ()
     """Host devices HOST[:CONTAINER[:rwm]] (each must be in docker.allowed_devices)."""

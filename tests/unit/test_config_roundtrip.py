@@ -18,6 +18,7 @@ _word = st.text(string.ascii_lowercase + string.digits + "-", min_size=1, max_si
     lambda s: s[0].isalnum() and s[-1].isalnum()
 )
 _text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20)
+_item = _text.filter(lambda s: s.strip() != "")  # list items may not be blank
 _env_name = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
 _abs_path = st.lists(_word, min_size=1, max_size=3).map(lambda parts: "/" + "/".join(parts))
 _volume = st.tuples(st.one_of(_abs_path, _word), _abs_path, st.sampled_from(["", ":ro", ":rw"])).map(
@@ -36,8 +37,8 @@ def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 _config = st.fixed_dictionaries(
     {},
     optional={
-        "name": _text,
-        "labels": st.lists(_text, max_size=4),
+        "name": _word,
+        "labels": st.lists(_item, max_size=4),
         "source": st.sampled_from(["inbox", "prefect"]),
         "max_polls": st.integers(1, 10**6),
         "poll_interval": _seconds,
@@ -49,7 +50,7 @@ _config = st.fixed_dictionaries(
             optional={
                 "url": st.sampled_from(["http://127.0.0.1:4200/api", "https://api.prefect.cloud/api/accounts/a"]),
                 "work_pool": _text,
-                "work_queues": st.lists(_text, max_size=3),
+                "work_queues": st.lists(_item, max_size=3),
                 "send_agent_logs": st.booleans(),
                 "heartbeat_interval": _seconds,
             },
