@@ -31,8 +31,14 @@ TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
 DEFAULT_COMMAND = ("prefect", "flow-run", "execute")
 # A claim checked this recently needs no second read before its container starts.
 FRESH_CLAIM = 1.0
+# A claim accepted within this many seconds of asking for the list that named the run needs no
+# history check: a run cannot be claimed, started, ended and reported by another agent that fast.
+FRESH_LIST = 0.1
 # Seconds between cancellation checks over REST while the event stream reports cancellations.
 CANCEL_CHECK_STREAMING = 60.0
+# How long a container that exited 0 waits for the engine's final state to be heard on the stream.
+ENGINE_EVENT_WAIT = 2.0
+_ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
 # Job variables that map straight onto RunRequest fields.
 _DIRECT = (
     "image",
@@ -247,7 +253,7 @@ class PrefectSource:
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         # What the event stream told of runs in flight here; guarded by _heard_lock.
-        self._heard_lock = threading.Lock()
+        self._heard_lock = threading.Condition()
         self._mine: set[str] = set()
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
@@ -310,6 +316,7 @@ class PrefectSource:
             if run_id not in self._mine:
                 return
             self._heard[run_id] = state
+            self._heard_lock.notify_all()
         if state == "CANCELLING":
             self._wake()
 
@@ -349,8 +356,8 @@ class PrefectSource:
             if not self._backlog:
                 if listed:
                     break
+                self._backlog_at, listed = time.monotonic(), True  # when the list was asked for
                 self._backlog = self._list(limit)
-                self._backlog_at, listed = time.monotonic(), True
                 continue
             claim = self._consider(self._backlog.pop(0))
             if claim is not None:
@@ -385,7 +392,7 @@ class PrefectSource:
         if not isinstance(required, list) or not set(map(str, required)) <= self.labels:
             log.debug("leaving flow run %s: needs labels %s", run_id, required)
             return None
-        if not self._claim(run_id):
+        if not self._claim(run_id, listed_at=self._backlog_at):
             return None
         entry = _Run(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
         try:
@@ -396,7 +403,7 @@ class PrefectSource:
             return None
         return Claim(run, self._origin(run_id, entry, variables), run_id)
 
-    def _claim(self, run_id: str) -> bool:
+    def _claim(self, run_id: str, listed_at: float) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
         tries: list[int] = []
         answer = self.client.call(
@@ -411,7 +418,10 @@ class PrefectSource:
         )
         status = (answer or {}).get("status")
         if status == "ACCEPT":
-            if not self._claimed_from_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
+            # Another agent's whole claim-run-report cycle cannot fit between a list and our
+            # accepted claim that close together, so only a slower claim needs the history.
+            fresh = time.monotonic() - listed_at < FRESH_LIST and len(tries) == 1
+            if not fresh and not self._claimed_from_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
                 return False
             self._checked[run_id] = time.monotonic()
             self._track(run_id, mine=True)
@@ -610,8 +620,7 @@ class PrefectSource:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
         run_id = claim.handle
         self._checked.pop(run_id, None)
-        with self._heard_lock:
-            heard = self._heard.get(run_id)
+        heard = self._engine_said(run_id) if result.outcome == "succeeded" else None
         self._track(run_id, mine=False)
         if run_id in self._abandoned:  # cancelled before it started: nothing to say
             self._abandoned.discard(run_id)
@@ -627,13 +636,24 @@ class PrefectSource:
         elif result.exit_code != 0:
             message = f"the container exited with code {result.exit_code}"
         else:
-            # The stream usually tells of the engine's final state before its container exits.
-            kind = heard if heard in FINAL_STATES or heard == "PAUSED" else (self._state(run_id) or {}).get("type")
-            if kind in FINAL_STATES or kind == "PAUSED":
+            kind = heard or (self._state(run_id) or {}).get("type")
+            if kind in _ENGINE_ENDS:
                 return  # the engine reported the run itself, or suspended it to resume later
             message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
         # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
         self._set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
+
+    def _engine_said(self, run_id: str) -> str | None:
+        """The final (or paused) state the engine set, as heard on the event stream; None if not heard.
+
+        The event comes through Prefect's event pipeline, so it may trail the container's exit
+        by a moment: waiting that moment is cheaper than a request per run.
+        """
+        with self._heard_lock:
+            if self._streaming():
+                self._heard_lock.wait_for(lambda: self._heard.get(run_id) in _ENGINE_ENDS, timeout=ENGINE_EVENT_WAIT)
+            heard = self._heard.get(run_id)
+        return heard if heard in _ENGINE_ENDS else None
 
     def refuse(self, claim: Claim, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""

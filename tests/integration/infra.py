@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -168,11 +169,14 @@ class Registry:
 
 
 class FaultProxy:
-    """A TCP listener on 127.0.0.1 that forwards to a unix socket, dropping the first `drop` connections."""
+    """A TCP listener on 127.0.0.1 that forwards to a unix socket, dropping the first `drop` connections
+    and then a share `drop_rate` of the others."""
 
-    def __init__(self, target: str = DOCKER_SOCKET, drop: int = 0) -> None:
+    def __init__(self, target: str = DOCKER_SOCKET, drop: int = 0, drop_rate: float = 0.0, seed: int = 7) -> None:
         self.target = target
         self.drop = drop
+        self.drop_rate = drop_rate
+        self.random = random.Random(seed)
         self.dropped = 0
         self.forwarded = 0
         self._server = socket.socket()
@@ -191,7 +195,7 @@ class FaultProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            if self.dropped < self.drop:
+            if self.dropped < self.drop or self.random.random() < self.drop_rate:
                 self.dropped += 1
                 client.close()
                 continue

@@ -1,0 +1,535 @@
+"""The chaos suite: faults, restarts, bad input and policy bypass against a real daemon and a real Prefect server.
+
+    python -m tests.chaos            # the full suite (about 15 minutes on 2 CPUs)
+    python -m tests.chaos --short    # a few of everything (what .ci/run runs)
+    python -m tests.chaos --only inbox-kill,corpus
+
+Prints a markdown table of figures and exits 1 when any target is missed. Every agent of the
+suite is configured with a known secret token, and the last row greps everything the suite
+produced for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from tests.chaos import corpus
+from tests.chaos.corpus import SECRET
+from tests.integration import infra, prefect_infra
+from tests.integration.conftest import Dagent
+from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
+from tests.integration.test_agent import AgentProcess
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Row:
+    """One scenario's figures; the targets are 0 for every count."""
+
+    scenario: str
+    runs: int = 0
+    lost: int = 0
+    twice: int = 0
+    stuck: int = 0
+    orphans: int = 0
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # targets missed beyond the four counts
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.twice or self.stuck or self.orphans or self.failures)
+
+
+@dataclass
+class Sizes:
+    kills: int
+    runs: int
+    many: int  # runs for the multi-agent scenarios
+
+
+class Chaos:
+    """Shared pieces: a work root, the daemon, the busybox image, and (lazily) a Prefect server."""
+
+    def __init__(self, sizes: Sizes, stack: ExitStack) -> None:
+        self.sizes = sizes
+        self.stack = stack
+        self.root = Path(tempfile.mkdtemp(prefix="dagent-chaos-"))
+        self.client = docker.from_env()
+        self.image = infra.busybox_image()
+        self.random = random.Random(1)
+        self._server: prefect_infra.PrefectServer | None = None
+        self._flow_image: str | None = None
+        self.prefect_runs: list[str] = []  # every flow run made, for the secret check of their logs
+
+    def agent(self, label: str) -> Dagent:
+        """A fresh agent name and work directory; its containers are removed at the end."""
+        workdir = self.root / label
+        workdir.mkdir()
+        agent = Dagent(name=f"chaos-{label}-{uuid.uuid4().hex[:6]}", workdir=workdir, client=self.client)
+        self.stack.callback(lambda: [c.remove(force=True) for c in agent.containers()])
+        return agent
+
+    @property
+    def server(self) -> prefect_infra.PrefectServer:
+        if self._server is None:
+            self._server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), self.root / "prefect")
+            self.stack.callback(self._server.stop)
+        return self._server
+
+    @property
+    def flow_image(self) -> str:
+        if self._flow_image is None:
+            self._flow_image = prefect_infra.flow_image()
+        return self._flow_image
+
+    @property
+    def api(self) -> PrefectAPI:
+        return PrefectAPI(self.server.api_url)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def _inbox_config(agent: Dagent, inbox: Path, count: Path, extra: str = "", **docker_keys: Any) -> Path:
+    head = (
+        f'concurrency = 4\npoll_interval = 0.2\n{extra}\n[inbox]\npath = "{inbox}"\n'
+        f'[api]\ntoken = "{SECRET}"\n'  # unused by the inbox, but it must never show
+    )
+    keys = {"allowed_host_paths": [str(count)], "keep_containers": "never", **docker_keys}
+    return agent.config(head, **keys)
+
+
+def _drop(inbox: Path, run_id: str, fields: dict[str, Any]) -> None:
+    (inbox / "new").mkdir(parents=True, exist_ok=True)
+    tmp = inbox / "new" / f".{run_id}.part"
+    tmp.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()))
+    tmp.rename(inbox / "new" / f"{run_id}.toml")
+
+
+def _counting(image: str, count: Path, seconds: float) -> dict[str, Any]:
+    return {
+        "image": image,
+        "command": ["sh", "-c", f'echo "$DAGENT_RUN_ID" >> /count/starts; sleep {seconds}'],
+        "volumes": [f"{count}:/count"],
+    }
+
+
+def _starts(count: Path) -> Counter[str]:
+    path = count / "starts"
+    return Counter(path.read_text().split()) if path.exists() else Counter()
+
+
+def _inbox_outcomes(inbox: Path) -> dict[str, str]:
+    """Run id → its outcome (done/<id>.json) or "refused" (failed/)."""
+    found = {p.stem: str(json.loads(p.read_text()).get("outcome")) for p in (inbox / "done").glob("*.json")}
+    for p in (inbox / "failed").glob("*.toml"):
+        found.setdefault(p.name.split(".")[0], "refused")
+    return found
+
+
+def _inbox_row(row: Row, inbox: Path, ids: list[str], count: Path, agents: list[Dagent]) -> Row:
+    outcomes = _inbox_outcomes(inbox)
+    waiting = {p.stem for p in inbox.glob("new/*.toml")} | {p.stem for p in inbox.glob("claimed/*/*.toml")}
+    missing = [i for i in ids if i not in outcomes]
+    row.runs = len(ids)
+    row.stuck = sum(1 for i in missing if i in waiting)
+    row.lost = len(missing) - row.stuck
+    row.twice = sum(1 for n in _starts(count).values() if n > 1)
+    row.orphans = sum(len(a.containers()) for a in agents)
+    row.notes.append(", ".join(f"{n} {o}" for o, n in Counter(outcomes[i] for i in ids if i in outcomes).items()))
+    return row
+
+
+def _prefect_row(row: Row, chaos: Chaos, ids: list[str], count: Path, agents: list[Dagent]) -> Row:
+    states = {i: chaos.api.state(i) for i in ids}
+    row.runs = len(ids)
+    row.stuck = sum(1 for s in states.values() if s in ("PENDING", "RUNNING", "CANCELLING"))
+    row.lost = sum(1 for s in states.values() if s not in FINAL and s not in ("PENDING", "RUNNING", "CANCELLING"))
+    row.twice = sum(1 for n in _starts(count).values() if n > 1)
+    for run_id in ids:  # the engine's own record: one RUNNING state per run
+        history = chaos.api.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
+        if sum(1 for s in history if s["type"] == "RUNNING") > 1 and _starts(count)[run_id] <= 1:
+            row.twice += 1
+    row.orphans = sum(len(a.containers()) for a in agents)
+    row.notes.append(", ".join(f"{n} {s}" for s, n in Counter(states.values()).items()))
+    return row
+
+
+def _deployment(chaos: Chaos, pool: str, count: Path, engine: bool = True) -> str:
+    """A deployment whose containers record each start; `engine` runs the real flow after it."""
+    record = 'echo "$PREFECT__FLOW_RUN_ID" >> /count/starts'
+    command = f"sh -c '{record} && exec prefect flow-run execute'" if engine else f"sh -c '{record}'"
+    return chaos.api.deployment(
+        pool,
+        "flows.py:hello",
+        {"image": chaos.flow_image, "network_mode": "host", "command": command, "volumes": [f"{count}:/count"]},
+    )
+
+
+def _prefect_config(
+    agent: Dagent, url: str, pool: str, count: Path, extra: str = "", container_url: str | None = None
+) -> Path:
+    head = (
+        f'source = "prefect"\nconcurrency = 4\n{extra}\n'
+        f'[api]\nurl = "{url}"\ncontainer_url = "{container_url or url}"\nwork_pool = "{pool}"\ntoken = "{SECRET}"\n'
+    )
+    return agent.config(head, allowed_host_paths=[str(count)], allow_host_network=True, keep_containers="never")
+
+
+def _create_pool(agent: Dagent, config: Path) -> None:
+    with AgentProcess(agent, config, "--max-polls", "1") as first:
+        first.process.wait(timeout=60)
+
+
+@contextmanager
+def _agents(agent: Dagent, config: Path, n: int) -> Iterator[list[AgentProcess]]:
+    processes = [AgentProcess(agent, config, name=f"{agent.name}-{i}") for i in range(n)]
+    try:
+        yield processes
+    finally:
+        for p in processes:
+            if p.process.poll() is None:
+                p.signal()
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+
+def inbox_kill(chaos: Chaos) -> Row:
+    """kill -9 of the inbox agent at random moments across a burst, then one last clean run."""
+    row = Row(f"kill -9, {chaos.sizes.kills} times, inbox")
+    agent = chaos.agent("inbox-kill")
+    inbox, count = agent.workdir / "inbox", agent.workdir / "count"
+    count.mkdir()
+    ids = [f"k{i:03d}" for i in range(chaos.sizes.runs)]
+    for run_id in ids:
+        _drop(inbox, run_id, _counting(chaos.image, count, round(chaos.random.uniform(0.2, 2.0), 2)))
+    config = _inbox_config(agent, inbox, count)
+    for _ in range(chaos.sizes.kills):
+        with AgentProcess(agent, config) as victim:
+            time.sleep(chaos.random.uniform(0.3, 2.5))
+            victim.signal(signal.SIGKILL)
+    with AgentProcess(agent, config) as last:
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: not agent.containers(), 30)
+        last.signal()
+    return _inbox_row(row, inbox, ids, count, [agent])
+
+
+def prefect_kill(chaos: Chaos) -> Row:
+    """kill -9 of the Prefect agent at random moments across a burst of real flows, then one clean run."""
+    row = Row(f"kill -9, {chaos.sizes.kills} times, Prefect")
+    agent = chaos.agent("prefect-kill")
+    count = agent.workdir / "count"
+    count.mkdir()
+    pool = f"chaos-kill-{uuid.uuid4().hex[:6]}"
+    config = _prefect_config(agent, chaos.server.api_url, pool, count)
+    _create_pool(agent, config)
+    deployment = _deployment(chaos, pool, count)
+    ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
+    chaos.prefect_runs += ids
+    for _ in range(chaos.sizes.kills):
+        with AgentProcess(agent, config) as victim:
+            time.sleep(chaos.random.uniform(0.5, 4.0))
+            victim.signal(signal.SIGKILL)
+    with AgentProcess(agent, config) as last:
+        _wait(lambda: all(chaos.api.state(i) in FINAL for i in ids), 400)
+        _wait(lambda: not agent.containers(), 30)
+        last.signal()
+    return _prefect_row(row, chaos, ids, count, [agent])
+
+
+def daemon_restart(chaos: Chaos) -> Row:
+    """The Docker daemon stopped and started mid-burst: the agent lives on; /health goes 503 then 200."""
+    row = Row("Docker daemon restarted mid-burst, inbox")
+    try:
+        engine = infra.PrivateEngine()
+        engine.start()
+    except infra.Unavailable as e:
+        row.failures.append(f"cannot run a second dockerd: {e}")
+        return row
+    chaos.stack.callback(engine.close)
+    subprocess.run(f"docker save {chaos.image} | docker -H {engine.url} load -q", shell=True, check=True,
+                   capture_output=True)  # fmt: skip
+    agent = chaos.agent("daemon")
+    agent.client = docker.DockerClient(base_url=engine.url)
+    inbox, count = agent.workdir / "inbox", agent.workdir / "count"
+    count.mkdir()
+    ids = [f"d{i:03d}" for i in range(chaos.sizes.runs)]
+    for run_id in ids:
+        _drop(inbox, run_id, _counting(chaos.image, count, 2.0))
+    port = infra.free_port()
+    config = _inbox_config(agent, inbox, count, base_url=engine.url)
+    health = f"http://127.0.0.1:{port}/health"
+    seen: list[int] = []
+    with AgentProcess(agent, config, "--agent-address", f"127.0.0.1:{port}") as process:
+        _wait(lambda: sum(_starts(count).values()) >= 2, 120)
+        engine.stop()
+        if _wait(lambda: _get(health) == 503, 30):
+            seen.append(503)
+        engine.start()
+        if _wait(lambda: _get(health) == 200, 90):
+            seen.append(200)
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: not agent.containers(), 30)
+        alive = process.process.poll() is None
+        process.signal()
+    if seen != [503, 200]:
+        row.failures.append(f"/health went {seen}, not [503, 200]")
+    if not alive:
+        row.failures.append("the agent died")
+    row.notes.append("/health " + " → ".join(map(str, seen)) + ("; agent alive" if alive else "; agent died"))
+    return _inbox_row(row, inbox, ids, count, [agent])
+
+
+def api_faults(chaos: Chaos) -> Row:
+    """20% of the agent's Prefect requests get 503, 429 with Retry-After, a reset or a slow answer."""
+    row = Row("Prefect API faults at 20%")
+    agent = chaos.agent("api-faults")
+    count = agent.workdir / "count"
+    count.mkdir()
+    pool = f"chaos-faults-{uuid.uuid4().hex[:6]}"
+    proxy = FaultyHTTPProxy(
+        chaos.server.api_url.removesuffix("/api"), fault_rate=0.2, seed=chaos.random.randrange(1000)
+    )
+    chaos.stack.callback(proxy.stop)
+    config = _prefect_config(agent, proxy.api_url("/api"), pool, count, container_url=chaos.server.api_url)
+    _create_pool(agent, config)
+    deployment = _deployment(chaos, pool, count)
+    ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
+    chaos.prefect_runs += ids
+    with AgentProcess(agent, config) as process:
+        _wait(lambda: all(chaos.api.state(i) in FINAL for i in ids), 400)
+        _wait(lambda: not agent.containers(), 30)
+        process.signal()
+    row = _prefect_row(row, chaos, ids, count, [agent])
+    completed = sum(1 for i in ids if chaos.api.state(i) == "COMPLETED")
+    if completed != len(ids):
+        row.failures.append(f"{len(ids) - completed} run(s) did not complete")
+    row.notes.append(f"faults: {sum(proxy.faults.values())} ({', '.join(f'{k} {v}' for k, v in proxy.faults.items())})")
+    return row
+
+
+def socket_faults(chaos: Chaos) -> Row:
+    """20% of the agent's connections to the Docker daemon are dropped by a proxy in front of its socket."""
+    row = Row("Docker socket drops 20% of connections")
+    proxy = infra.FaultProxy(drop_rate=0.2, seed=chaos.random.randrange(1000))
+    chaos.stack.callback(proxy.stop)
+    agent = chaos.agent("socket-faults")
+    inbox, count = agent.workdir / "inbox", agent.workdir / "count"
+    count.mkdir()
+    ids = [f"s{i:03d}" for i in range(chaos.sizes.runs)]
+    for run_id in ids:
+        _drop(inbox, run_id, _counting(chaos.image, count, 0.5))
+    config = _inbox_config(agent, inbox, count, base_url=proxy.url)
+    with AgentProcess(agent, config) as process:
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: not agent.containers(), 30)
+        process.signal()
+    row = _inbox_row(row, inbox, ids, count, [agent])
+    succeeded = sum(1 for o in _inbox_outcomes(inbox).values() if o == "succeeded")
+    if succeeded != len(ids):
+        row.failures.append(f"{len(ids) - succeeded} run(s) did not succeed")
+    row.notes.append(f"dropped {proxy.dropped} of {proxy.dropped + proxy.forwarded} connections")
+    return row
+
+
+def many_inbox(chaos: Chaos, n: int) -> Row:
+    """n agents on one inbox."""
+    row = Row(f"{n} agents, one inbox")
+    agent = chaos.agent(f"inbox-{n}")
+    inbox, count = agent.workdir / "inbox", agent.workdir / "count"
+    count.mkdir()
+    ids = [f"m{i:03d}" for i in range(chaos.sizes.many)]
+    for run_id in ids:
+        _drop(inbox, run_id, _counting(chaos.image, count, 0))
+    config = _inbox_config(agent, inbox, count)
+    with _agents(agent, config, n):
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 600)
+        _wait(lambda: not agent.containers(), 30)
+    return _inbox_row(row, inbox, ids, count, [agent])
+
+
+def many_prefect(chaos: Chaos, n: int) -> Row:
+    """n agents on one work pool."""
+    row = Row(f"{n} agents, one Prefect pool")
+    agent = chaos.agent(f"pool-{n}")
+    count = agent.workdir / "count"
+    count.mkdir()
+    pool = f"chaos-many-{uuid.uuid4().hex[:6]}"
+    config = _prefect_config(agent, chaos.server.api_url, pool, count, extra="poll_interval = 1")
+    _create_pool(agent, config)
+    deployment = _deployment(chaos, pool, count, engine=False)  # exit 0 without the engine: CRASHED, fast
+    ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.many)]
+    chaos.prefect_runs += ids[:5]
+    with _agents(agent, config, n):
+        _wait(lambda: all(chaos.api.state(i) in FINAL for i in ids), 600)
+        _wait(lambda: not agent.containers(), 30)
+    return _prefect_row(row, chaos, ids, count, [agent])
+
+
+def bad_inputs(chaos: Chaos) -> Row:
+    """The corpus of bad configs, env values, flags, run files, job variables and API answers."""
+    row = Row("bad inputs → one clear line, exit 2")
+    cases = corpus.BAD_INPUTS
+    wrong = [(c, why) for c in cases if (why := corpus.judge(c)) is not None]
+    row.runs = len(cases)
+    row.failures += [f"{c.kind}: {c.name}: {why}" for c, why in wrong]
+    row.notes.append(", ".join(f"{n} {k}" for k, n in Counter(c.kind for c in cases).items()))
+    return row
+
+
+def bypasses(chaos: Chaos) -> Row:
+    """Image references, paths, namespaces, privileges through run files and job variables."""
+    row = Row("policy bypass attempts")
+    with corpus.bypass_sandbox() as root:
+        attempts = corpus.attempts(root)
+        through = [(a.name, why) for a in attempts if (why := corpus.try_bypass(a)) is not None]
+    spoofs = [(name, why) for name, fields in corpus.SPOOFS if (why := corpus.try_spoof(name, fields)) is not None]
+    row.runs = len(attempts) + len(corpus.SPOOFS)
+    row.failures += [f"{name}: {why}" for name, why in [*through, *spoofs]]
+    row.notes.append(f"{len(through) + len(spoofs)} bypasses")
+    return row
+
+
+def secrets(chaos: Chaos) -> Row:
+    """Grep everything the suite produced for the known token: logs, results, labels, API logs, config show."""
+    row = Row("secret in any output")
+    places: Counter[str] = Counter()
+    for path in chaos.root.rglob("*"):
+        if path.is_file() and "prefect" not in path.relative_to(chaos.root).parts[:1]:
+            try:
+                if SECRET in path.read_text(errors="replace"):
+                    places[path.suffix or path.name] += 1
+            except OSError:
+                pass
+    for run_id in chaos.prefect_runs if chaos._server else []:
+        if any(SECRET in line for line in chaos.api.logs(run_id)):
+            places["Prefect run logs"] += 1
+    agent = chaos.agent("secrets")
+    kept = agent.config(f'[api]\ntoken = "{SECRET}"\n', keep_containers="always")
+    token_file = agent.workdir / "token"
+    token_file.write_text(SECRET + "\n")
+    token_file.chmod(0o600)
+    shows = [
+        agent("config", "show", "-c", str(kept)),
+        agent("config", "show", "--json", "-c", str(kept)),
+        agent("config", "show", env={"PREFECT_API_KEY": SECRET}),
+        agent("config", "show", "--token", SECRET),
+        agent("config", "show", "--token-file", str(token_file)),
+        agent("config", "validate", "--token", SECRET, "--concurrency", "0"),
+        agent("plan", "nope.toml", "--token", SECRET),
+    ]
+    places["config show / validate / plan"] += sum(SECRET in r.stdout + r.stderr for r in shows)
+    inbox = agent.workdir / "inbox"
+    _drop(inbox, "secret-run", {"image": chaos.image, "command": ["true"]})
+    ran = agent("start", "-c", str(kept), "--max-polls", "1", env={"DAGENT_INBOX__PATH": str(inbox)})
+    places["start output"] += SECRET in ran.stdout + ran.stderr
+    for container in agent.containers():
+        places["container labels"] += SECRET in json.dumps(container.labels)
+    row.runs = sum(1 for _ in chaos.root.rglob("*")) + len(shows)
+    row.lost = 0
+    row.failures += [f"{n} in {where}" for where, n in places.items() if n]
+    row.notes.append(f"{sum(places.values())} occurrences")
+    return row
+
+
+SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
+    "inbox-kill": inbox_kill,
+    "prefect-kill": prefect_kill,
+    "daemon-restart": daemon_restart,
+    "api-faults": api_faults,
+    "socket-faults": socket_faults,
+    "many-inbox": lambda c: [many_inbox(c, 2), many_inbox(c, 3)],
+    "many-prefect": lambda c: [many_prefect(c, 2), many_prefect(c, 3)],
+    "corpus": lambda c: [bad_inputs(c), bypasses(c)],
+    "secrets": secrets,  # last: it reads what the others wrote
+}
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| scenario | runs / cases | lost | run twice | stuck | orphans | target met | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        notes = "; ".join(n for n in [*r.notes, *r.failures] if n)
+        lines.append(
+            f"| {r.scenario} | {r.runs} | {r.lost} | {r.twice} | {r.stuck} | {r.orphans} | {'yes' if r.ok else '**no**'} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", action="store_true", help="a few of everything (CI)")
+    parser.add_argument("--only", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
+    args = parser.parse_args()
+    sizes = Sizes(kills=3, runs=8, many=20) if args.short else Sizes(kills=20, runs=30, many=200)
+    chosen = args.only.split(",") if args.only else list(SCENARIOS)
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    os.environ.pop("DOCKER_HOST", None)
+    threading.excepthook = lambda hook: None  # the proxies' broken pipes are part of the chaos
+    rows: list[Row] = []
+    started = time.monotonic()
+    with infra.docker_engine(), ExitStack() as stack:
+        chaos = Chaos(sizes, stack)
+        for name in chosen:
+            print(f"chaos: {name} ...", file=sys.stderr, flush=True)
+            t = time.monotonic()
+            try:
+                result = SCENARIOS[name](chaos)
+            except Exception as e:  # a scenario that cannot finish is a missed target, not a crash of the suite
+                result = Row(name, failures=[f"{type(e).__name__}: {e}"])
+            for row in result if isinstance(result, list) else [result]:
+                row.notes.append(f"{time.monotonic() - t:.0f} s")
+                rows.append(row)
+    print(table(rows))
+    print(f"\n{'short' if args.short else 'full'} suite, {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
