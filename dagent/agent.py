@@ -63,6 +63,7 @@ class Agent:
         self.last_poll_ok: float | None = None
         self._errors_in_a_row = 0
         self._last_heartbeat = 0.0
+        self._daemon_up = True
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ class Agent:
     def _poll(self) -> bool:
         """One poll; True when it filled every free slot (there may be more work)."""
         free = self._free_slots()
-        if free <= 0:
+        if free <= 0 or not self._daemon_answers():
             return False
         started = time.monotonic()
         try:
@@ -147,6 +148,17 @@ class Agent:
         for claim in claims:
             self._submit(claim)
         return len(claims) >= free
+
+    def _daemon_answers(self) -> bool:
+        """Take no runs while the daemon is away: they would only fail to start."""
+        up = self.runtime.ping()
+        if up != self._daemon_up:
+            if up:
+                log.info("the Docker daemon answers again; taking runs")
+            else:
+                log.warning("the Docker daemon does not answer; taking no runs until it does")
+            self._daemon_up = up
+        return up
 
     def _submit(self, claim: Claim) -> None:
         run = claim.run

@@ -137,6 +137,7 @@ class DockerRuntime:
         self.base_url = config.docker.base_url
         self._client: docker.DockerClient | None = None
         self._health: docker.APIClient | None = None
+        self._health_lock = threading.Lock()  # the health server and the agent loop both ping
         self._lock = threading.Lock()
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -396,12 +397,15 @@ class DockerRuntime:
         """True when the daemon answers a ping now: one try, 2 s at most (for health checks)."""
         import docker
 
-        try:
-            if self._health is None:
-                self._health = docker.APIClient(base_url=self.base_url, version=self.client.api.api_version, timeout=2)
-            return bool(self._health.ping())
-        except Exception:
-            return False
+        with self._health_lock:
+            try:
+                if self._health is None:
+                    self._health = docker.APIClient(
+                        base_url=self.base_url, version=self.client.api.api_version, timeout=2
+                    )
+                return bool(self._health.ping())
+            except Exception:
+                return False
 
     # --- listing and clean-up --------------------------------------------------------------------
 

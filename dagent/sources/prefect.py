@@ -36,6 +36,9 @@ FRESH_CLAIM = 1.0
 FRESH_LIST = 0.1
 # Seconds between cancellation checks over REST while the event stream reports cancellations.
 CANCEL_CHECK_STREAMING = 60.0
+# While the event stream is up, the longest time between two lists of scheduled runs; each list
+# also looks this far ahead, so a run scheduled for later is woken for on time.
+SAFETY_LIST = 30.0
 # How long a container that exited 0 waits for the engine's final state to be heard on the stream.
 ENGINE_EVENT_WAIT = 2.0
 _ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
@@ -219,6 +222,16 @@ def taken_since_scheduled(history: Iterable[Any], pending_id: Any) -> list[dict[
     return [h for h in states if h.get("id") != pending_id and h.get("type") != "SCHEDULED" and _when(h) >= since]
 
 
+def _start_time(flow_run: Mapping[str, Any]) -> datetime | None:
+    """When a scheduled run is due, or None if it does not say."""
+    for key in ("next_scheduled_start_time", "expected_start_time"):
+        if flow_run.get(key):
+            when = _when({"timestamp": flow_run[key]})
+            if when != _EPOCH:
+                return when
+    return None
+
+
 def _when(state: Mapping[str, Any]) -> datetime:
     """A state's timestamp; the epoch when it has none or cannot be read."""
     try:
@@ -258,7 +271,10 @@ class PrefectSource:
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
-        self._backlog_at = 0.0
+        self._backlog_at = 0.0  # when the last list was asked for (monotonic)
+        self._list_due = True  # something may have changed since the last list
+        self._timer: threading.Timer | None = None
+        self._timer_at = _EPOCH
         self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
 
@@ -310,6 +326,7 @@ class PrefectSource:
 
     def _on_state(self, state: str, run_id: str) -> None:
         if state == "SCHEDULED":
+            self._list_due = True
             self._wake()
             return
         with self._heard_lock:
@@ -348,13 +365,14 @@ class PrefectSource:
         backlog, so a burst costs one list request per page of runs, not one per freed slot. A
         stale entry costs nothing worse than a refused claim (or a claim check that steps back).
         """
-        if time.monotonic() - self._backlog_at > self.config.effective_poll_interval:
+        if self._backlog and time.monotonic() - self._backlog_at > self.config.effective_poll_interval:
             self._backlog.clear()
+            self._list_due = True
         claims: list[Claim] = []
         listed = False
         while len(claims) < limit:
             if not self._backlog:
-                if listed:
+                if listed or not self._should_list():
                     break
                 self._backlog_at, listed = time.monotonic(), True  # when the list was asked for
                 self._backlog = self._list(limit)
@@ -364,25 +382,63 @@ class PrefectSource:
                 claims.append(claim)
         return claims
 
+    def _should_list(self) -> bool:
+        """Without the event stream, every poll lists; with it, only when something may have changed."""
+        if not self._streaming():
+            return True
+        return self._list_due or time.monotonic() - self._backlog_at >= SAFETY_LIST
+
     def _list(self, limit: int) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {
-            "scheduled_before": (datetime.now(timezone.utc) + timedelta(seconds=self.api.prefetch)).isoformat(),
-            # Ask for more than we can take: some may need labels we lack, or be claimed by others.
-            "limit": max(limit * 2, 10),
-        }
+        """The runs due within `api.prefetch`; while streaming, arm a wake-up for runs due before the next list."""
+        now = datetime.now(timezone.utc)
+        due_by = now + timedelta(seconds=self.api.prefetch)
+        ahead = SAFETY_LIST if self._streaming() else 0.0
+        requested = max(limit * 2, 10)  # more than we can take: some need labels we lack, or go to others
+        body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
         if self.api.work_queues:
             body["work_queue_names"] = list(self.api.work_queues)
-        items = self.client.call("POST", f"/work_pools/{self.api.work_pool}/get_scheduled_flow_runs", body) or []
-        if not isinstance(items, list):
-            raise SourceError("Prefect API: get_scheduled_flow_runs: expected a list")
-        runs = []
+        # Cleared before asking, so an event that comes while the answer is on its way still counts.
+        self._list_due = False
+        try:
+            items = self.client.call("POST", f"/work_pools/{self.api.work_pool}/get_scheduled_flow_runs", body) or []
+            if not isinstance(items, list):
+                raise SourceError("Prefect API: get_scheduled_flow_runs: expected a list")
+        except SourceError:
+            self._list_due = True
+            raise
+        if len(items) >= requested:
+            self._list_due = True  # a full page: more may be waiting
+        runs, later = [], []
         for item in items:
             flow_run = item.get("flow_run") if isinstance(item, dict) else None
             if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
                 log.warning("skipping a malformed item from get_scheduled_flow_runs")
                 continue
-            runs.append(flow_run)
+            start = _start_time(flow_run)
+            if start is not None and start > due_by:
+                later.append(start)
+            else:
+                runs.append(flow_run)
+        if later:
+            self._wake_at(min(later) - timedelta(seconds=self.api.prefetch))
         return runs
+
+    def _wake_at(self, when: datetime) -> None:
+        """List again (and wake the loop) when a run seen for later falls due."""
+
+        def due() -> None:
+            self._list_due = True
+            self._wake()
+
+        if self._timer is not None and self._timer.is_alive():
+            if self._timer_at <= when:
+                return  # an earlier wake-up is armed; the list it brings re-arms this one
+            self._timer.cancel()
+        self._timer_at = when
+        delay = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        self._timer = threading.Timer(delay, due)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
         run_id = flow_run["id"]
@@ -438,7 +494,11 @@ class PrefectSource:
             log.debug("flow run %s: %s (%s)", run_id, status, ((answer or {}).get("details") or {}).get("reason"))
             return False
         if status == "WAIT":
-            log.debug("flow run %s: WAIT; trying again at a later poll", run_id)
+            # Prefect says when to come back (a concurrency limit, say): list again then.
+            delay = ((answer or {}).get("details") or {}).get("delay_seconds")
+            delay = float(delay) if isinstance(delay, (int, float)) else self.config.effective_poll_interval
+            log.debug("flow run %s: WAIT; trying again in %.0f s", run_id, delay)
+            self._wake_at(datetime.now(timezone.utc) + timedelta(seconds=delay))
         return False
 
     def _claimed_from_scheduled(self, run_id: str, pending_id: Any) -> bool:
@@ -764,6 +824,8 @@ class PrefectSource:
         """Send queued log lines, stop the event stream and close the API connection pool."""
         if self._watcher is not None:
             self._watcher.stop()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._logs is not None:
             self._logs.close()
         self.client.close()

@@ -99,8 +99,8 @@ class StateEventWatcher:
         resource = str((event.get("resource") or {}).get("prefect.resource.id") or "")
         if not resource.startswith(_RUN_PREFIX):
             return
-        # State events are named after the state's name (Late, Suspended, ...); the type is in the payload.
+        # State events are named after the state's name (Late, Suspended, ...); the type is in the
+        # payload. Other flow-run events (heartbeats, pull steps) carry no state and are skipped.
         state = ((event.get("payload") or {}).get("validated_state") or {}).get("type")
-        self.on_state(
-            str(state or str(event.get("event")).rpartition(".")[2]).upper(), resource.removeprefix(_RUN_PREFIX)
-        )
+        if isinstance(state, str):
+            self.on_state(state.upper(), resource.removeprefix(_RUN_PREFIX))
