@@ -11,6 +11,7 @@ depend on this machine. No number here is asserted anywhere: machines are noisy 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import re
@@ -157,6 +158,9 @@ class Bench:
                 '[docker]\nallow_host_network = true\nkeep_containers = "never"\n'
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_"))}
+            # An installed dagent has its bytecode compiled by pip, as the worker's prefect has; this
+            # one runs from the checkout, so compile it first rather than measure the compiler.
+            compileall.compile_dir(REPO / "dagent", quiet=1)
             argv = [sys.executable, "-m", "dagent", "start", "-c", str(config)]
             return subprocess.Popen(argv, env={**env, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -301,6 +305,14 @@ class Bench:
             c.remove()
             took.append(time.time() - t)
         figures.dispatch_p50_s = round(statistics.median(took), 3)
+        # What no agent on this stack can beat before its first request: Python starting and
+        # importing the settings model's library and the HTTP client (median of 5).
+        took = []
+        for _ in range(5):
+            t = time.time()
+            subprocess.run([sys.executable, "-c", "import pydantic_settings, requests"], check=True)
+            took.append(time.time() - t)
+        figures.start_to_first_request_s = round(statistics.median(took), 3)
         return figures
 
 
@@ -326,7 +338,7 @@ def table(results: dict[str, Any]) -> str:
     rows += [
         f"| idle RSS after 60 s (MB) | {d.idle_rss_mb} | {w.idle_rss_mb} | {_ratio(d.idle_rss_mb, w.idle_rss_mb)} | ≤ 0.50× and < 55 MB |",
         f"| peak RSS in the burst (MB) | {d.peak_rss_mb} | {w.peak_rss_mb} | {_ratio(d.peak_rss_mb, w.peak_rss_mb)} | |",
-        f"| process start → first API request (s) | {d.start_to_first_request_s} | {w.start_to_first_request_s} | {_ratio(d.start_to_first_request_s, w.start_to_first_request_s)} | < 0.5 s |",
+        f"| process start → first API request (s); floor: Python importing pydantic-settings and requests {f.start_to_first_request_s} s | {d.start_to_first_request_s} | {w.start_to_first_request_s} | {_ratio(d.start_to_first_request_s, w.start_to_first_request_s)} | < 0.5 s |",
         f"| API requests per run (own, idle share removed) | {d.requests_per_run} | {w.requests_per_run} | {_ratio(d.requests_per_run, w.requests_per_run)} | ≤ worker |",
         f"| API requests per idle minute | {d.idle_requests_per_min} | {w.idle_requests_per_min} | {_ratio(d.idle_requests_per_min, w.idle_requests_per_min)} | ≤ worker |",
         f"| idle CPU seconds per minute | {d.idle_cpu_s_per_min} | {w.idle_cpu_s_per_min} | {_ratio(d.idle_cpu_s_per_min, w.idle_cpu_s_per_min)} | |",

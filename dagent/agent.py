@@ -77,10 +77,14 @@ class Agent:
         self.stopping.set()
         self._wake.set()
 
-    def run(self) -> None:
-        """Start up, reconcile, then poll until stopped or max_polls (then wait for runs in flight)."""
+    def run(self, connect: bool = True) -> None:
+        """Start up, reconcile, then poll until stopped or max_polls (then wait for runs in flight).
+
+        `connect=False` when the caller has already connected the source.
+        """
         # The source first: its first request is what a control plane sees of a starting agent.
-        self.source.connect()
+        if connect:
+            self.source.connect()
         version = self.runtime.verify()
         self.source.watch(self.poll_soon)
         log.info(

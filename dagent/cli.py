@@ -154,14 +154,24 @@ def cmd_start(args: argparse.Namespace) -> int:
     import signal
 
     from dagent import logs
+
+    config = _load(args).config
+    logs.setup(config.log_format, config.log_level)
+    # The source's first request (what a control plane sees of a starting agent) goes out before
+    # the rest of the agent is even imported.
+    source = make_source(config)
+    try:
+        source.connect()
+    except BaseException:
+        source.close()
+        raise
+
     from dagent.agent import Agent
     from dagent.health import HealthServer, Metrics
     from dagent.runtime import DockerRuntime
 
-    config = _load(args).config
-    logs.setup(config.log_format, config.log_level)
     runtime = DockerRuntime(config)
-    agent = Agent(config, make_source(config), runtime, Metrics())
+    agent = Agent(config, source, runtime, Metrics())
 
     def on_signal(signum: int, _frame: object) -> None:
         logging.getLogger("dagent").info("received %s", signal.Signals(signum).name)
@@ -177,7 +187,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             raise ConfigError(f"health.address {config.health.address}: cannot listen: {e.strerror}") from None
         health.start()
     try:
-        agent.run()
+        agent.run(connect=False)
     finally:
         if health is not None:
             health.stop()

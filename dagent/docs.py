@@ -12,7 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from dagent.cli import CONFIG_FLAGS, _toml_value
-from dagent.config import COMPAT_ENV, TOKEN_ENV, AgentConfig, env_name, json_schema, leaf_keys
+from dagent.config import (
+    COMPAT_ENV,
+    TOKEN_ENV,
+    AgentConfig,
+    describe,
+    describe_config,
+    env_name,
+    json_schema,
+    leaf_keys,
+)
+from dagent.runs import RunRequest
+
+describe_config()  # descriptions are read from the source only when documents are made
+describe(RunRequest)
 
 # Values shown for keys that are unset by default, so an uncommented line is a working example.
 EXAMPLES: dict[str, Any] = {
@@ -181,8 +194,6 @@ def reference_markdown() -> str:
 
 def run_fields_markdown() -> str:
     """The README's table of run-file fields, from RunRequest."""
-    from dagent.runs import RunRequest
-
     rows = ["| field | type | description |", "|---|---|---|"]
     schema = RunRequest.model_json_schema()
     for name, field in RunRequest.model_fields.items():

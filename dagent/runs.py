@@ -81,7 +81,7 @@ Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 class RunRequest(BaseModel):
     """One run: what to start, with what, and what it may use."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: Annotated[str, AfterValidator(_check_run_id)]
     """Run id; the container is named `dagent-<id>`. Defaults to the run file's name."""

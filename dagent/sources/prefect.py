@@ -275,6 +275,8 @@ class PrefectSource:
         self._list_due = True  # something may have changed since the last list
         self._timer: threading.Timer | None = None
         self._timer_at = _EPOCH
+        self._listed: frozenset[str] = frozenset()  # ids of the last list
+        self._taken: set[str] = set()  # of those, runs heard to have left SCHEDULED
         self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
 
@@ -329,6 +331,8 @@ class PrefectSource:
             self._list_due = True
             self._wake()
             return
+        if run_id in self._listed:
+            self._taken.add(run_id)  # claimed (or cancelled) since we listed it
         with self._heard_lock:
             if run_id not in self._mine:
                 return
@@ -365,7 +369,10 @@ class PrefectSource:
         backlog, so a burst costs one list request per page of runs, not one per freed slot. A
         stale entry costs nothing worse than a refused claim (or a claim check that steps back).
         """
-        if self._backlog and time.monotonic() - self._backlog_at > self.config.effective_poll_interval:
+        # While events flow, a backlog entry another agent takes is heard of and dropped, so the
+        # backlog stays good for longer.
+        keep = SAFETY_LIST if self._streaming() else self.config.effective_poll_interval
+        if self._backlog and time.monotonic() - self._backlog_at > keep:
             self._backlog.clear()
             self._list_due = True
         claims: list[Claim] = []
@@ -377,7 +384,10 @@ class PrefectSource:
                 self._backlog_at, listed = time.monotonic(), True  # when the list was asked for
                 self._backlog = self._list(limit)
                 continue
-            claim = self._consider(self._backlog.pop(0))
+            flow_run = self._backlog.pop(0)
+            if flow_run["id"] in self._taken:
+                continue
+            claim = self._consider(flow_run)
             if claim is not None:
                 claims.append(claim)
         return claims
@@ -421,6 +431,8 @@ class PrefectSource:
                 runs.append(flow_run)
         if later:
             self._wake_at(min(later) - timedelta(seconds=self.api.prefetch))
+        self._taken = set()
+        self._listed = frozenset(r["id"] for r in runs)
         return runs
 
     def _wake_at(self, when: datetime) -> None:
@@ -834,7 +846,7 @@ class PrefectSource:
 class LogShipper:
     """Sends queued log lines in one POST /logs/ every few seconds, so a burst costs a few requests."""
 
-    INTERVAL = 3.0
+    INTERVAL = 5.0
 
     def __init__(self, client: PrefectClient) -> None:
         self.client = client
