@@ -19,6 +19,8 @@ from dagent.spec import LABEL_AGENT, LABEL_KEEP, ContainerSpec, build
 log = logging.getLogger("dagent.agent")
 flow_log = logging.getLogger("dagent.flow")
 
+# Tries to see a run through when something unexpected (say a cut connection) breaks one.
+EXECUTE_ATTEMPTS = 4
 MAX_BACKOFF = 60.0
 
 
@@ -184,28 +186,45 @@ class Agent:
     # --- one run ---------------------------------------------------------------------------------
 
     def _execute(self, entry: _InFlight, spec: ContainerSpec) -> None:
-        claim, handle = entry.claim, entry.handle
-        run_id = claim.run.id
+        run_id = entry.claim.run.id
         try:
-            result = self._run_to_end(claim, spec, handle)
-            if self.stopping.is_set() and result.outcome == "crashed":
-                return  # interrupted by our own shutdown: the restart adopts it instead
-            self.source.report(claim, result)
-            self.metrics.runs_finished.labels(result.outcome).inc()
-            level = logging.INFO if result.outcome == "succeeded" else logging.WARNING
-            message = f"run {run_id}: {result.outcome}, exit code {result.exit_code}" + (
-                f" ({result.error})" if result.error else ""
-            )
-            log.log(level, message)
-            self._tell_source(claim, "INFO" if level == logging.INFO else "WARNING", message)
-            self.runtime.finish(spec, result)
-        except Exception as e:  # a failing run never takes the loop down
-            log.exception("run %s: could not be reported (%s); it is retried at the next start", run_id, _one_line(e))
+            for attempt in range(1, EXECUTE_ATTEMPTS + 1):
+                try:
+                    self._finish(entry, spec)
+                    return
+                except Exception as e:  # a failing run never takes the loop down
+                    log.debug("run %s: attempt %d failed", run_id, attempt, exc_info=True)
+                    if self.stopping.is_set() or attempt == EXECUTE_ATTEMPTS:
+                        log.error(
+                            "run %s: could not be finished (%s); it is taken up at the next start", run_id, _one_line(e)
+                        )
+                        return
+                    delay = min(2.0**attempt, 30.0)
+                    # Safe to repeat: the container is adopted by name and never started twice.
+                    log.warning("run %s: %s; trying again in %.0f s", run_id, _one_line(e), delay)
+                    self.stopping.wait(delay)
         finally:
             with self._lock:
                 self._in_flight.pop(run_id, None)
                 self.metrics.runs_in_flight.set(len(self._in_flight))
             self._wake.set()
+
+    def _finish(self, entry: _InFlight, spec: ContainerSpec) -> None:
+        """Run (or adopt) the container to its end, report, clean up."""
+        claim, handle = entry.claim, entry.handle
+        run_id = claim.run.id
+        result = self._run_to_end(claim, spec, handle)
+        if self.stopping.is_set() and result.outcome == "crashed":
+            return  # interrupted by our own shutdown: the restart adopts it instead
+        self.source.report(claim, result)
+        self.metrics.runs_finished.labels(result.outcome).inc()
+        level = logging.INFO if result.outcome == "succeeded" else logging.WARNING
+        message = f"run {run_id}: {result.outcome}, exit code {result.exit_code}" + (
+            f" ({result.error})" if result.error else ""
+        )
+        log.log(level, message)
+        self._tell_source(claim, "INFO" if level == logging.INFO else "WARNING", message)
+        self.runtime.finish(spec, result)
 
     def _run_to_end(self, claim: Claim, spec: ContainerSpec, handle: RunHandle) -> RunResult:
         run_id = claim.run.id

@@ -57,11 +57,15 @@ PERMANENT_MARKERS = ("no basic auth credentials", "unauthorized", "denied", "man
 WAIT_SLICE = 30.0
 
 
+# A response cut off mid-body (a connection dropped while the daemon answered).
+CUT_SHORT = requests.exceptions.ChunkedEncodingError
+
+
 def is_transient(error: BaseException) -> bool:
     """True for faults worth retrying: connection errors, timeouts, 408/429/5xx from the daemon."""
     import docker.errors
 
-    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, CUT_SHORT)):
         return True
     if isinstance(error, docker.errors.APIError):
         # Older daemons wrap a registry's "no such image" and "unauthorized" in a 500.
@@ -273,9 +277,15 @@ class DockerRuntime:
 
     def start(self, container: Container) -> None:
         """Start a created container (no-op for one already running or finished)."""
-        self._call(f"inspect {container.name}", container.reload)
-        if container.status == "created":
-            self._call(f"start {container.name}", container.start)
+
+        def start_once() -> None:
+            # Looked at again on every try: a start whose answer was lost may have run the
+            # container already, and starting an exited container would run it twice.
+            container.reload()
+            if container.status == "created":
+                container.start()
+
+        self._call(f"start {container.name}", start_once)
 
     def wait(self, container: Container, deadline: float, cancelled: Callable[[], bool] = lambda: False) -> int | None:
         """Wait for the container to exit: its exit code, or None when the deadline (monotonic) passed."""
@@ -288,14 +298,16 @@ class DockerRuntime:
             try:
                 status = container.wait(timeout=min(remaining, WAIT_SLICE))
                 return int(status.get("StatusCode", -1))
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
-                # A read timeout is the slice ending; a connection error is a daemon hiccup. Either
-                # way the container's own state says what happened.
+            except docker.errors.NotFound:
+                raise DaemonError(f"docker: container {container.name} disappeared while running") from None
+            except requests.exceptions.RequestException as e:
+                if isinstance(e, docker.errors.APIError) and not is_transient(e):
+                    raise DaemonError(f"docker: wait {container.name}: {_explain(e)}") from None
+                # A read timeout is the slice ending; anything else a daemon hiccup (a cut
+                # connection, a restart). Either way the container's own state says what happened.
                 if not isinstance(e, requests.exceptions.ReadTimeout) and "timed out" not in str(e).lower():
                     log.warning("wait %s: %s; checking again", container.name, _reason(e))
                     time.sleep(min(1.0, max(remaining, 0)))
-            except docker.errors.NotFound:
-                raise DaemonError(f"docker: container {container.name} disappeared while running") from None
 
     def stop(self, container: Container, grace: float) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds."""

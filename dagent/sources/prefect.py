@@ -114,7 +114,15 @@ class _Transient(Exception):
 
 
 def _is_transient(error: BaseException) -> bool:
-    return isinstance(error, (_Transient, requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+    return isinstance(
+        error,
+        (
+            _Transient,
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,  # an answer cut off mid-body
+        ),
+    )
 
 
 class PrefectClient:

@@ -351,9 +351,9 @@ def api_faults(chaos: Chaos) -> Row:
 
 
 def socket_faults(chaos: Chaos) -> Row:
-    """20% of the agent's connections to the Docker daemon are dropped by a proxy in front of its socket."""
-    row = Row("Docker socket drops 20% of connections")
-    proxy = infra.FaultProxy(drop_rate=0.2, seed=chaos.random.randrange(1000))
+    """A proxy in front of the Docker socket refuses 20% of the agent's connections and cuts the rest."""
+    row = Row("Docker socket: 20% of connections refused, all cut within 2 s")
+    proxy = infra.FaultProxy(drop_rate=0.2, seed=chaos.random.randrange(1000), lifetime=2.0)
     chaos.stack.callback(proxy.stop)
     agent = chaos.agent("socket-faults")
     inbox, count = agent.workdir / "inbox", agent.workdir / "count"
@@ -370,7 +370,7 @@ def socket_faults(chaos: Chaos) -> Row:
     succeeded = sum(1 for o in _inbox_outcomes(inbox).values() if o == "succeeded")
     if succeeded != len(ids):
         row.failures.append(f"{len(ids) - succeeded} run(s) did not succeed")
-    row.notes.append(f"dropped {proxy.dropped} of {proxy.dropped + proxy.forwarded} connections")
+    row.notes.append(f"{proxy.dropped + proxy.forwarded} connections: {proxy.dropped} refused, {proxy.cut} cut")
     return row
 
 
@@ -436,8 +436,9 @@ def secrets(chaos: Chaos) -> Row:
     """Grep everything the suite produced for the known token: logs, results, labels, API logs, config show."""
     row = Row("secret in any output")
     places: Counter[str] = Counter()
+    inputs = {"agent.toml", "token"}  # what the suite wrote the secret into; everything else is output
     for path in chaos.root.rglob("*"):
-        if path.is_file() and "prefect" not in path.relative_to(chaos.root).parts[:1]:
+        if path.is_file() and path.name not in inputs and "prefect" not in path.relative_to(chaos.root).parts[:1]:
             try:
                 if SECRET in path.read_text(errors="replace"):
                     places[path.suffix or path.name] += 1

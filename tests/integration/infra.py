@@ -169,15 +169,28 @@ class Registry:
 
 
 class FaultProxy:
-    """A TCP listener on 127.0.0.1 that forwards to a unix socket, dropping the first `drop` connections
-    and then a share `drop_rate` of the others."""
+    """A TCP listener on 127.0.0.1 that forwards to a unix socket, dropping the first `drop` connections.
 
-    def __init__(self, target: str = DOCKER_SOCKET, drop: int = 0, drop_rate: float = 0.0, seed: int = 7) -> None:
+    With `drop_rate`, that share of the other connections is refused at once. With `lifetime`, every
+    connection let through is cut at a random moment within that many seconds, mid-request or between
+    requests: a client keeps its connections open, so refusing new ones alone would seldom hit it.
+    """
+
+    def __init__(
+        self,
+        target: str = DOCKER_SOCKET,
+        drop: int = 0,
+        drop_rate: float = 0.0,
+        seed: int = 7,
+        lifetime: float | None = None,
+    ) -> None:
         self.target = target
         self.drop = drop
         self.drop_rate = drop_rate
+        self.lifetime = lifetime
         self.random = random.Random(seed)
         self.dropped = 0
+        self.cut = 0
         self.forwarded = 0
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -209,6 +222,11 @@ class FaultProxy:
         except OSError:
             client.close()
             return
+        if self.lifetime:
+            self.cut += 1
+            timer = threading.Timer(self.random.uniform(0.05, self.lifetime), _cut, args=(client, upstream))
+            timer.daemon = True
+            timer.start()
         threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
         pipe(client, upstream)
 
@@ -216,6 +234,12 @@ class FaultProxy:
         """Stop accepting; open pipes end with their peers."""
         self._stopped.set()
         self._server.close()
+
+
+def _cut(*sockets: socket.socket) -> None:
+    for s in sockets:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
 
 
 def pipe(source: socket.socket, sink: socket.socket) -> None:
