@@ -465,7 +465,7 @@ class DagentEnvSettingsSource(EnvSettingsSource):
             try:
                 data = super().__call__()
             except SettingsError as e:
-                raise ConfigError(f"environment: {e}") from None
+                raise ConfigError(self._explain(e)) from None
             # Tables arrive as JSON text; decode them here so they merge key by key with the
             # other sources instead of replacing them.
             for path in TABLE_KEYS:
@@ -477,6 +477,19 @@ class DagentEnvSettingsSource(EnvSettingsSource):
                         raise ConfigError(f"env {env_name('.'.join(path))}: {'.'.join(path)}: {e}") from None
             self._data = data
         return self._data
+
+    def _explain(self, error: SettingsError) -> str:
+        """Name the variable pydantic-settings could not decode (it names only the section)."""
+        match = re.search(r'field "([^"]+)"', str(error))
+        prefix = env_name(match.group(1)) if match else ENV_PREFIX
+        names = sorted(k for k in self._environ if k.upper().startswith(prefix))
+        for name in names:
+            try:
+                json.loads(self._environ[name])
+            except json.JSONDecodeError as e:
+                dotted = name.upper().removeprefix(ENV_PREFIX).lower().replace("__", ".")
+                return f"env {name}: {dotted}: not valid JSON: {e.msg}"
+        return f"env {names[0] if names else prefix + '*'}: {error}"
 
 
 class TomlFileSettingsSource(TomlConfigSettingsSource):
@@ -712,7 +725,9 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
 
 # --- error messages ----------------------------------------------------------------------------
 
-_SECRET_PARTS = ("token", "auth_string", "password")
+# Keys whose values are never echoed in an error: credentials, and environment values (a run's
+# or the agent's env often carries a password).
+_SECRET_PARTS = ("token", "auth_string", "password", "env")
 
 
 def _error_lines(
@@ -725,7 +740,8 @@ def _error_lines(
     for item in error.errors(include_url=False):
         loc = tuple(str(p) for p in item["loc"])
         dotted, message = describe_error(item, AgentConfig)
-        key_loc = tuple(p for p in loc if not p.isdigit() and p != "[key]")
+        # List indices and dict-key markers are not keys; the first part always is (even "0").
+        key_loc = loc[:1] + tuple(p for p in loc[1:] if not p.isdigit() and p != "[key]")
         origin = "defaults"
         for name, layer in layers:
             if _get_path(layer, key_loc[:2]) is not None:
@@ -743,7 +759,8 @@ def _error_lines(
 def describe_error(item: Any, model: type[BaseModel]) -> tuple[str, str]:
     """(dotted key path, message) for one pydantic error; secrets are never echoed."""
     loc = tuple(str(p) for p in item["loc"])
-    dotted = ".".join(p for p in loc if p != "[key]")
+    # A key with control characters or spaces is shown quoted, so an error stays one plain line.
+    dotted = ".".join(p if p.isprintable() and p.strip() == p and p else repr(p) for p in loc if p != "[key]")
     kind: str = item["type"]
     msg: str = item["msg"]
     if kind == "extra_forbidden":

@@ -85,6 +85,9 @@ def _configs() -> list[Case]:
         ("retry attempts zero", "[retry]\nattempts = 0\n", "retry.attempts"),
         ("retry backoff text", "[retry]\nbackoff_initial = 'soon'\n", "retry.backoff_initial"),
         ("not utf-8", b"name = '\xff\xfe'\n", "agent.toml"),
+        ("key with a carriage return", '"a\\rb" = 1\n', "agent.toml"),
+        ("number as a key", '"0" = []\n', "agent.toml"),
+        ("memory as a list", "[docker]\nmax_memory = []\n", "docker.max_memory"),
     ]
     return [Case("config", n, t, k) for n, t, k in items]
 
@@ -116,6 +119,8 @@ def _envs() -> list[Case]:
         ("work queues", {"DAGENT_API__WORK_QUEUES": '{"a": 1}'}, "DAGENT_API__WORK_QUEUES"),
         ("max cpus", {"DAGENT_DOCKER__MAX_CPUS": "all of them"}, "DAGENT_DOCKER__MAX_CPUS"),
         ("secret with bad neighbour", {"DAGENT_API__TOKEN": SECRET, "DAGENT_CONCURRENCY": "x"}, "DAGENT_CONCURRENCY"),
+        ("registry auth not json", {"DAGENT_DOCKER__REGISTRY_AUTH": "00:"}, "DAGENT_DOCKER__REGISTRY_AUTH"),
+        ("secret in a bad env table", {"DAGENT_DOCKER__ENV": '{"A B": "' + SECRET + '"}'}, "DAGENT_DOCKER__ENV"),
     ]
     return [Case("env", n, e, k) for n, e, k in items]
 

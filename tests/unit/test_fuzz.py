@@ -1,0 +1,159 @@
+"""Fuzzing config and run loading: any input is either accepted or refused with dagent's own error, one line per problem."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dagent.config import AgentConfig, env_name, leaf_keys, load_config
+from dagent.errors import ConfigError, RunFileError
+from dagent.runs import RunRequest, load_run_file, parse_run
+from dagent.sources.prefect import PrefectSource
+from tests.chaos.corpus import SECRET
+
+_scalars = st.one_of(
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+    st.sampled_from(["", "/", "..", "/var/run/docker.sock", "a:b:c", "1g", "-1", "all", "host", "[", "{", "\r\n"]),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_config_keys = [k.split(".")[-1] for k in leaf_keys()] + ["api", "docker", "health", "inbox", "retry"]
+_sections = {k.split(".")[0] for k in leaf_keys() if "." in k}
+_run_fields = list(RunRequest.model_fields)
+_fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _one_line_each(error: Exception) -> None:
+    text = str(error)
+    assert text.strip(), "an empty error"
+    assert SECRET not in text
+    for line in text.split("\n"):
+        assert line.strip() and "Traceback" not in line and "\r" not in line
+
+
+def _table() -> st.SearchStrategy[dict[str, Any]]:
+    keys = st.sampled_from(_config_keys) | st.text(min_size=1, max_size=10)
+    top = st.dictionaries(keys, _values, max_size=5)
+    sections = st.dictionaries(
+        st.sampled_from(sorted(_sections)), st.dictionaries(keys, _values, max_size=4), max_size=3
+    )
+    return st.builds(lambda a, b: {**a, **b}, top, sections)
+
+
+@_fuzz
+@given(_table())
+def test_any_config_table(data: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "agent.toml"
+        path.write_text(tomli_w.dumps(data))
+        try:
+            loaded = load_config(config_file=path, environ={})
+        except ConfigError as e:
+            _one_line_each(e)
+            assert str(path) in str(e) or "api.token_file" in str(e)
+        else:
+            assert isinstance(loaded.config, AgentConfig)
+
+
+@_fuzz
+@given(st.binary(max_size=300))
+def test_any_config_bytes(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "agent.toml"
+        path.write_bytes(raw)
+        try:
+            load_config(config_file=path, environ={})
+        except ConfigError as e:
+            _one_line_each(e)
+
+
+@_fuzz
+@given(st.dictionaries(st.sampled_from([env_name(k) for k in leaf_keys()]), st.text(max_size=40), max_size=4))
+def test_any_environment(environ: dict[str, str]) -> None:
+    environ = {k: v.replace("\x00", "") for k, v in environ.items()}
+    try:
+        load_config(environ=environ)
+    except ConfigError as e:
+        _one_line_each(e)
+        assert any(name in str(e) for name in environ) or "token_file" in str(e) or "inbox" in str(e)
+
+
+@_fuzz
+@given(st.dictionaries(st.sampled_from(_run_fields) | st.text(min_size=1, max_size=10), _values, max_size=6))
+def test_any_run_table(data: dict[str, Any]) -> None:
+    try:
+        # Secrets go where secrets live (the env): they must never be echoed back in an error.
+        run = parse_run({"id": "fuzz", "image": "busybox", **data, "env": data.get("env", {"K": SECRET})}, "run.toml")
+    except RunFileError as e:
+        _one_line_each(e)
+        assert all(line.startswith("run.toml: ") for line in str(e).splitlines())
+    else:
+        assert isinstance(run, RunRequest)
+
+
+@_fuzz
+@given(st.binary(max_size=300))
+def test_any_run_file_bytes(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.toml"
+        path.write_bytes(raw)
+        try:
+            load_run_file(path)
+        except RunFileError as e:
+            _one_line_each(e)
+            assert str(path) in str(e)
+
+
+_source: list[PrefectSource] = []
+
+
+def _prefect() -> PrefectSource:
+    if not _source:
+        config = load_config(
+            cli={"source": "prefect", "api": {"url": "http://127.0.0.1:9/api", "send_agent_logs": False}}, environ={}
+        ).config
+        _source.append(PrefectSource(config))
+    return _source[0]
+
+
+@_fuzz
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "image",
+                "command",
+                "env",
+                "volumes",
+                "mem_limit",
+                "cpus",
+                "network_mode",
+                "networks",
+                "labels",
+                "required_labels",
+                "privileged",
+                "ports",
+                "container_create_kwargs",
+            ]
+        )
+        | st.text(max_size=10),
+        _values,
+        max_size=6,
+    )
+)
+def test_any_job_variables(variables: dict[str, Any]) -> None:
+    try:
+        _prefect()._run_request("fuzz", variables)
+    except RunFileError as e:
+        _one_line_each(e)
