@@ -64,14 +64,16 @@ class StateEventWatcher:
     def _listen(self) -> None:
         import websocket  # only agents on the Prefect source pay for it
 
-        sock = websocket.create_connection(self.url, timeout=30, enable_multithread=True)
+        # Prefect's protocol: the "prefect" subprotocol, then an auth message before anything else
+        # (a token, or null where the server needs none). Without the subprotocol a server with an
+        # auth string refuses the socket, and one without takes the first message as the filter.
+        sock = websocket.create_connection(self.url, timeout=30, enable_multithread=True, subprotocols=["prefect"])
         self._socket = sock
         try:
-            if self.token is not None:  # a server without auth expects the filter straight away
-                sock.send(json.dumps({"type": "auth", "token": self.token}))
-                answer = json.loads(sock.recv())
-                if answer.get("type") != "auth_success":
-                    raise ConnectionError(f"event stream refused the credentials: {answer.get('reason', answer)}")
+            sock.send(json.dumps({"type": "auth", "token": self.token}))
+            answer = json.loads(sock.recv() or "{}")
+            if answer.get("type") != "auth_success":
+                raise ConnectionError(f"event stream refused the credentials: {answer.get('reason', answer)}")
             now = datetime.now(timezone.utc)
             event_filter = {
                 "occurred": {"since": now.isoformat(), "until": (now + timedelta(days=3650)).isoformat()},

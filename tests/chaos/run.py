@@ -79,8 +79,9 @@ class Chaos:
         self.image = infra.busybox_image()
         self.random = random.Random(1)
         self._server: prefect_infra.PrefectServer | None = None
+        self._servers = 0
         self._flow_image: str | None = None
-        self.prefect_runs: list[str] = []  # every flow run made, for the secret check of their logs
+        self.leaks: Counter[str] = Counter()  # where the secret was seen by scenarios (Prefect run logs)
 
     def agent(self, label: str) -> Dagent:
         """A fresh agent name and work directory; its containers are removed at the end."""
@@ -93,9 +94,17 @@ class Chaos:
     @property
     def server(self) -> prefect_infra.PrefectServer:
         if self._server is None:
-            self._server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), self.root / "prefect")
-            self.stack.callback(self._server.stop)
+            self.fresh_server()
+        assert self._server is not None
         return self._server
+
+    def fresh_server(self) -> None:
+        """A Prefect server of the scenario's own: one on SQLite does not outlast several heavy ones."""
+        if self._server is not None:
+            self._server.stop()
+        self._servers += 1
+        self._server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), self.root / f"prefect-{self._servers}")
+        self.stack.callback(self._server.stop)
 
     @property
     def flow_image(self) -> str:
@@ -192,7 +201,22 @@ def _prefect_row(row: Row, chaos: Chaos, ids: list[str], count: Path, agents: li
             row.twice += 1
     row.orphans = sum(len(a.containers()) for a in agents)
     row.notes.append(", ".join(f"{n} {s}" for s, n in Counter(states.values()).items()))
+    for run_id in ids[:10]:  # the agent's own lines sent to the run's logs
+        chaos.leaks["Prefect run logs"] += any(SECRET in line for line in chaos.api.logs(run_id))
     return row
+
+
+def _unfinished(chaos: Chaos, ids: list[str]) -> int:
+    """One request, not one per run: polling 200 runs one by one is itself a load test of the server."""
+    if not ids:
+        return 0
+    body = {"flow_runs": {"id": {"any_": ids}, "state": {"type": {"not_any_": sorted(FINAL)}}}}
+    return int(chaos.api.call("POST", "/flow_runs/count", body))
+
+
+def _all_final(chaos: Chaos, ids: list[str]) -> bool:
+    time.sleep(1.0)
+    return _unfinished(chaos, ids) == 0
 
 
 def _deployment(chaos: Chaos, pool: str, count: Path, engine: bool = True) -> str:
@@ -229,7 +253,7 @@ def _agents(agent: Dagent, config: Path, n: int) -> Iterator[list[AgentProcess]]
     finally:
         for p in processes:
             if p.process.poll() is None:
-                p.signal()
+                p.signal(timeout=60)
 
 
 # --- scenarios -----------------------------------------------------------------------------------
@@ -258,6 +282,7 @@ def inbox_kill(chaos: Chaos) -> Row:
 
 def prefect_kill(chaos: Chaos) -> Row:
     """kill -9 of the Prefect agent at random moments across a burst of real flows, then one clean run."""
+    chaos.fresh_server()
     row = Row(f"kill -9, {chaos.sizes.kills} times, Prefect")
     agent = chaos.agent("prefect-kill")
     count = agent.workdir / "count"
@@ -267,13 +292,12 @@ def prefect_kill(chaos: Chaos) -> Row:
     _create_pool(agent, config)
     deployment = _deployment(chaos, pool, count)
     ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
-    chaos.prefect_runs += ids
     for _ in range(chaos.sizes.kills):
         with AgentProcess(agent, config) as victim:
             time.sleep(chaos.random.uniform(0.5, 4.0))
             victim.signal(signal.SIGKILL)
     with AgentProcess(agent, config) as last:
-        _wait(lambda: all(chaos.api.state(i) in FINAL for i in ids), 400)
+        _wait(lambda: _all_final(chaos, ids), 400)
         _wait(lambda: not agent.containers(), 30)
         last.signal()
     return _prefect_row(row, chaos, ids, count, [agent])
@@ -324,6 +348,7 @@ def daemon_restart(chaos: Chaos) -> Row:
 
 def api_faults(chaos: Chaos) -> Row:
     """20% of the agent's Prefect requests get 503, 429 with Retry-After, a reset or a slow answer."""
+    chaos.fresh_server()
     row = Row("Prefect API faults at 20%")
     agent = chaos.agent("api-faults")
     count = agent.workdir / "count"
@@ -337,9 +362,8 @@ def api_faults(chaos: Chaos) -> Row:
     _create_pool(agent, config)
     deployment = _deployment(chaos, pool, count)
     ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
-    chaos.prefect_runs += ids
     with AgentProcess(agent, config) as process:
-        _wait(lambda: all(chaos.api.state(i) in FINAL for i in ids), 400)
+        _wait(lambda: _all_final(chaos, ids), 400)
         _wait(lambda: not agent.containers(), 30)
         process.signal()
     row = _prefect_row(row, chaos, ids, count, [agent])
@@ -392,6 +416,7 @@ def many_inbox(chaos: Chaos, n: int) -> Row:
 
 def many_prefect(chaos: Chaos, n: int) -> Row:
     """n agents on one work pool."""
+    chaos.fresh_server()
     row = Row(f"{n} agents, one Prefect pool")
     agent = chaos.agent(f"pool-{n}")
     count = agent.workdir / "count"
@@ -400,10 +425,15 @@ def many_prefect(chaos: Chaos, n: int) -> Row:
     config = _prefect_config(agent, chaos.server.api_url, pool, count, extra="poll_interval = 1")
     _create_pool(agent, config)
     deployment = _deployment(chaos, pool, count, engine=False)  # exit 0 without the engine: CRASHED, fast
-    ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.many)]
-    chaos.prefect_runs += ids[:5]
+    ids: list[str] = []
     with _agents(agent, config, n):
-        _wait(lambda: all(chaos.api.state(i) in FINAL for i in ids), 600)
+        # In batches of 40: 200 runs made at once turn Late together after 15 s, and the server's own
+        # Late marking then locks its SQLite database for minutes (Prefect's limit, not the agents').
+        while len(ids) < chaos.sizes.many:
+            batch = [chaos.api.run(deployment) for _ in range(min(40, chaos.sizes.many - len(ids)))]
+            ids += batch
+            _wait(lambda batch=batch: _all_final(chaos, batch), 300)  # type: ignore[misc]
+        _wait(lambda: _all_final(chaos, ids), 600)
         _wait(lambda: not agent.containers(), 30)
     return _prefect_row(row, chaos, ids, count, [agent])
 
@@ -438,15 +468,17 @@ def secrets(chaos: Chaos) -> Row:
     places: Counter[str] = Counter()
     inputs = {"agent.toml", "token"}  # what the suite wrote the secret into; everything else is output
     for path in chaos.root.rglob("*"):
-        if path.is_file() and path.name not in inputs and "prefect" not in path.relative_to(chaos.root).parts[:1]:
+        if (
+            path.is_file()
+            and path.name not in inputs
+            and not path.relative_to(chaos.root).parts[0].startswith("prefect")
+        ):
             try:
                 if SECRET in path.read_text(errors="replace"):
                     places[path.suffix or path.name] += 1
             except OSError:
                 pass
-    for run_id in chaos.prefect_runs if chaos._server else []:
-        if any(SECRET in line for line in chaos.api.logs(run_id)):
-            places["Prefect run logs"] += 1
+    places.update(chaos.leaks)
     agent = chaos.agent("secrets")
     kept = agent.config(f'[api]\ntoken = "{SECRET}"\n', keep_containers="always")
     token_file = agent.workdir / "token"

@@ -287,9 +287,14 @@ def test_api_faults_are_retried(
 def test_event_stream_wakes_the_agent_between_polls(
     dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
 ) -> None:
-    """With polls 60 s apart, a new run is still claimed within seconds: the event stream wakes the loop."""
+    """With polls 60 s apart, a new run is still claimed within seconds: the event stream wakes the loop.
+
+    With a token too, as against Prefect Cloud: the stream speaks Prefect's subprotocol and auth
+    message (this server needs no token and ignores it, but must not be confused by it).
+    """
     config = prefect_config(dagent, prefect_server.api_url, pool)
-    config.write_text(config.read_text().replace("poll_interval = 0.5", "poll_interval = 60"))
+    text = config.read_text().replace("poll_interval = 0.5", "poll_interval = 60")
+    config.write_text(text.replace("[api]\n", '[api]\ntoken = "pnu_not-checked-here"\n', 1))
     with AgentProcess(dagent, config) as agent:
         wait_for(lambda: api.pool(pool) is not None, 30, "the pool")
         deployment = _deploy(api, pool, flow_image, "flows.py:hello")
