@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 
 from tests.conftest import REPO
@@ -103,6 +104,11 @@ class Dagent:
     def containers(self, run_id: str | None = None) -> list[Any]:
         """This agent's containers (all states)."""
         labels = [f"dagent.agent={self.name}"] + ([f"dagent.run-id={run_id}"] if run_id else [])
+        for _ in range(10):
+            try:
+                return list(self.client.containers.list(all=True, filters={"label": labels}))
+            except docker.errors.NotFound:
+                continue  # removed between docker-py's list and its inspect of each: list again
         return list(self.client.containers.list(all=True, filters={"label": labels}))
 
 
