@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from dagent.config import AgentConfig
 from dagent.errors import DagentError, PolicyError
 from dagent.health import Metrics
+from dagent.hostview import DaemonFacts, HostView
 from dagent.runtime import ContainerInfo, RunHandle, RunResult, should_remove, utc_now
 from dagent.sources.base import Claim, Source
 from dagent.spec import LABEL_AGENT, LABEL_KEEP, ContainerSpec, build
@@ -29,6 +30,8 @@ class Runtime(Protocol):
 
     def verify(self) -> dict[str, Any]: ...
     def ping(self) -> bool: ...
+    def daemon_facts(self) -> DaemonFacts: ...
+    def network_driver(self, name: str) -> str | None: ...
     def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]: ...
     def container_ids(self) -> frozenset[str]: ...
     def prepare(self, spec: ContainerSpec) -> None: ...
@@ -51,11 +54,19 @@ class _InFlight:
 class Agent:
     """Drives one Source and one Runtime; knows neither's protocol."""
 
-    def __init__(self, config: AgentConfig, source: Source, runtime: Runtime, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        source: Source,
+        runtime: Runtime,
+        metrics: Metrics | None = None,
+        host: HostView | None = None,
+    ) -> None:
         self.config = config
         self.source = source
         self.runtime = runtime
         self.metrics = metrics or Metrics()
+        self.host = host or HostView(config, runtime.daemon_facts, network_driver=runtime.network_driver)
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._poll_now = threading.Event()
@@ -168,29 +179,34 @@ class Agent:
 
     def _submit(self, claim: Claim) -> None:
         run = claim.run
-        try:
-            spec = build(self.config, run, claim.origin)
-        except PolicyError as e:
-            self.metrics.runs_refused.inc()
-            for line in e.lines:
-                log.error("%s", line)
-            self.source.refuse(claim, str(e))
-            return
         entry = _InFlight(claim)
         with self._lock:
             self._in_flight[run.id] = entry
             self.metrics.runs_in_flight.set(len(self._in_flight))
-        entry.thread = threading.Thread(target=self._execute, args=(entry, spec), name=f"run-{run.id}", daemon=True)
+        entry.thread = threading.Thread(target=self._execute, args=(entry,), name=f"run-{run.id}", daemon=True)
         entry.thread.start()
+
+    def _judge(self, claim: Claim) -> ContainerSpec:
+        """The run's spec, judged against the host as it is now; PolicyError if refused."""
+        return build(self.config, claim.run, claim.origin, self.host.facts(claim.run))
+
+    def _refuse(self, claim: Claim, error: PolicyError) -> None:
+        self.metrics.runs_refused.inc()
+        for line in error.lines:
+            log.error("%s", line)
+        self.source.refuse(claim, str(error))
 
     # --- one run ---------------------------------------------------------------------------------
 
-    def _execute(self, entry: _InFlight, spec: ContainerSpec) -> None:
+    def _execute(self, entry: _InFlight) -> None:
         run_id = entry.claim.run.id
         try:
             for attempt in range(1, EXECUTE_ATTEMPTS + 1):
                 try:
-                    self._finish(entry, spec)
+                    self._finish(entry)
+                    return
+                except PolicyError as e:  # refused before anything started: nothing to retry
+                    self._refuse(entry.claim, e)
                     return
                 except Exception as e:  # a failing run never takes the loop down
                     log.debug("run %s: attempt %d failed", run_id, attempt, exc_info=True)
@@ -209,11 +225,14 @@ class Agent:
                 self.metrics.runs_in_flight.set(len(self._in_flight))
             self._wake.set()
 
-    def _finish(self, entry: _InFlight, spec: ContainerSpec) -> None:
-        """Run (or adopt) the container to its end, report, clean up."""
+    def _finish(self, entry: _InFlight) -> None:
+        """Judge the run, run (or adopt) its container to its end, report, clean up."""
         claim, handle = entry.claim, entry.handle
         run_id = claim.run.id
-        result = self._run_to_end(claim, spec, handle)
+        # Judged before the pull, so a refused run costs no download, and again just before the
+        # container is created (in _run_to_end), so the host paths checked are the ones mounted.
+        spec = self._judge(claim)
+        result, spec = self._run_to_end(claim, spec, handle)
         if self.stopping.is_set() and result.outcome == "crashed":
             return  # interrupted by our own shutdown: the restart adopts it instead
         self.source.report(claim, result)
@@ -226,16 +245,17 @@ class Agent:
         self._tell_source(claim, "INFO" if level == logging.INFO else "WARNING", message)
         self.runtime.finish(spec, result)
 
-    def _run_to_end(self, claim: Claim, spec: ContainerSpec, handle: RunHandle) -> RunResult:
+    def _run_to_end(self, claim: Claim, spec: ContainerSpec, handle: RunHandle) -> tuple[RunResult, ContainerSpec]:
         run_id = claim.run.id
         started = time.monotonic()
         try:
             self.runtime.prepare(spec)
             self.metrics.pull_duration.observe(time.monotonic() - started)
             if handle.cancel.is_set():
-                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started")
+                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started"), spec
             if not self.source.starting(claim):
-                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started")
+                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started"), spec
+            spec = self._judge(claim)
             container = self.runtime.launch(spec)
             handle.container = container
             if handle.cancel.is_set():
@@ -247,13 +267,15 @@ class Agent:
                 claim, "INFO", f"dagent {self.config.name}: started container {container.short_id} ({spec.image})"
             )
             on_line = self._flow_logger(run_id) if self.config.show_flow_logs else None
-            return self.runtime.watch(spec, container, handle, on_line)
+            return self.runtime.watch(spec, container, handle, on_line), spec
+        except PolicyError:
+            raise
         except DagentError as e:
             if self.stopping.is_set():
-                return RunResult(run_id, "crashed", None, None, None, utc_now(), "agent stopping")
+                return RunResult(run_id, "crashed", None, None, None, utc_now(), "agent stopping"), spec
             log.error("run %s: %s", run_id, _one_line(e))
             container_id = handle.container.id if handle.container is not None else None
-            return RunResult(run_id, "crashed", None, container_id, None, utc_now(), _one_line(e))
+            return RunResult(run_id, "crashed", None, container_id, None, utc_now(), _one_line(e)), spec
 
     def _flow_logger(self, run_id: str) -> Any:
         def on_line(line: str) -> None:

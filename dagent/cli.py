@@ -155,7 +155,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     from dagent import logs
 
-    config = _load(args).config
+    loaded = _load(args)
+    config = loaded.config
     logs.setup(config.log_format, config.log_level)
     # The source's first request (what a control plane sees of a starting agent) goes out before
     # the rest of the agent is even imported.
@@ -171,7 +172,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from dagent.runtime import DockerRuntime
 
     runtime = DockerRuntime(config)
-    agent = Agent(config, source, runtime, Metrics())
+    agent = Agent(config, source, runtime, Metrics(), host_view(config, runtime, loaded.path))
 
     def on_signal(signum: int, _frame: object) -> None:
         logging.getLogger("dagent").info("received %s", signal.Signals(signum).name)
@@ -207,18 +208,43 @@ def make_source(config: Any) -> Any:
     return PrefectSource(config)
 
 
-def _plan(args: argparse.Namespace) -> tuple[Any, Any]:
+def host_view(config: Any, runtime: Any, config_file: Any) -> Any:
+    """The HostView runs are judged by: the daemon's facts, and the agent's own files protected."""
+    from dagent.config import ENV_CONFIG
+    from dagent.hostview import HostView
+
+    own = [p for p in (config_file, os.environ.get(ENV_CONFIG)) if p]
+    return HostView(config, runtime.daemon_facts, own_files=own, network_driver=runtime.network_driver)
+
+
+def _plan(args: argparse.Namespace, need_daemon: bool) -> tuple[Any, Any, Any]:
+    from dagent.errors import DaemonError
+    from dagent.hostview import DaemonFacts, HostView, socket_path, view_error
     from dagent.runs import load_run_file
+    from dagent.runtime import DockerRuntime
     from dagent.spec import build
 
-    config = _load(args).config
+    loaded = _load(args)
+    config = loaded.config
     run = load_run_file(args.run_file)
-    return config, build(config, run)
+    runtime = DockerRuntime(config)
+    view = host_view(config, runtime, loaded.path)
+    try:
+        facts = view.facts(run)
+    except DaemonError as e:
+        if need_daemon:
+            raise
+        # plan still judges the run; the daemon's data root is then the default one.
+        logging.getLogger("dagent").warning("the daemon was not asked (%s); judging by Docker's defaults", e)
+        base_url = config.docker.base_url
+        daemon = DaemonFacts(None, socket_path(base_url), view_error(base_url, config.docker.verify_host_view))
+        facts = HostView(config, daemon, own_files=view.own_files).facts(run)
+    return config, build(config, run, facts=facts), runtime
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Print the ContainerSpec and docker-py kwargs a run file becomes; touches nothing."""
-    _, spec = _plan(args)
+    """Print the ContainerSpec and docker-py kwargs a run file becomes; creates nothing."""
+    _, spec, _ = _plan(args, need_daemon=False)
     kwargs = spec.to_docker_kwargs()
     kwargs["environment"] = spec.model_dump(mode="json")["env"] | {k: MASK for k in spec.secret_env}
     print(json.dumps({"spec": spec.model_dump(mode="json"), "docker_kwargs": kwargs}, indent=2, default=list))
@@ -227,10 +253,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Apply one run file now and exit with the container's exit code."""
-    from dagent.runtime import DockerRuntime
-
-    config, spec = _plan(args)
-    runtime = DockerRuntime(config)
+    config, spec, runtime = _plan(args, need_daemon=True)
     runtime.verify()
     show = args.logs or config.show_flow_logs
     result = runtime.execute(spec, on_line=(lambda line: print(line, flush=True)) if show else None)

@@ -46,7 +46,7 @@ from pydantic_settings import (
 from dagent._compat import tomllib
 from dagent.errors import ConfigError
 from dagent.images import normalize_registry
-from dagent.units import parse_bytes
+from dagent.units import MAX_CPUS, MAX_SECONDS, MIN_CPUS, MIN_MEMORY, parse_bytes
 
 log = logging.getLogger("dagent.config")
 
@@ -67,9 +67,9 @@ TABLE_KEYS = (("docker", "env"), ("docker", "labels"))
 # Token sources in DESIGN.md order after the CLI and DAGENT_API__TOKEN.
 TOKEN_ENV = ("PREFECT_API_KEY", "PREFECT__CLOUD__AGENT__AUTH_TOKEN")
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BASE_URL_SCHEMES = ("unix://", "npipe://", "tcp://", "http://", "https://", "ssh://")
-_VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Drive letters ("C:\\data") exist only on Windows; elsewhere "a:/x" is volume "a", as Docker reads it.
 _WINDOWS_DRIVE_RE = re.compile(r"^[A-Za-z]:[\\/]" if sys.platform == "win32" else r"(?!)")
 
@@ -115,7 +115,7 @@ def _table_from_text(value: str) -> dict[str, Any]:
 
 
 def _check_env_name(name: str) -> str:
-    if not _ENV_NAME_RE.match(name):
+    if not _ENV_NAME_RE.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
     return name
 
@@ -126,6 +126,16 @@ def _check_label_key(key: str) -> str:
     if key.startswith("dagent."):
         raise ValueError(f"label {key!r}: the dagent.* prefix is reserved for the agent's own labels")
     return key
+
+
+def check_device(value: str) -> str:
+    """A device spec HOST[:CONTAINER[:rwm]], both paths absolute."""
+    parts = value.split(":")
+    if not 1 <= len(parts) <= 3 or not all(p.startswith("/") and p.isprintable() for p in parts[:2]):
+        raise ValueError(f"device {value!r} is not HOST_PATH[:CONTAINER_PATH[:rwm]]")
+    if len(parts) == 3 and (not parts[2] or set(parts[2]) - set("rwm")):
+        raise ValueError(f"device {value!r}: permissions must be made of r, w and m")
+    return value
 
 
 def _check_abs_path(value: str) -> str:
@@ -145,6 +155,7 @@ LabelKey = Annotated[str, AfterValidator(_check_label_key)]
 RegistryName = Annotated[str, AfterValidator(normalize_registry)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_list_from_text), AfterValidator(_check_words)]
+DeviceList = Annotated[list[Annotated[str, AfterValidator(check_device)]], NoDecode, BeforeValidator(_list_from_text)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,8 @@ def parse_volume(value: Any) -> Mount:
         return value
     if not isinstance(value, str):
         raise ValueError("expected a string SRC:DST[:ro|rw]")
+    if not value.isprintable():
+        raise ValueError("volume holds a control character (a NUL byte, a newline, ...)")
     # A Windows drive letter ("C:\data") holds a colon that is not a separator.
     drive = value[:2] if _WINDOWS_DRIVE_RE.match(value) else ""
     parts = value[len(drive) :].split(":")
@@ -185,7 +198,7 @@ def parse_volume(value: Any) -> Mount:
     is_path = source.startswith(("/", ".", "~")) or bool(drive)
     if is_path and not (source.startswith("/") or drive):
         raise ValueError(f"volume {value!r}: host path {source!r} must be absolute")
-    if not is_path and not _VOLUME_NAME_RE.match(source):
+    if not is_path and not _VOLUME_NAME_RE.fullmatch(source):
         raise ValueError(f"volume {value!r}: {source!r} is neither an absolute path nor a volume name")
     if not PurePosixPath(target).is_absolute() and not PureWindowsPath(target).is_absolute():
         raise ValueError(f"volume {value!r}: container path {target!r} must be absolute")
@@ -224,7 +237,7 @@ def _check_address(value: str) -> str:
 
 
 def _check_http_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
+    if not re.fullmatch(r"https?://[^/\s]+(?:/\S*)?", value):
         raise ValueError(f"{value!r} is not an http(s):// URL")
     return value.rstrip("/")
 
@@ -233,7 +246,8 @@ def _check_http_url(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan are never a setting: an infinite timeout overflows Python's waits.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ApiConfig(_Section):
@@ -260,11 +274,11 @@ class ApiConfig(_Section):
     """Send the agent's own lines about a run to the Prefect API (seed `--no-cloud-logs` inverts)."""
     event_stream: bool = True
     """Listen to Prefect's event stream to poll as soon as a run is scheduled (polls stay the truth)."""
-    heartbeat_interval: float = Field(default=30.0, gt=0)
+    heartbeat_interval: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     """Seconds between worker heartbeats."""
-    prefetch: float = Field(default=10.0, ge=0)
+    prefetch: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
     """Take runs scheduled up to this many seconds ahead."""
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     """Seconds before one API request times out."""
 
 
@@ -310,9 +324,9 @@ class DockerConfig(_Section):
     """Map host.docker.internal to the host gateway in containers (Linux, non-host networks)."""
     keep_containers: Literal["never", "on-failure", "always"] = "on-failure"
     """Which finished containers to keep for inspection (`dagent gc` removes them later)."""
-    stop_grace: float = Field(default=10.0, ge=0)
+    stop_grace: float = Field(default=10.0, ge=0, le=86400)
     """Seconds between SIGTERM and SIGKILL when a run is stopped."""
-    run_timeout: float = Field(default=86400.0, gt=0)
+    run_timeout: float = Field(default=86400.0, gt=0, le=MAX_SECONDS)
     """Seconds a run may take when it sets no `timeout`; past it the run is stopped as timed-out."""
     allowed_host_paths: Annotated[list[AbsPath], NoDecode, BeforeValidator(_list_from_text)] = []
     """Host directories under which a run may bind-mount; empty allows none."""
@@ -324,16 +338,21 @@ class DockerConfig(_Section):
     """Let runs use the host's network, PID or IPC namespace."""
     allowed_capabilities: StrList = []
     """Capabilities runs may add with `cap_add`."""
-    allowed_devices: StrList = []
-    """Host devices runs may map with `devices`."""
+    allowed_devices: DeviceList = []
+    """Host devices runs may map with `devices`, HOST[:CONTAINER[:rwm]]; the permissions are a ceiling."""
     allow_gpus: bool = False
     """Let runs ask for GPUs with `gpus`."""
     allow_ports: bool = False
     """Let runs publish ports on the host with `ports`."""
-    max_cpus: float | None = Field(default=None, gt=0)
+    max_cpus: float | None = Field(default=None, ge=MIN_CPUS, le=MAX_CPUS)
     """Most CPUs one run may ask for; unset is no cap."""
-    max_memory: Annotated[int, BeforeValidator(parse_bytes)] | None = None
-    """Most memory one run may ask for, e.g. 2g; unset is no cap."""
+    max_memory: Annotated[int, BeforeValidator(parse_bytes), Field(ge=MIN_MEMORY)] | None = None
+    """Most memory one run may ask for, e.g. 2g (at least 6m, Docker's minimum); unset is no cap."""
+    allowed_networks: StrList | None = None
+    """Docker networks a run may pick with `network`; unset: only docker.network when that is set, else any."""
+    verify_host_view: bool = True
+    """Refuse host paths and devices unless the agent checked it shares the daemon's mount namespace
+    (a unix:// daemon); false only where the daemon's paths are known to be the agent's."""
 
     @field_validator("allowed_capabilities")
     @classmethod
@@ -360,9 +379,9 @@ class RetryConfig(_Section):
 
     attempts: int = Field(default=5, ge=1)
     """Tries of one operation, the first included."""
-    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_initial: float = Field(default=0.5, gt=0, le=3600)
     """Seconds before the first retry."""
-    backoff_max: float = Field(default=10.0, gt=0)
+    backoff_max: float = Field(default=10.0, gt=0, le=3600)
     """Longest wait between tries, in seconds."""
 
     @model_validator(mode="after")
@@ -391,6 +410,7 @@ class AgentConfig(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
         title="dagent agent configuration",
     )
 
@@ -402,7 +422,7 @@ class AgentConfig(BaseSettings):
     """Where runs come from."""
     max_polls: int | None = Field(default=None, ge=1)
     """Stop after this many polls; unset polls forever."""
-    poll_interval: float | None = Field(default=None, gt=0)
+    poll_interval: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     """Seconds between polls; unset is 1 for the inbox and 10 for Prefect."""
     concurrency: int = Field(default=4, ge=1)
     """Most runs in flight at once."""

@@ -10,27 +10,29 @@ DOCKER_HUB = "docker.io"
 _HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
-_HOST_RE = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:]+\])(?::[0-9]{{1,5}})?$")
+_HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:]+\])(?::[0-9]{{1,5}})?")
 
 
 def normalize_registry(name: str) -> str:
     """Return the canonical form of a registry name (`host[:port]`), or raise ValueError."""
-    value = name.strip().lower()
+    value = name.strip(" ").lower()
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"registry {name!r} is not a valid host[:port]")
     if "://" in value:
         raise ValueError(f"registry {name!r} must be host[:port], not a URL")
     value = value.rstrip("/")
-    if not value or not _HOST_RE.match(value):
+    if not value or not _HOST_RE.fullmatch(value):
         raise ValueError(f"registry {name!r} is not a valid host[:port]")
-    port = value.rsplit(":", 1)[1] if re.search(r":[0-9]+$", value) else None
+    port = value.rsplit(":", 1)[1] if re.search(r":[0-9]+\Z", value) else None
     if port is not None and not 0 < int(port) < 65536:
         raise ValueError(f"registry {name!r} has port {port} out of range")
     return DOCKER_HUB if value in _HUB_ALIASES else value
 
 
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}$")
+_PATH_RE = re.compile(rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +65,13 @@ def parse_image(reference: str) -> ImageRef:
     rest, digest = reference, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise ValueError(f"image {reference!r} has an invalid digest")
     tag = None
     last_slash = rest.rfind("/")
     if ":" in rest[last_slash + 1 :]:
         rest, tag = rest.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise ValueError(f"image {reference!r} has an invalid tag")
     first, sep, remainder = rest.partition("/")
     explicit = bool(sep) and ("." in first or ":" in first or first == "localhost")
@@ -77,6 +79,6 @@ def parse_image(reference: str) -> ImageRef:
         registry, path = normalize_registry(first), remainder
     else:
         registry, path = DOCKER_HUB, rest
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         raise ValueError(f"image {reference!r}: repository {path!r} is not a valid name")
     return ImageRef(registry=registry, path=path, tag=tag, digest=digest, explicit_registry=explicit)

@@ -1,17 +1,24 @@
-"""What a run may ask for, judged against the agent's docker settings (pure: no I/O)."""
+"""What a run may ask for, judged against the agent's docker settings and the host's facts (pure: no I/O).
+
+Host paths are judged as the daemon will use them: `HostFacts` (gathered by dagent.hostview) holds
+each path resolved in full, or why it could not be; anything not resolved is refused.
+"""
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from dagent.config import DockerConfig
 from dagent.errors import PolicyError
 from dagent.images import parse_image
 from dagent.runs import RunRequest
 
-# Host paths that give a container the host itself. Mounting one, inside one, or a parent of one
-# needs an allowed root at or inside it: allowing "/" does not grant them.
+# Host paths that give a container the host itself. Mounting one, one inside one, or a parent of
+# one needs an allowed root at or inside it, and then grants that root and what is under it only:
+# allowing "/" does not grant them. dagent.hostview adds the daemon's own sockets and data root
+# and the agent's own files.
 SENSITIVE_PATHS = (
     "/var/run/docker.sock",
     "/run/docker.sock",
@@ -25,11 +32,72 @@ SENSITIVE_PATHS = (
     "/etc",
     "/root",
 )
+# Network modes Docker reads itself rather than as a network's name. Docker matches them
+# case-sensitively today; judging every spelling as the mode is the side that cannot be wrong.
+HOST_NETWORKS = ("host",)
+CONTAINER_PREFIX = "container:"
+ISOLATED_NETWORKS = ("none",)
+# Docker's network drivers that are no network of their own: the host's, or none.
+HOST_DRIVERS = ("host",)
+DEVICE_PERMISSIONS = "rwm"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """The host's filesystem and networks as the daemon will see them when the run starts."""
+
+    resolved: Mapping[str, str] = field(default_factory=dict)
+    """Each host path the run names (and each allowed device) → its real path, every component resolved."""
+    unresolved: Mapping[str, str] = field(default_factory=dict)
+    """Each host path that could not be resolved → why."""
+    allowed_roots: tuple[str, ...] = ()
+    """docker.allowed_host_paths, resolved (a root that cannot be resolved grants nothing)."""
+    protected: tuple[str, ...] = ()
+    """Sensitive paths, the daemon's sockets and data root, the agent's own files; resolved."""
+    view_error: str | None = "host paths were not looked up"
+    """Why the agent cannot vouch it sees the daemon's filesystem; None when it checked that it does."""
+    network_drivers: Mapping[str, str] = field(default_factory=dict)
+    """The run's network → the driver the daemon resolves it to (a name, an id or an id prefix)."""
 
 
 def _under(path: str, root: str) -> bool:
     root = posixpath.normpath(root)
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def device_host(spec: str) -> str:
+    """The host path of a device spec HOST[:CONTAINER[:PERMISSIONS]]."""
+    return spec.split(":")[0]
+
+
+def device_permissions(spec: str) -> str:
+    """The permissions of a device spec; Docker's default is rwm."""
+    parts = spec.split(":")
+    return parts[2] if len(parts) > 2 else DEVICE_PERMISSIONS
+
+
+def run_host_paths(run: RunRequest) -> tuple[str, ...]:
+    """Every host path a run names: bind sources and devices."""
+    return (*(m.source for m in run.volumes if m.is_bind), *(device_host(d) for d in run.devices))
+
+
+def network_kind(network: str, facts: HostFacts) -> str:
+    """`host`, `container`, `none` or `network`, as Docker would read the name (any spelling)."""
+    lowered = network.lower()
+    if lowered in HOST_NETWORKS or facts.network_drivers.get(network) in HOST_DRIVERS:
+        return "host"
+    if lowered.startswith(CONTAINER_PREFIX):
+        return "container"
+    if lowered in ISOLATED_NETWORKS:
+        return "none"
+    return "network"
+
+
+def allowed_networks(config: DockerConfig) -> tuple[str, ...] | None:
+    """The networks a run may pick; None is any (no docker.network and no allow-list)."""
+    if config.allowed_networks is not None:
+        return tuple(config.allowed_networks)
+    return (config.network,) if config.network else None
 
 
 def image_may_be_pulled(config: DockerConfig, image: str) -> bool:
@@ -43,8 +111,64 @@ def image_may_be_pulled(config: DockerConfig, image: str) -> bool:
     return allow is None or ref.registry in allow
 
 
-def violations(config: DockerConfig, run: RunRequest) -> Iterator[str]:
+def _host_path(what: str, path: str, facts: HostFacts) -> tuple[str | None, str | None]:
+    """(real path, None), or (None, why it cannot be judged)."""
+    if facts.view_error is not None:
+        return None, f"{what} {path!r}: {facts.view_error}"
+    real = facts.resolved.get(path)
+    if real is None:
+        reason = facts.unresolved.get(path, "not looked up")
+        return None, f"{what} {path!r} cannot be resolved in full ({reason})"
+    return real, None
+
+
+def _bind(path: str, facts: HostFacts) -> str | None:
+    """Why a bind source is refused, or None."""
+    rule = "docker.allowed_host_paths"
+    real, problem = _host_path("host path", path, facts)
+    if real is None:
+        return f"{rule}: {problem}"
+    roots = facts.allowed_roots
+    if not any(_under(real, root) for root in roots):
+        shown = path if real == path else f"{path} (really {real})"
+        return f"{rule}: host path {shown!r} is not under {list(roots)}"
+    for sensitive in (*SENSITIVE_PATHS, *facts.protected):
+        touches = _under(real, sensitive) or _under(sensitive, real)
+        # An allowed root at or inside a sensitive path grants that root and what is under it.
+        granted = any(_under(root, sensitive) and _under(real, root) for root in roots)
+        if touches and not granted:
+            return f"{rule}: host path {path!r} exposes {sensitive}"
+    return None
+
+
+def _device(spec: str, config: DockerConfig, facts: HostFacts) -> str | None:
+    """Why a device is refused, or None."""
+    rule = "docker.allowed_devices"
+    real, problem = _host_path("device", device_host(spec), facts)
+    if real is None:
+        return f"{rule}: {problem}"
+    wanted = set(device_permissions(spec))
+    for allowed in config.allowed_devices:
+        if facts.resolved.get(device_host(allowed)) == real and wanted <= set(device_permissions(allowed)):
+            return None
+    return f"{rule}: device {spec!r} (not allowed with these permissions)"
+
+
+def _network(config: DockerConfig, run: RunRequest, facts: HostFacts) -> Iterator[str]:
+    if run.network is None:
+        return
+    kind = network_kind(run.network, facts)
+    if kind in ("host", "container") and not config.allow_host_network:
+        yield f"docker.allow_host_network: network = {run.network!r}"
+        return
+    allowed = allowed_networks(config)
+    if kind == "network" and allowed is not None and run.network not in allowed:
+        yield f"docker.allowed_networks: network = {run.network!r} is not in {list(allowed)}"
+
+
+def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> Iterator[str]:
     """Each thing the run asks for that the config does not allow, as `rule: value`."""
+    facts = facts or HostFacts()
     ref = parse_image(run.image)
     allow = config.registry_allow_list
     if allow is not None and ref.explicit_registry and ref.registry not in allow:
@@ -54,30 +178,21 @@ def violations(config: DockerConfig, run: RunRequest) -> Iterator[str]:
             if not config.allow_named_volumes:
                 yield f"docker.allow_named_volumes: volume {mount.source!r} (named volumes are off)"
             continue
-        source = posixpath.normpath(mount.source)
-        if not any(_under(source, root) for root in config.allowed_host_paths):
-            yield f"docker.allowed_host_paths: host path {source!r} is not under {config.allowed_host_paths}"
-            continue
-        for sensitive in SENSITIVE_PATHS:
-            touches = _under(source, sensitive) or _under(sensitive, source)
-            granted = any(_under(posixpath.normpath(root), sensitive) for root in config.allowed_host_paths)
-            if touches and not granted:
-                yield f"docker.allowed_host_paths: host path {source!r} exposes {sensitive}"
-                break
+        problem = _bind(mount.source, facts)
+        if problem:
+            yield problem
     if run.privileged and not config.allow_privileged:
         yield "docker.allow_privileged: privileged = true"
     allowed_caps = set(config.allowed_capabilities)
     for cap in run.cap_add:
-        name = cap.upper().removeprefix("CAP_")
-        if name not in allowed_caps:
+        if normalize_capability(cap) not in allowed_caps:
             yield f"docker.allowed_capabilities: cap_add {cap!r}"
-    allowed_devices = {posixpath.normpath(d.split(":")[0]) for d in config.allowed_devices}
     for device in run.devices:
-        if posixpath.normpath(device.split(":")[0]) not in allowed_devices:
-            yield f"docker.allowed_devices: device {device!r}"
+        problem = _device(device, config, facts)
+        if problem:
+            yield problem
+    yield from _network(config, run, facts)
     if not config.allow_host_network:
-        if run.network == "host" or (run.network or "").startswith("container:"):
-            yield f"docker.allow_host_network: network = {run.network!r}"
         if run.pid == "host":
             yield "docker.allow_host_network: pid = 'host'"
         if run.ipc == "host":
@@ -90,10 +205,18 @@ def violations(config: DockerConfig, run: RunRequest) -> Iterator[str]:
         yield f"docker.max_cpus: cpus = {run.cpus} is over {config.max_cpus}"
     if config.max_memory is not None and run.memory is not None and run.memory > config.max_memory:
         yield f"docker.max_memory: memory = {run.memory} bytes is over {config.max_memory}"
+    memory = run.memory if run.memory is not None else config.max_memory
+    if memory is not None and run.shm_size is not None and run.shm_size > memory:
+        yield f"docker.max_memory: shm_size = {run.shm_size} bytes is over the memory limit {memory}"
 
 
-def check(config: DockerConfig, run: RunRequest) -> None:
+def normalize_capability(cap: str) -> str:
+    """A capability as Docker names it: upper case, no CAP_ prefix."""
+    return cap.upper().removeprefix("CAP_")
+
+
+def check(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> None:
     """Raise PolicyError naming every rule the run breaks."""
-    found = [f"run {run.id}: refused by {v}" for v in violations(config, run)]
+    found = [f"run {run.id}: refused by {v}" for v in violations(config, run, facts)]
     if found:
         raise PolicyError(found)

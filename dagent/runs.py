@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from dagent._compat import tomllib
-from dagent.config import EnvName, Volume, describe_error
+from dagent.config import EnvName, Volume, check_device, describe_error
 from dagent.errors import RunFileError
 from dagent.images import parse_image
-from dagent.units import parse_bytes
+from dagent.units import MAX_CPUS, MAX_GPUS, MAX_SECONDS, MIN_CPUS, MIN_MEMORY, parse_bytes
 
 # Container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; "dagent-" plus the id must stay one.
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 PORT_RE = re.compile(
-    r"^(?:(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>[0-9]{1,5}):)?(?P<ctr>[0-9]{1,5})(?:/(?P<proto>tcp|udp|sctp))?$"
+    r"(?:(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>[0-9]{1,5}):)?(?P<ctr>[0-9]{1,5})(?:/(?P<proto>tcp|udp|sctp))?"
 )
 
 
 def _check_run_id(value: str) -> str:
-    if not RUN_ID_RE.match(value):
+    if not RUN_ID_RE.fullmatch(value):
         raise ValueError(f"run id {value!r} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 100 characters)")
     return value
 
@@ -52,36 +51,48 @@ def _check_abs(value: str) -> str:
 
 
 def _check_port(value: str) -> str:
-    match = PORT_RE.match(value)
+    match = PORT_RE.fullmatch(value)
     if not match or any(int(p) > 65535 or int(p) == 0 for p in (match["host"], match["ctr"]) if p):
         raise ValueError(f"port {value!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp] or CONTAINER_PORT")
     return value
 
 
-def _check_device(value: str) -> str:
-    parts = value.split(":")
-    if not 1 <= len(parts) <= 3 or not all(p.startswith("/") for p in parts[:2]):
-        raise ValueError(f"device {value!r} is not HOST_PATH[:CONTAINER_PATH[:rwm]]")
-    if len(parts) == 3 and (not parts[2] or set(parts[2]) - set("rwm")):
-        raise ValueError(f"device {value!r}: permissions must be made of r, w and m")
-    return value
-
-
 def _check_gpus(value: Any) -> Any:
     # One clear message instead of one per branch of the union.
-    if value is None or value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    if value is None or value == "all":
         return value
-    raise ValueError(f'must be "all" or a count of at least 1 (got {value!r})')
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_GPUS:
+        return value
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise ValueError(f'must be "all" or a count from 1 to {MAX_GPUS} (got {shown})')
+
+
+def _nul_paths(value: object, path: str = "") -> Iterator[str]:
+    """Key paths of every string (key or value) holding a NUL byte, which no OS call accepts."""
+    if isinstance(value, str):
+        if "\0" in value:
+            yield path or "(run)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            shown = key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
+            where = f"{path}.{shown}" if path else shown
+            if isinstance(key, str) and "\0" in key:
+                yield where
+            yield from _nul_paths(item, where)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _nul_paths(item, f"{path}.{index}")
 
 
 Command = Annotated[tuple[str, ...], BeforeValidator(_split_command)]
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+Memory = Annotated[int, BeforeValidator(parse_bytes), Field(ge=MIN_MEMORY)]
 
 
 class RunRequest(BaseModel):
     """One run: what to start, with what, and what it may use."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     id: Annotated[str, AfterValidator(_check_run_id)]
     """Run id; the container is named `dagent-<id>`. Defaults to the run file's name."""
@@ -97,21 +108,21 @@ class RunRequest(BaseModel):
     """Labels the agent must have to take this run."""
     volumes: tuple[Volume, ...] = ()
     """Mounts `SRC:DST[:ro|rw]`; host paths only under the agent's docker.allowed_host_paths."""
-    network: str | None = None
-    """Docker network, or "host" (needs docker.allow_host_network)."""
-    cpus: float | None = Field(default=None, gt=0)
-    """CPUs, e.g. 1.5."""
-    memory: Bytes | None = None
-    """Memory limit, e.g. 512m."""
+    network: str | None = Field(default=None, min_length=1)
+    """Docker network (one of docker.allowed_networks when set), or "host" (needs docker.allow_host_network)."""
+    cpus: float | None = Field(default=None, ge=MIN_CPUS, le=MAX_CPUS)
+    """CPUs, e.g. 1.5 (at least 0.01, Docker's minimum)."""
+    memory: Memory | None = None
+    """Memory limit, e.g. 512m (at least 6m, Docker's minimum)."""
     shm_size: Bytes | None = None
-    """Size of /dev/shm, e.g. 1g."""
+    """Size of /dev/shm, e.g. 1g (within the memory limit)."""
     gpus: Annotated[Literal["all"] | int | None, BeforeValidator(_check_gpus)] = None
     """GPUs: "all" or a count (needs docker.allow_gpus)."""
-    devices: tuple[Annotated[str, AfterValidator(_check_device)], ...] = ()
+    devices: tuple[Annotated[str, AfterValidator(check_device)], ...] = ()
     """Host devices HOST[:CONTAINER[:rwm]] (each must be in docker.allowed_devices)."""
     ports: tuple[Annotated[str, AfterValidator(_check_port)], ...] = ()
     """Published ports [HOST_IP:]HOST_PORT:CONTAINER_PORT[/proto] (needs docker.allow_ports)."""
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     """Seconds before the run is stopped and reported timed-out; unset uses docker.run_timeout."""
     working_dir: Annotated[str, AfterValidator(_check_abs)] | None = None
     """Working directory inside the container."""
@@ -126,9 +137,17 @@ class RunRequest(BaseModel):
     ipc: Literal["host", "private", "shareable"] | None = None
     """IPC mode; "host" needs docker.allow_host_network."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: object) -> object:
+        found = list(_nul_paths(data))
+        if found:
+            raise ValueError(f"{found[0]}: holds a NUL byte")
+        return data
+
 
 def load_run_file(path: str | Path) -> RunRequest:
-    """Load and validate a run file; host paths are made absolute and resolved. Raises RunFileError."""
+    """Load and validate a run file (host paths are resolved later, when judged). Raises RunFileError."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -150,18 +169,7 @@ def parse_run(data: dict[str, Any], origin: str) -> RunRequest:
         lines = []
         for item in e.errors(include_url=False):
             dotted, message = describe_error(item, RunRequest)
-            lines.append(f"{origin}: {dotted or '(run)'}: {message}")
+            # A whole-run check names its own key path in its message.
+            lines.append(f"{origin}: {dotted}: {message}" if dotted else f"{origin}: {message}")
         raise RunFileError(lines) from None
-    return resolve_host_paths(run)
-
-
-def resolve_host_paths(run: RunRequest) -> RunRequest:
-    """Resolve symlinks and `..` in bind sources and devices, so policy judges the real path."""
-    volumes = tuple(replace(m, source=os.path.realpath(m.source)) if m.is_bind else m for m in run.volumes)
-    devices = tuple(_resolve_device(d) for d in run.devices)
-    return run.model_copy(update={"volumes": volumes, "devices": devices})
-
-
-def _resolve_device(spec: str) -> str:
-    host, *rest = spec.split(":")
-    return ":".join([os.path.realpath(host), *rest])
+    return run

@@ -17,6 +17,7 @@ import requests
 from dagent import retry
 from dagent.config import AgentConfig
 from dagent.errors import DaemonError
+from dagent.hostview import DaemonFacts, socket_path, view_error
 from dagent.images import parse_image
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec
 
@@ -180,6 +181,29 @@ class DockerRuntime:
         self._call("ping", client.ping)
         version: dict[str, Any] = self._call("version", client.version)
         return version
+
+    def daemon_facts(self) -> DaemonFacts:
+        """Where the daemon keeps its state, and whether the agent shares its view of the host."""
+        info: dict[str, Any] = self._call("info", self.client.info)
+        root = info.get("DockerRootDir")
+        return DaemonFacts(
+            data_root=root if isinstance(root, str) and root.startswith("/") else None,
+            socket_path=socket_path(self.base_url),
+            view_error=view_error(self.base_url, self.config.docker.verify_host_view),
+        )
+
+    def network_driver(self, name: str) -> str | None:
+        """The driver of the network Docker resolves `name` to (a name, an id or a prefix); None if none."""
+        import docker.errors
+
+        try:
+            network = self._call(f"inspect network {name!r}", partial(self.client.api.inspect_network, name))
+        except DaemonError as e:
+            if isinstance(e.__cause__, docker.errors.NotFound):
+                return None
+            raise
+        driver = network.get("Driver") if isinstance(network, dict) else None
+        return str(driver) if driver else None
 
     def close(self) -> None:
         """Close the connection pool."""

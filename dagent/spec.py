@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr
@@ -27,12 +27,15 @@ class Origin:
 
     `env` and `labels` win over the run's and the agent's (e.g. PREFECT__FLOW_RUN_ID), and
     `secret_env` carries values that must reach the container but never a log or `plan`.
+    `run_labels` are the run's own container labels (Prefect's `labels` job variable): the agent's
+    configured labels win over them.
     """
 
     source: str = "inbox"
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: Mapping[str, SecretStr] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    run_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def container_name(run_id: str) -> str:
@@ -128,7 +131,7 @@ def _device(spec: str) -> str:
 def _ports(specs: tuple[str, ...]) -> dict[str, Any]:
     ports: dict[str, Any] = {}
     for spec in specs:
-        match = PORT_RE.match(spec)
+        match = PORT_RE.fullmatch(spec)
         assert match, spec  # validated when the run was loaded
         key = f"{match['ctr']}/{match['proto'] or 'tcp'}"
         host = int(match["host"]) if match["host"] else None
@@ -136,20 +139,53 @@ def _ports(specs: tuple[str, ...]) -> dict[str, Any]:
     return ports
 
 
+def _network(network: str | None, facts: policy.HostFacts) -> tuple[str | None, str | None]:
+    """(network, network_mode) for docker-py; host and container modes in the spelling Docker reads."""
+    if network is None:
+        return None, None
+    kind = policy.network_kind(network, facts)
+    if kind == "host":
+        return None, "host"
+    if kind == "container":
+        return None, policy.CONTAINER_PREFIX + network[len(policy.CONTAINER_PREFIX) :]
+    return network, None
+
+
+def _resolved_mount(mount: Mount, facts: policy.HostFacts) -> Mount:
+    # Judged resolved, so mounted resolved: the daemon gets no link to follow.
+    return replace(mount, source=facts.resolved[mount.source]) if mount.is_bind else mount
+
+
+def _resolved_device(spec: str, facts: policy.HostFacts) -> str:
+    parts = spec.split(":")
+    host = facts.resolved[parts[0]]
+    target = parts[1] if len(parts) > 1 else parts[0]
+    return f"{host}:{target}:{policy.device_permissions(spec)}"
+
+
 def build(
-    config: AgentConfig, run: RunRequest, origin: Origin | None = None, platform: str = sys.platform
+    config: AgentConfig,
+    run: RunRequest,
+    origin: Origin | None = None,
+    facts: policy.HostFacts | None = None,
+    platform: str = sys.platform,
 ) -> ContainerSpec:
-    """The ContainerSpec for a run, or PolicyError naming every rule it breaks."""
+    """The ContainerSpec for a run, or PolicyError naming every rule it breaks.
+
+    `facts` (dagent.hostview) are the host as the daemon sees it; without them no host path or
+    device is allowed. The spec carries host paths resolved, as they were judged.
+    """
     origin = origin or Origin()
+    facts = facts or policy.HostFacts()
     docker = config.docker
-    policy.check(docker, run)
-    network = run.network or docker.network
-    network_mode = network if network and (network == "host" or network.startswith("container:")) else None
+    policy.check(docker, run, facts)
+    network, network_mode = _network(run.network or docker.network, facts)
     env = {**docker.env, **run.env, ENV_RUN_ID: run.id, **origin.env}
     secret_env = {k: v for k, v in origin.secret_env.items() if k not in origin.env}
     for name in secret_env:
         env.pop(name, None)
     labels = {
+        **origin.run_labels,
         **docker.labels,
         **origin.labels,
         LABEL_AGENT: config.name,
@@ -170,8 +206,8 @@ def build(
         env=env,
         secret_env=secret_env,
         labels=labels,
-        mounts=(*docker.volumes, *run.volumes),
-        network=None if network_mode else network,
+        mounts=(*docker.volumes, *(_resolved_mount(m, facts) for m in run.volumes)),
+        network=network,
         network_mode=network_mode,
         extra_hosts={"host.docker.internal": "host-gateway"} if interface else {},
         # An agent maximum is also the limit of a run that asks for nothing: no run is unbounded.
@@ -179,9 +215,9 @@ def build(
         memory=run.memory if run.memory is not None else docker.max_memory,
         shm_size=run.shm_size,
         gpus=run.gpus,
-        devices=run.devices,
+        devices=tuple(_resolved_device(d, facts) for d in run.devices),
         ports=run.ports,
-        cap_add=tuple(c.upper().removeprefix("CAP_") for c in run.cap_add),
+        cap_add=tuple(policy.normalize_capability(c) for c in run.cap_add),
         privileged=run.privileged,
         pid_mode=run.pid,
         ipc_mode=run.ipc,

@@ -1,30 +1,55 @@
-"""Docker-style quantities: byte sizes like `512m` and CPU counts (pure)."""
+"""Docker-style quantities and the bounds every number of a run or a config must keep (pure)."""
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
-_BYTES_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_BYTES_RE = re.compile(r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
 _FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+# Docker refuses less than 0.01 CPU; less than that would round to nano_cpus = 0, which docker-py
+# drops, so the container would run with no limit at all.
+MIN_CPUS = 0.01
+MAX_CPUS = 4096.0
+# Docker refuses a memory limit under 6 MiB; 1 PiB is more than any host has and stays far below
+# the int64 the daemon's API carries.
+MIN_MEMORY = 6 * 1024**2
+MAX_BYTES = 1024**5
+# Durations past a year are mistakes, and past ~292 years Python's own waits overflow.
+MAX_SECONDS = 366 * 86400.0
+MAX_GPUS = 1024
 
 
 def parse_bytes(value: object) -> int:
-    """Bytes from an int or a Docker size string (`512m`, `2g`, `1.5GiB`; units are binary)."""
+    """Bytes from an int or a Docker size string (`512m`, `2g`, `1.5GiB`; units are binary).
+
+    Anything not a positive whole number of bytes up to MAX_BYTES is a ValueError, never an
+    OverflowError or a size that rounds to zero.
+    """
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512m or 2g, not a boolean")
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"size must be a finite number of bytes, got {value}")
+        if not value.is_integer():
+            raise ValueError(f"size must be a whole number of bytes, got {value}")
         value = int(value)  # JSON answers may carry whole numbers as floats
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"size must be positive, got {value}")
-        return value
-    if not isinstance(value, str):
+        size = value
+    elif isinstance(value, str):
+        match = _BYTES_RE.fullmatch(value)
+        if not match:
+            raise ValueError(f"{value[:40]!r} is not a size such as 512m, 2g or 1073741824")
+        number, unit, _ = match.groups()
+        try:
+            size = int(Decimal(number) * _FACTORS[unit.lower()])
+        except InvalidOperation:  # pragma: no cover - the pattern admits only plain decimals
+            raise ValueError(f"{value[:40]!r} is not a size") from None
+    else:
         raise ValueError(f"expected a size such as 512m or 2g, not {type(value).__name__}")
-    match = _BYTES_RE.match(value)
-    if not match:
-        raise ValueError(f"{value!r} is not a size such as 512m, 2g or 1073741824")
-    number, unit, _ = match.groups()
-    size = int(float(number) * _FACTORS[unit.lower()])
     if size <= 0:
-        raise ValueError(f"size must be positive, got {value!r}")
+        raise ValueError(f"size must be at least 1 byte, got {value!r}"[:120])
+    if size > MAX_BYTES:
+        raise ValueError(f"size must be at most {MAX_BYTES} bytes (1 PiB)")
     return size

@@ -585,7 +585,9 @@ class PrefectSource:
         merged: dict[str, Any] = {}
         layers = (self.pool_defaults, (deployment or {}).get("job_variables"), flow_run.get("job_variables"))
         for layer in layers:
-            for key, value in (layer or {}).items():
+            if not isinstance(layer, dict):  # Prefect's API holds tables here; anything else is no layer
+                continue
+            for key, value in layer.items():
                 if key == "env" and isinstance(value, dict) and isinstance(merged.get("env"), dict):
                     merged["env"] = {**merged["env"], **value}
                 else:
@@ -619,6 +621,7 @@ class PrefectSource:
         if variables.get("container_create_kwargs"):
             # Raw docker-py arguments would go around every policy rule.
             raise RunFileError(f"{origin}: container_create_kwargs: not supported; use dagent's job variables")
+        _container_labels(variables, origin)
         unknown = (
             set(variables)
             - set(_DIRECT)
@@ -664,10 +667,8 @@ class PrefectSource:
             "io.prefect.worker-name": self.worker,
             "io.prefect.version": "dagent-" + __version__,
         }
-        container_labels = variables.get("labels")
-        if isinstance(container_labels, dict):
-            labels = {**{str(k): str(v) for k, v in container_labels.items()}, **labels}
-        return Origin(source=self.name, env=env, secret_env=secret_env, labels=labels)
+        run_labels = _container_labels(variables, f"flow run {run_id} job_variables")
+        return Origin(source=self.name, env=env, secret_env=secret_env, labels=labels, run_labels=run_labels)
 
     # --- a run's life ----------------------------------------------------------------------------
 
@@ -835,7 +836,9 @@ class PrefectSource:
         try:
             run = self._run_request(run_id, variables)
         except RunFileError as e:
-            log.error("flow run %s cannot be resumed: %s", run_id, e)
+            # Never left PENDING to fail again at every restart: say why in Prefect, once.
+            claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
+            self.refuse(claim, str(e))
             return None
         self._track(run_id, mine=True)
         return Claim(run, self._origin(run_id, entry, variables), run_id)
@@ -886,6 +889,25 @@ class LogShipper:
     def close(self) -> None:
         self._stop.set()
         self.flush()
+
+
+def _container_labels(variables: Mapping[str, Any], origin: str) -> dict[str, str]:
+    """The `labels` job variable: a table of strings, none of them the agent's own dagent.* labels."""
+    labels = variables.get("labels")
+    if labels in (None, {}):
+        return {}
+    if not isinstance(labels, dict):
+        raise RunFileError(f"{origin}: labels: expected a table of label = value, not {type(labels).__name__}")
+    found: dict[str, str] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not key.strip() or not isinstance(value, (str, int, float, bool)):
+            raise RunFileError(f"{origin}: labels: {str(key)[:60]!r} must be a non-empty name with a text value")
+        if key.startswith("dagent."):
+            raise RunFileError(f"{origin}: labels.{key}: the dagent.* prefix is reserved for the agent's own labels")
+        if "\0" in key or "\0" in str(value):
+            raise RunFileError(f"{origin}: labels: {key[:60]!r} holds a NUL byte")
+        found[key] = str(value)
+    return found
 
 
 def _blank(value: Any) -> bool:

@@ -69,7 +69,7 @@ _config = st.fixed_dictionaries(
                 "allowed_host_paths": st.lists(_abs_path, max_size=2),
                 "allowed_capabilities": st.lists(st.sampled_from(["NET_ADMIN", "SYS_PTRACE"]), max_size=2),
                 "max_cpus": st.floats(min_value=0.1, max_value=64),
-                "max_memory": st.integers(1, 2**40),
+                "max_memory": st.integers(6 * 2**20, 2**40),
             },
         ),
         "health": st.fixed_dictionaries({"address": st.integers(1, 65535).map(lambda p: f"127.0.0.1:{p}")}),

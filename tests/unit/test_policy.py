@@ -12,6 +12,7 @@ from dagent.config import DockerConfig
 from dagent.errors import PolicyError
 from dagent.policy import check, image_may_be_pulled, violations
 from dagent.runs import RunRequest
+from tests.facts import lexical_facts
 
 
 def _run(**fields: Any) -> RunRequest:
@@ -77,11 +78,12 @@ TABLE: list[tuple[dict[str, Any], dict[str, Any], str | None]] = [
 @pytest.mark.parametrize(("docker", "run", "rule"), TABLE)
 def test_policy_table(docker: dict[str, Any], run: dict[str, Any], rule: str | None) -> None:
     """Each request is allowed, or refused by a PolicyError naming the rule."""
+    config, request = _docker(**docker), _run(**run)
     if rule is None:
-        check(_docker(**docker), _run(**run))
+        check(config, request, lexical_facts(config, request))
     else:
         with pytest.raises(PolicyError, match=rule):
-            check(_docker(**docker), _run(**run))
+            check(config, request, lexical_facts(config, request))
 
 
 def test_every_refusal_is_reported_at_once() -> None:
@@ -111,8 +113,8 @@ _runs = st.fixed_dictionaries(
         "network": st.sampled_from(["host", "bridge", "container:x", "flows"]),
         "pid": st.just("host"),
         "ipc": st.sampled_from(["host", "private"]),
-        "cpus": st.floats(0.1, 64),
-        "memory": st.integers(1, 2**36),
+        "cpus": st.floats(0.01, 64),
+        "memory": st.integers(6 * 2**20, 2**36),
         "gpus": st.just("all"),
     },
 )
@@ -128,7 +130,7 @@ _configs = st.fixed_dictionaries(
         "allowed_devices": st.lists(st.sampled_from(["/dev/fuse"]), max_size=1),
         "allow_gpus": st.booleans(),
         "max_cpus": st.floats(0.5, 8),
-        "max_memory": st.integers(2**20, 2**34),
+        "max_memory": st.integers(6 * 2**20, 2**34),
     },
 )
 
@@ -143,9 +145,10 @@ def test_no_run_gets_more_than_the_config_allows(run: dict[str, Any], config: di
 
     docker = _docker(**config)
     request = _run(**run)
-    if list(violations(docker, request)):
+    facts = lexical_facts(docker, request)
+    if list(violations(docker, request, facts)):
         return
-    spec = build(AgentConfig.model_construct(name="a", docker=docker), request)
+    spec = build(AgentConfig.model_construct(name="a", docker=docker), request, facts=facts)
     assert not spec.privileged or docker.allow_privileged
     assert set(spec.cap_add) <= set(docker.allowed_capabilities)
     assert set(d.split(":")[0] for d in spec.devices) <= set(docker.allowed_devices)

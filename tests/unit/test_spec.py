@@ -11,13 +11,18 @@ from pydantic import SecretStr
 
 from dagent.cli import main
 from dagent.config import load_config
+from dagent.hostview import DaemonFacts, HostView
 from dagent.runs import RunRequest
 from dagent.spec import Origin, build
+
+# A host whose daemon keeps its state in the default place and shares the agent's view.
+DAEMON = DaemonFacts(data_root="/var/lib/docker", socket_path="/var/run/docker.sock", view_error=None)
 
 
 def _build(run: dict[str, Any], docker: dict[str, Any] | None = None, **kw: Any) -> Any:
     config = load_config({"name": "a1", "docker": docker or {}}, environ={}).config
-    return build(config, RunRequest.model_validate({"id": "r1", "image": "local/busybox:latest", **run}), **kw)
+    request = RunRequest.model_validate({"id": "r1", "image": "local/busybox:latest", **run})
+    return build(config, request, facts=HostView(config, DAEMON).facts(request), **kw)
 
 
 def test_minimal_run() -> None:
@@ -36,18 +41,19 @@ def test_minimal_run() -> None:
     assert spec.timeout == 86400 and spec.pull == "if-not-present"
 
 
-def test_every_field() -> None:
+def test_every_field(tmp_path: Path) -> None:
     """Resources, devices, ports, namespaces and process settings map to docker-py names."""
-    docker = {"allowed_host_paths": ["/tmp"], "allow_named_volumes": True, "allow_privileged": True,
+    (tmp_path / "data").mkdir()
+    docker = {"allowed_host_paths": [str(tmp_path / "data")], "allow_named_volumes": True, "allow_privileged": True,
               "allow_host_network": True, "allowed_capabilities": ["NET_ADMIN"], "allowed_devices": ["/dev/null"],
               "allow_gpus": True, "allow_ports": True}  # fmt: skip
-    run = {"command": "sh -c 'exit 0'", "entrypoint": ["/bin/sh"], "volumes": ["/tmp:/d:ro", "cache:/c"],
+    run = {"command": "sh -c 'exit 0'", "entrypoint": ["/bin/sh"], "volumes": [f"{tmp_path}/data:/d:ro", "cache:/c"],
            "cpus": 1.5, "memory": "256m", "shm_size": "64m", "gpus": 2, "devices": ["/dev/null"],
            "ports": ["127.0.0.1:8080:80", "9090:90/udp", "7000"], "cap_add": ["cap_net_admin"], "privileged": True,
            "pid": "host", "ipc": "host", "working_dir": "/w", "user": "1000", "timeout": 5}  # fmt: skip
     kwargs = _build(run, docker).to_docker_kwargs()
     assert kwargs["command"] == ["sh", "-c", "exit 0"] and kwargs["entrypoint"] == ["/bin/sh"]
-    assert kwargs["volumes"] == ["/tmp:/d:ro", "cache:/c:rw"]
+    assert kwargs["volumes"] == [f"{tmp_path}/data:/d:ro", "cache:/c:rw"]
     assert (
         kwargs["nano_cpus"] == 1_500_000_000 and kwargs["mem_limit"] == 256 * 2**20 and kwargs["shm_size"] == 64 * 2**20
     )

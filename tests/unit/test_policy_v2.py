@@ -1,0 +1,438 @@
+"""Policy v2: each bypass class, attacked first, then judged in the daemon's view of the host.
+
+The classes are those of the policy review: paths the agent cannot fully see, a different mount
+namespace, exceptions that leaked to the whole path, the daemon's and the agent's own files, and
+limits that turned into "no limit"; plus the near-misses (networks, device permissions, labels,
+trailing newlines).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagent.config import AgentConfig, DockerConfig, load_config
+from dagent.errors import PolicyError, RunFileError
+from dagent.hostview import DaemonFacts, HostView, Unresolvable, resolve, view_error
+from dagent.policy import HostFacts, check
+from dagent.runs import RunRequest, parse_run
+from dagent.spec import Origin, build
+from tests import nobody
+from tests.conftest import REPO
+from tests.facts import lexical_facts
+
+SHARED = DaemonFacts(data_root="/var/lib/docker", socket_path="/var/run/docker.sock", view_error=None)
+
+
+def _config(**docker: Any) -> AgentConfig:
+    return load_config({"name": "a1", "docker": docker}, environ={}).config
+
+
+def _run(**fields: Any) -> RunRequest:
+    return parse_run({"id": "r1", "image": "busybox", **fields}, "run.toml")
+
+
+def _judge(config: AgentConfig, run: RunRequest, daemon: DaemonFacts = SHARED, **view: Any) -> Any:
+    return build(config, run, facts=HostView(config, daemon, **view).facts(run))
+
+
+def _refused(config: AgentConfig, run: RunRequest, match: str, **kw: Any) -> None:
+    with pytest.raises(PolicyError, match=match):
+        _judge(config, run, **kw)
+
+
+# --- 1. paths the agent cannot fully see ----------------------------------------------------------
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    return nobody.run(["-c", code])
+
+
+@pytest.fixture
+def hidden_link(tmp_path: Path) -> Iterator[Path]:
+    """ALLOWED/a/p/l: `a/p` is root's and 0700, `l` links to the Docker socket."""
+    if nobody.python() is None:
+        pytest.skip("needs root, runuser and a Python that nobody can run to play a non-root agent")
+    tmp_path.chmod(0o755)
+    allowed = tmp_path / "allowed"
+    (allowed / "a" / "p").mkdir(parents=True)
+    (allowed / "a" / "p" / "l").symlink_to("/var/run/docker.sock")
+    for d in (tmp_path.parent, allowed, allowed / "a"):
+        d.chmod(0o755)
+    (allowed / "a" / "p").chmod(0o700)
+    yield allowed / "a" / "p" / "l"
+
+
+def test_realpath_stops_quietly_where_a_non_root_agent_cannot_look(hidden_link: Path) -> None:
+    """The attack: os.path.realpath as `nobody` returns the link itself, which looks allowed."""
+    out = _as_nobody(f"import os; print(os.path.realpath({str(hidden_link)!r}))")
+    assert out.stdout.strip() == str(hidden_link), out.stderr
+
+
+def test_unresolvable_component_refuses_the_path(hidden_link: Path) -> None:
+    """The fix: as `nobody`, resolving the path fails and names the component it could not see."""
+    code = (
+        "from dagent.hostview import resolve, Unresolvable\n"
+        f"try:\n    print('RESOLVED', resolve({str(hidden_link)!r}))\n"
+        "except Unresolvable as e:\n    print('REFUSED', e)\n"
+    )
+    out = _as_nobody(code)
+    assert out.stdout.startswith("REFUSED cannot look at"), out.stdout + out.stderr
+    assert "Permission denied" in out.stdout
+    # As root it resolves in full, to the socket, and the socket is refused for what it is.
+    assert resolve(str(hidden_link)) == os.path.realpath("/var/run/docker.sock")
+    allowed = hidden_link.parent.parent.parent
+    _refused(_config(allowed_host_paths=[str(allowed)]), _run(volumes=[f"{hidden_link}:/s"]), "docker.sock")
+
+
+def test_resolve_follows_links_and_dotdot_in_order(tmp_path: Path) -> None:
+    """`link/..` is the parent of the link's target, as the kernel reads it, not the link's parent."""
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "deep")
+    assert resolve(f"{tmp_path}/link/../x") == f"{tmp_path}/real/x"
+    assert resolve(f"{tmp_path}//real/./deep/") == f"{tmp_path}/real/deep"
+    assert resolve(f"{tmp_path}/missing/sub") == f"{tmp_path}/missing/sub"  # the daemon creates it
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda d: (d / "loop").symlink_to(d / "loop"), "symbolic links"),
+        (lambda d: (d / "file").write_text(""), "not a directory"),
+        (lambda d: None, "does not exist"),
+    ],
+)
+def test_unresolvable_shapes(tmp_path: Path, make: Any, reason: str) -> None:
+    """Link loops, a file used as a directory, `..` after a missing part: each refused with why."""
+    make(tmp_path)
+    path = {"symbolic links": "loop/x", "not a directory": "file/x", "does not exist": "missing/../../etc"}[reason]
+    with pytest.raises(Unresolvable, match=reason):
+        resolve(f"{tmp_path}/{path}")
+
+
+def test_devices_are_resolved_too(tmp_path: Path) -> None:
+    """A link named like an allowed device but pointing elsewhere is judged by its target."""
+    (tmp_path / "fuse").symlink_to("/dev/kmsg")
+    config = _config(allowed_devices=["/dev/fuse"], allowed_host_paths=[str(tmp_path)])
+    _refused(config, _run(devices=[f"{tmp_path}/fuse:/dev/fuse"]), "allowed_devices")
+    spec = _judge(_config(allowed_devices=["/dev/null"]), _run(devices=["/dev/null"]))
+    assert spec.devices == ("/dev/null:/dev/null:rwm",)
+
+
+# --- 2. the agent and the daemon see different filesystems -----------------------------------------
+
+
+@pytest.fixture
+def unix_server(tmp_path: Path) -> Iterator[str]:
+    """A process-local unix socket server (this process stands in for the daemon)."""
+    path = str(tmp_path / "d.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield path
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_same_mount_namespace_is_verified(unix_server: str) -> None:
+    """An agent in the daemon's mount namespace may judge host paths."""
+    assert view_error(f"unix://{unix_server}", verify=True) is None
+
+
+def test_private_mount_namespace_is_detected(unix_server: str) -> None:
+    """The attack is systemd's PrivateTmp: the agent in a mount namespace of its own is caught."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to make a private mount namespace")
+    code = f"from dagent.hostview import view_error; print(view_error('unix://{unix_server}', True))"
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code],
+        capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, timeout=60,
+    )  # fmt: skip
+    assert "different mount namespaces" in out.stdout, out.stdout + out.stderr
+
+
+def test_unverified_view_refuses_every_host_path(tmp_path: Path) -> None:
+    """When the agent cannot vouch for the daemon's view, no host path and no device passes."""
+    daemon = DaemonFacts("/var/lib/docker", None, "the daemon at tcp://10.0.0.9:2376 may see another filesystem")
+    config = _config(allowed_host_paths=[str(tmp_path)], allowed_devices=["/dev/null"])
+    _refused(config, _run(volumes=[f"{tmp_path}:/d"]), "may see another filesystem", daemon=daemon)
+    _refused(config, _run(devices=["/dev/null"]), "may see another filesystem", daemon=daemon)
+    assert _judge(config, _run(volumes=["named:/n"]) if False else _run(), daemon=daemon).mounts == ()
+
+
+def test_remote_daemon_paths_are_refused_unless_the_operator_says_they_are_ours() -> None:
+    """A tcp:// daemon's paths are another host's; docker.verify_host_view = false is the way out."""
+    assert "may see another filesystem" in (view_error("tcp://127.0.0.1:2376", verify=True) or "")
+    assert view_error("tcp://127.0.0.1:2376", verify=False) is None
+
+
+def test_systemd_unit_gives_the_agent_the_hosts_mount_namespace() -> None:
+    """The shipped unit sets nothing that gives the agent a mount namespace of its own."""
+    unit = (REPO / "examples" / "systemd" / "dagent.service").read_text()
+    directives = [line.split("=")[0] for line in unit.splitlines() if line and not line.startswith("#")]
+    namespaced = {"PrivateTmp", "ProtectSystem", "ProtectHome", "ReadOnlyPaths", "InaccessiblePaths",
+                  "PrivateDevices", "TemporaryFileSystem", "BindPaths", "RootDirectory", "PrivateMounts"}  # fmt: skip
+    assert not namespaced & set(directives)
+
+
+# --- 3. an exception for a sensitive path grants that root only ----------------------------------
+
+
+EXCEPTIONS = [
+    (["/", "/etc/ssl/certs"], "/etc/shadow", "exposes /etc"),
+    (["/", "/etc/ssl/certs"], "/etc", "exposes /etc"),
+    (["/", "/etc/ssl/certs"], "/etc/ssl", "exposes /etc"),
+    (["/", "/etc/ssl/certs"], "/", "exposes"),
+    (["/var", "/var/lib/docker/volumes/x/_data"], "/var/lib/docker", "exposes /var/lib/docker"),
+    (["/var", "/var/lib/docker/volumes/x/_data"], "/var/lib/docker/volumes", "exposes /var/lib/docker"),
+    (["/var", "/var/lib/docker/volumes/x/_data"], "/var/lib", "exposes /var/lib/docker"),
+    (["/var", "/var/lib/docker/volumes/x/_data"], "/var/lib/docker/volumes/y/_data", "exposes /var/lib/docker"),
+    (["/", "/etc/ssl/certs"], "/etc/ssl/certs/ca.pem", None),
+    (["/", "/etc/ssl/certs"], "/etc/ssl/certs", None),
+    (["/var", "/var/lib/docker/volumes/x/_data"], "/var/lib/docker/volumes/x/_data/sub", None),
+    (["/var", "/var/lib/docker/volumes/x/_data"], "/var/cache", None),
+]
+
+
+@pytest.mark.parametrize(("roots", "source", "refusal"), EXCEPTIONS)
+def test_sensitive_exception_is_that_root_alone(roots: list[str], source: str, refusal: str | None) -> None:
+    """An allowed root inside a sensitive path grants it and what is under it, nothing above or beside."""
+    docker = DockerConfig(allowed_host_paths=roots)
+    run = _run(volumes=[f"{source}:/m"])
+    if refusal is None:
+        check(docker, run, lexical_facts(docker, run))
+    else:
+        with pytest.raises(PolicyError, match=refusal):
+            check(docker, run, lexical_facts(docker, run))
+
+
+# --- 4. the daemon's real sockets and state, the agent's own files --------------------------------
+
+
+def test_the_daemons_own_socket_and_data_root_are_protected(tmp_path: Path) -> None:
+    """The socket of docker.base_url and the DockerRootDir the daemon names, wherever they are."""
+    sock, root = tmp_path / "user" / "docker.sock", tmp_path / "docker-data"
+    sock.parent.mkdir()
+    sock.write_text("")
+    root.mkdir()
+    daemon = DaemonFacts(data_root=str(root), socket_path=str(sock), view_error=None)
+    config = _config(allowed_host_paths=[str(tmp_path)])
+    _refused(config, _run(volumes=[f"{sock}:/s"]), "exposes", daemon=daemon)
+    _refused(config, _run(volumes=[f"{root}/volumes:/v"]), "exposes", daemon=daemon)
+    _refused(config, _run(volumes=[f"{tmp_path}:/all"]), "exposes", daemon=daemon)  # a parent of both
+
+
+@pytest.mark.parametrize("path", ["/run/containerd/containerd.sock", "/run/docker", "/var/run/docker"])
+def test_containerd_and_the_daemons_exec_root_are_protected(path: str) -> None:
+    """containerd's sockets and state, and Docker's exec root, like /var/run/docker.sock."""
+    _refused(_config(allowed_host_paths=["/"]), _run(volumes=[f"{path}:/x"]), "exposes")
+
+
+def test_the_agents_own_files_are_protected(tmp_path: Path) -> None:
+    """Its config file, token file, registry password files and inbox, even under an allowed root."""
+    for name in ("conf.toml", "token", "registry-pass"):
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "token").chmod(0o600)
+    config = load_config(
+        {"name": "a1", "inbox": {"path": str(tmp_path / "inbox")}, "api": {"token_file": str(tmp_path / "token")},
+         "docker": {"allowed_host_paths": [str(tmp_path)],
+                    "registry_auth": [{"registry": "127.0.0.1:5000", "username": "u",
+                                       "password_file": str(tmp_path / "registry-pass")}]}},
+        environ={},
+    ).config  # fmt: skip
+    own = {"own_files": [tmp_path / "conf.toml"]}
+    for target in ("conf.toml", "token", "registry-pass", "inbox", "inbox/new", "."):
+        _refused(config, _run(volumes=[f"{tmp_path}/{target}:/x"]), "exposes", **own)
+    (tmp_path / "work").mkdir()
+    assert _judge(config, _run(volumes=[f"{tmp_path}/work:/w"]), **own).mounts[0].source == f"{tmp_path}/work"
+
+
+def test_a_protected_path_reached_through_a_link_is_still_protected(tmp_path: Path) -> None:
+    """/var/run is often a link to /run: both spellings, and any link to them, are the socket."""
+    (tmp_path / "s").symlink_to("/var/run/docker.sock")
+    _refused(_config(allowed_host_paths=["/"]), _run(volumes=[f"{tmp_path}/s:/s"]), "docker.sock")
+
+
+# --- 5. limits that turn into "no limit" ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"cpus": 1e-10}, "cpus"),  # nano_cpus = 0: docker-py drops it, the container is unlimited
+        ({"cpus": 0.004}, "cpus"),
+        ({"cpus": float("inf")}, "cpus"),
+        ({"cpus": float("nan")}, "cpus"),
+        ({"cpus": 1e300}, "cpus"),
+        ({"memory": 1}, "memory"),  # under Docker's 6 MiB minimum
+        ({"memory": "9" * 400}, "memory"),
+        ({"memory": 10**400}, "memory"),
+        ({"memory": 1e300}, "memory"),
+        ({"memory": float("inf")}, "memory"),
+        ({"memory": "0.1b"}, "memory"),  # rounds to 0 bytes
+        ({"shm_size": "0.5"}, "shm_size"),
+        ({"shm_size": 2**70}, "shm_size"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": 1e300}, "timeout"),
+        ({"gpus": 10**30}, "gpus"),
+        ({"gpus": 0}, "gpus"),
+    ],
+)
+def test_numbers_at_their_limits_are_one_line_errors(fields: dict[str, Any], key: str) -> None:
+    """Every number is finite, within Docker's range, and never rounds to "unset"."""
+    with pytest.raises(RunFileError) as info:
+        _run(**fields)
+    assert len(info.value.lines) == 1 and f": {key}: " in info.value.lines[0]
+
+
+def test_the_smallest_cpu_share_is_still_a_limit() -> None:
+    """0.01 CPU reaches docker-py as nano_cpus 10,000,000, never 0 or absent."""
+    assert _judge(_config(max_cpus=2), _run(cpus=0.01)).to_docker_kwargs()["nano_cpus"] == 10_000_000
+
+
+@pytest.mark.parametrize(
+    ("docker", "message"),
+    [
+        ({"max_cpus": 1e-10}, "docker.max_cpus"),
+        ({"max_cpus": float("inf")}, "docker.max_cpus"),
+        ({"max_memory": 1}, "docker.max_memory"),
+        ({"max_memory": "9" * 400}, "docker.max_memory"),
+        ({"run_timeout": float("inf")}, "docker.run_timeout"),
+        ({"stop_grace": 1e300}, "docker.stop_grace"),
+    ],
+)
+def test_config_limits_are_bounded_too(docker: dict[str, Any], message: str) -> None:
+    """The agent's own maxima obey the same bounds (a maximum of 1e-10 CPU would be no maximum)."""
+    from dagent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _config(**docker)
+
+
+def test_shm_size_stays_within_the_memory_limit() -> None:
+    """/dev/shm larger than the memory a run may use is refused; within it, allowed."""
+    _refused(_config(max_memory="1g"), _run(shm_size="2g"), "shm_size")
+    _refused(_config(), _run(memory="64m", shm_size="128m"), "shm_size")
+    assert _judge(_config(max_memory="1g"), _run(shm_size="512m")).shm_size == 512 * 2**20
+
+
+# --- near-misses -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("network", ["host", "HOST", "Host", "container:x", "CONTAINER:x", "Container:abc"])
+def test_network_modes_in_any_spelling(network: str) -> None:
+    """Host and container modes are judged whatever their case."""
+    _refused(_config(), _run(network=network), "allow_host_network")
+
+
+def test_a_network_that_resolves_to_the_host_driver_is_the_host_network() -> None:
+    """A run naming the host network by id (or an id prefix) gets judged as host networking."""
+    config = _config()
+    view = HostView(config, SHARED, network_driver=lambda name: "host" if name.startswith("28ec7") else "bridge")
+    run = _run(network="28ec7caf3aab")
+    with pytest.raises(PolicyError, match="allow_host_network"):
+        build(config, run, facts=view.facts(run))
+    spec = build(_config(allow_host_network=True), run, facts=view.facts(run))
+    assert spec.network_mode == "host" and spec.network is None
+
+
+def test_allowed_host_network_is_passed_in_dockers_spelling() -> None:
+    """When allowed, `HOST` and `CONTAINER:x` reach Docker as the modes they were judged as."""
+    config = _config(allow_host_network=True)
+    assert _judge(config, _run(network="HOST")).network_mode == "host"
+    assert _judge(config, _run(network="CONTAINER:x")).network_mode == "container:x"
+
+
+def test_a_configured_network_limits_what_runs_pick() -> None:
+    """docker.network set: a run may pick only from docker.allowed_networks (default: just that one)."""
+    _refused(_config(network="flows"), _run(network="other"), "allowed_networks")
+    assert _judge(_config(network="flows"), _run(network="flows")).network == "flows"
+    assert _judge(_config(network="flows"), _run(network="none")).network == "none"
+    config = _config(network="flows", allowed_networks=["flows", "etl"])
+    assert _judge(config, _run(network="etl")).network == "etl"
+    _refused(_config(allowed_networks=["etl"]), _run(network="flows"), "allowed_networks")
+    assert _judge(_config(), _run(network="anything")).network == "anything"  # no network set: as before
+
+
+@pytest.mark.parametrize(
+    ("allowed", "asked", "ok"),
+    [
+        ("/dev/null:/dev/null:r", "/dev/null", False),  # Docker's default is rwm
+        ("/dev/null:/dev/null:r", "/dev/null:/dev/null:rw", False),
+        ("/dev/null:/dev/null:r", "/dev/null:/dev/x:r", True),
+        ("/dev/null:/dev/null:rw", "/dev/null:/dev/null:wr", True),
+        ("/dev/null", "/dev/null:/dev/null:rwm", True),
+    ],
+)
+def test_configured_device_permissions_are_a_ceiling(allowed: str, asked: str, ok: bool) -> None:
+    """allowed_devices = ["/dev/x:/dev/x:r"] grants r, not rwm."""
+    config = _config(allowed_devices=[allowed])
+    if ok:
+        _judge(config, _run(devices=[asked]))
+    else:
+        _refused(config, _run(devices=[asked]), "allowed_devices")
+
+
+def test_prefect_labels_cannot_claim_the_agents_labels() -> None:
+    """The `labels` job variable: dagent.* refused; configured docker.labels win over it."""
+    from dagent.sources.prefect import PrefectSource
+
+    config = load_config(
+        {"name": "a1", "source": "prefect", "api": {"url": "http://127.0.0.1:9/api"},
+         "docker": {"labels": {"team": "data"}}}, environ={},
+    ).config  # fmt: skip
+    source = PrefectSource(config)
+    try:
+        with pytest.raises(RunFileError, match=r"labels\.dagent\.keep"):
+            source._run_request("r1", {"image": "busybox", "labels": {"dagent.keep": "always"}})
+        with pytest.raises(RunFileError, match="labels"):
+            source._run_request("r1", {"image": "busybox", "labels": ["a"]})
+    finally:
+        source.close()
+    origin = Origin("prefect", labels={"io.prefect.flow-run-id": "r1"},
+                    run_labels={"team": "mine", "io.prefect.flow-run-id": "spoof", "extra": "x"})  # fmt: skip
+    spec = build(config, _run(), origin, HostFacts())
+    assert spec.labels["team"] == "data" and spec.labels["extra"] == "x"
+    assert spec.labels["io.prefect.flow-run-id"] == "r1"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"id": "abc\n"}, {"env": {"NAME\n": "x"}}, {"image": "busybox:latest\n"}, {"image": "127.0.0.1:5000\n/x"},
+     {"ports": ["80\n"]}, {"image": "busybox:t\u00e9"}, {"devices": ["/dev/null\n:/dev/x"]}],
+)  # fmt: skip
+def test_patterns_do_not_accept_a_trailing_newline(fields: dict[str, Any]) -> None:
+    """`$` matches before a final newline; every pattern is matched in full."""
+    with pytest.raises(RunFileError):
+        parse_run({"id": "r1", "image": "busybox", **fields}, "run.toml")
+
+
+def test_registry_names_are_matched_in_full() -> None:
+    """A registry with a trailing newline is no registry."""
+    from dagent.images import normalize_registry
+
+    with pytest.raises(ValueError):
+        normalize_registry("127.0.0.1:5000\n")
