@@ -591,7 +591,8 @@ def read_token_file(path: Path) -> str:
         text = path.expanduser().read_text(encoding="utf-8")
         mode = path.expanduser().stat().st_mode
     except OSError as e:
-        raise ConfigError(f"api.token_file: cannot read {path}: {e.strerror}") from None
+        shown = str(path) if str(path).isprintable() else repr(str(path))  # an error stays one line
+        raise ConfigError(f"api.token_file: cannot read {shown}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"api.token_file: {path} is not UTF-8 text") from None
     token = text.rstrip("\r\n")

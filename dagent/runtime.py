@@ -447,13 +447,20 @@ class DockerRuntime:
 
     def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]:
         """Containers labelled by dagent (this agent's when `agent` is given)."""
+        import docker.errors
+
         filters = [f"{LABEL_AGENT}={agent}" if agent else LABEL_AGENT]
         if run_id:
             filters.append(f"{LABEL_RUN_ID}={run_id}")
         raw = self._call("list containers", lambda: self.client.api.containers(all=True, filters={"label": filters}))
         infos = []
         for item in raw:
-            detail = self._call("inspect container", partial(self.client.api.inspect_container, item["Id"]))
+            try:
+                detail = self._call("inspect container", partial(self.client.api.inspect_container, item["Id"]))
+            except DaemonError as e:
+                if isinstance(e.__cause__, docker.errors.NotFound):
+                    continue  # removed between the list and its inspect: not ours to manage any more
+                raise
             state = detail.get("State", {})
             finished = state.get("FinishedAt")
             infos.append(

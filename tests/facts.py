@@ -21,3 +21,14 @@ def lexical_facts(docker: DockerConfig, run: RunRequest, **overrides: Any) -> Ho
         "view_error": None,
     }
     return HostFacts(**{**facts, **overrides})
+
+
+def docker_request(kwargs: dict[str, Any], version: str = "1.41") -> dict[str, Any]:
+    """The create-container body docker-py builds from `containers.create` kwargs, built by docker-py itself."""
+    from docker.models.containers import _create_container_args
+    from docker.types import ContainerConfig
+
+    args = _create_container_args({**kwargs, "version": version})
+    args.pop("name", None)
+    args.setdefault("command", None)
+    return dict(ContainerConfig(version, **args))

@@ -44,13 +44,24 @@ def python() -> str | None:
 
 
 def run(
-    args: list[str], env: dict[str, str] | None = None, cwd: str | None = None, timeout: float = 120
+    args: list[str],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float = 120,
+    group: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python ARGS...` as nobody with dagent importable; the caller skips when python() is None."""
+    """Run `python ARGS...` as nobody (in `group`, e.g. docker) with dagent importable.
+
+    The caller skips when python() is None.
+    """
     interpreter = python()
     assert interpreter is not None
+    as_group = ["-g", group] if group else []
     return subprocess.run(
-        [RUNUSER, "-u", "nobody", "--", interpreter, *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        [RUNUSER, "-u", "nobody", *as_group, "--", interpreter, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _path(), **(env or {})},
-    )  # fmt: skip
+    )

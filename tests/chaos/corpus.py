@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,13 @@ from pydantic import SecretStr
 from dagent import cli
 from dagent.config import load_config
 from dagent.errors import DagentError, PolicyError, RunFileError, SourceError
+from dagent.hostview import DaemonFacts, HostView
+from dagent.images import parse_image
 from dagent.runs import parse_run
 from dagent.sources.prefect import PrefectSource
+from dagent.sources.prefect import _Run as _PrefectRun
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, Origin, build
+from tests.facts import docker_request
 
 SECRET = "chaos-s3cret-9f1c2e7a"  # a token no output may ever show
 
@@ -428,6 +432,7 @@ class Attempt:
     fields: dict[str, Any]
     via: str = "run-file"  # or "job-variables"
     config: dict[str, Any] = field(default_factory=dict)  # [docker] settings of the agent
+    daemon: str = "local"  # "local", "remote" (another host's paths) or "private" (another mount namespace)
 
 
 def _attempts(root: Path) -> list[Attempt]:
@@ -445,7 +450,9 @@ def _attempts(root: Path) -> list[Attempt]:
         Attempt("device", {"devices": ["/dev/sda"]}),
         Attempt("device renamed", {"devices": ["/dev/sda:/dev/null"]}),
         Attempt("device via ..", {"devices": ["/dev/../dev/sda"]}, config={"allowed_devices": ["/dev/null"]}),
-        Attempt("device symlink", {"devices": [str(root / "disk")]}, config={"allowed_devices": [str(root / "disk")]}),
+        # An allowed device named through a link grants the device it resolves to (as /dev/disk/by-id
+        # names do); a link to another device is that other device.
+        Attempt("device symlink", {"devices": [str(root / "disk")]}, config={"allowed_devices": ["/dev/null"]}),
         Attempt("host network", {"network": "host"}),
         Attempt("container network", {"network": "container:other"}),
         Attempt("host pid", {"pid": "host"}),
@@ -476,6 +483,63 @@ def _attempts(root: Path) -> list[Attempt]:
         Attempt("registry port trick", {"image": "127.0.0.1:5001/x"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
         Attempt("over max cpus", {"cpus": 64}, config={"max_cpus": 2}),
         Attempt("over max memory", {"memory": "64g"}, config={"max_memory": "1g"}),
+        # Policy v2, class 1: paths that cannot be resolved in full.
+        Attempt("link loop", {"volumes": [f"{root}/loop/x:/x"]}, config=allowed),
+        Attempt("dangling link into etc", {"volumes": [f"{root}/dangling:/x"]}, config=allowed),
+        Attempt("link to proc self root", {"volumes": [f"{root}/procself:/x"]}, config=allowed),
+        Attempt("45 chained links", {"volumes": [f"{root}/chain45:/x"]}, config=allowed),
+        Attempt("dotdot after missing", {"volumes": [f"{root}/missing/../../../etc:/x"]}, config=allowed),
+        Attempt("file as directory", {"volumes": [f"{root}/file/../../../etc:/x"]}, config=allowed),
+        Attempt("device via link", {"devices": [f"{root}/null"]}, config={"allowed_devices": ["/dev/null"], **allowed}),
+        Attempt("device link beside the allowed", {"devices": [f"{root}/null"]}, config={"allowed_devices": ["/dev/zero"]}),
+        # Class 2: the agent cannot vouch for the daemon's view of the host.
+        Attempt("remote daemon bind", {"volumes": [f"{root}/ok:/x"]}, config=allowed, daemon="remote"),
+        Attempt("private namespace bind", {"volumes": [f"{root}/ok:/x"]}, config=allowed, daemon="private"),
+        Attempt("remote daemon device", {"devices": ["/dev/null"]}, config={"allowed_devices": ["/dev/null"]}, daemon="remote"),
+        Attempt("private namespace tmp", {"volumes": ["/tmp:/t"]}, config={"allowed_host_paths": ["/tmp"]}, daemon="private"),
+        # Class 3: an exception for a sensitive path grants that root only.
+        *(
+            Attempt(f"exception leak {source}", {"volumes": [f"{source}:/m"]}, config={"allowed_host_paths": roots})
+            for roots, sources in (
+                (["/", "/etc/ssl/certs"], ("/etc/shadow", "/etc", "/etc/ssl", "/", "/etc/ssl/private")),
+                (["/var", "/var/lib/docker/volumes/x/_data"],
+                 ("/var/lib/docker", "/var/lib/docker/volumes", "/var/lib", "/var/lib/docker/volumes/y/_data", "/var")),
+            )
+            for source in sources
+        ),
+        # Class 4: the daemon's real sockets and state, the agent's own files.
+        Attempt("daemon's own socket", {"volumes": [f"{root}/user/docker.sock:/s"]}, config=allowed),
+        Attempt("daemon's data root", {"volumes": [f"{root}/docker-data:/d"]}, config=allowed),
+        Attempt("inside the data root", {"volumes": [f"{root}/docker-data/volumes:/d"]}, config=allowed),
+        Attempt("parent of the data root", {"volumes": [f"{root}:/d"]}, config=allowed),
+        Attempt("containerd socket", {"volumes": ["/run/containerd/containerd.sock:/c"]}, config={"allowed_host_paths": ["/"]}),
+        Attempt("containerd via /var/run", {"volumes": ["/var/run/containerd:/c"]}, config={"allowed_host_paths": ["/var"]}),
+        Attempt("docker exec root", {"volumes": ["/run/docker:/c"]}, config={"allowed_host_paths": ["/run"]}),
+        Attempt("agent's config file", {"volumes": [f"{root}/agent.toml:/c"]}, config=allowed),
+        Attempt("agent's token file", {"volumes": [f"{root}/token:/t"]}, config=allowed),
+        Attempt("registry password file", {"volumes": [f"{root}/registry-pass:/p"]}, config=allowed),
+        Attempt("agent's inbox", {"volumes": [f"{root}/inbox:/i"]}, config=allowed),
+        Attempt("inbox through a link", {"volumes": [f"{root}/inbox-link/new:/i"]}, config=allowed),
+        # Class 5: limits that would turn into "no limit".
+        Attempt("cpus rounding to zero", {"cpus": 1e-10}, config={"max_cpus": 2}),
+        Attempt("cpus infinite", {"cpus": float("inf")}, config={"max_cpus": 2}),
+        Attempt("cpus nan", {"cpus": float("nan")}, config={"max_cpus": 2}),
+        Attempt("memory 400 digits", {"memory": "9" * 400}, config={"max_memory": "1g"}),
+        Attempt("memory one byte", {"memory": 1}, config={"max_memory": "1g"}),
+        Attempt("memory rounding to zero", {"memory": "0.1b"}, config={"max_memory": "1g"}),
+        Attempt("shm over max memory", {"shm_size": "8g"}, config={"max_memory": "1g"}),
+        Attempt("shm over own memory", {"memory": "64m", "shm_size": "1g"}, config={"max_memory": "1g"}),
+        # Near-misses: spellings of network modes, configured networks, device permissions.
+        Attempt("HOST network", {"network": "HOST"}),
+        Attempt("Host network", {"network": "Host"}),
+        Attempt("CONTAINER network", {"network": "CONTAINER:other"}),
+        Attempt("host network by id", {"network": "28ec7caf3aab"}),
+        Attempt("network not allowed", {"network": "other"}, config={"network": "flows"}),
+        Attempt("network beside the allowed", {"network": "flows"}, config={"allowed_networks": ["etl"]}),
+        Attempt("device rw over r", {"devices": ["/dev/null:/dev/null:rw"]}, config={"allowed_devices": ["/dev/null:/dev/null:r"]}),
+        Attempt("device default rwm over r", {"devices": ["/dev/null"]}, config={"allowed_devices": ["/dev/null:/dev/null:r"]}),
+        Attempt("registry with newline", {"image": "127.0.0.1:5000\n/x"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
+        Attempt("registry port trick 2", {"image": "127.0.0.1:5000.evil.net/x"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
         # The same through Prefect job variables.
         Attempt("jv privileged", {"image": img, "privileged": True}, via="job-variables"),
         Attempt("jv caps", {"image": img, "cap_add": ["SYS_PTRACE"]}, via="job-variables"),
@@ -488,8 +552,15 @@ def _attempts(root: Path) -> list[Attempt]:
         Attempt("jv mem limit", {"image": img, "mem_limit": "64g"}, via="job-variables", config={"max_memory": "1g"}),
         Attempt("jv gpus", {"image": img, "gpus": 1}, via="job-variables"),
         Attempt("jv pid", {"image": img, "pid": "host"}, via="job-variables"),
+        Attempt("jv HOST network mode", {"image": img, "network_mode": "HOST"}, via="job-variables"),
+        Attempt("jv networks Host", {"image": img, "networks": ["Host"]}, via="job-variables"),
+        Attempt("jv cpus rounding to zero", {"image": img, "cpus": 1e-10}, via="job-variables", config={"max_cpus": 2}),
+        Attempt("jv mem limit 400 digits", {"image": img, "mem_limit": "9" * 400}, via="job-variables", config={"max_memory": "1g"}),
+        Attempt("jv labels dagent.agent", {"image": img, "labels": {"dagent.agent": "other"}}, via="job-variables"),
+        Attempt("jv labels dagent.keep", {"image": img, "labels": {"dagent.keep": "always"}}, via="job-variables"),
+        Attempt("jv labels over configured", {"image": img, "labels": {"team": "evil"}}, via="job-variables", config={"labels": {"team": "data"}}),
     ]  # fmt: skip
-    return [a if "image" in a.fields else Attempt(a.name, {"image": img, **a.fields}, a.via, a.config) for a in items]
+    return [a if "image" in a.fields else replace(a, fields={"image": img, **a.fields}) for a in items]
 
 
 # Things a run can set that must not change what the agent sets (identity, secrets).
@@ -512,6 +583,23 @@ def bypass_sandbox() -> Iterator[Path]:
         (root / "rootfs").symlink_to("/")
         (root / "chain").symlink_to(root / "etc")
         (root / "disk").symlink_to("/dev/sda")
+        (root / "loop").symlink_to(root / "loop")
+        (root / "dangling").symlink_to("/etc/dagent-chaos-not-there")
+        (root / "procself").symlink_to("/proc/self/root")
+        (root / "file").write_text("")
+        (root / "null").symlink_to("/dev/mem")
+        (root / "ok").mkdir()
+        (root / "user").mkdir()
+        (root / "user" / "docker.sock").write_text("")
+        (root / "docker-data" / "volumes").mkdir(parents=True)
+        for name in ("agent.toml", "token", "registry-pass"):
+            (root / name).write_text("chaos\n")
+        (root / "token").chmod(0o600)
+        (root / "inbox" / "new").mkdir(parents=True)
+        (root / "inbox-link").symlink_to(root / "inbox")
+        (root / "chain0").mkdir()
+        for i in range(1, 46):
+            (root / f"chain{i}").symlink_to(root / f"chain{i - 1}")
         Path(f"{root}-evil").mkdir()
         yield root
 
@@ -521,41 +609,89 @@ def attempts(root: Path) -> list[Attempt]:
     return _attempts(root)
 
 
-def try_bypass(attempt: Attempt) -> str | None:
-    """None when the attempt was refused; else what it got through."""
-    config = _agent_config(docker=attempt.config)
+def _daemon(kind: str, root: Path) -> DaemonFacts:
+    """The daemon an attempt meets: its socket and data root live in the sandbox, like a rootless one."""
+    view = {
+        "local": None,
+        "remote": "the daemon at tcp://127.0.0.1:2376 may see another filesystem",
+        "private": "the agent and the daemon are in different mount namespaces",
+    }[kind]
+    return DaemonFacts(
+        data_root=str(root / "docker-data"), socket_path=str(root / "user" / "docker.sock"), view_error=view
+    )
+
+
+def _network_driver(name: str) -> str | None:
+    # The daemon resolves an id prefix of its host network to the host driver.
+    return "host" if "28ec7caf3aab".startswith(name.lower()) and len(name) >= 5 else "bridge"
+
+
+def try_bypass(attempt: Attempt, root: Path) -> str | None:
+    """None when the attempt was refused; else what it got through (judged on docker-py's own request)."""
+    auth = [{"registry": "127.0.0.1:5000", "username": "u", "password_file": str(root / "registry-pass")}]
+    config = _agent_config(
+        docker={"base_url": f"unix://{root}/user/docker.sock", "registry_auth": auth, **attempt.config},
+        inbox={"path": str(root / "inbox")},
+        api={"url": "http://127.0.0.1:9/api", "work_pool": "chaos", "token_file": str(root / "token")},
+    )
+    view = HostView(config, _daemon(attempt.daemon, root), [root / "agent.toml"], _network_driver)
     try:
         if attempt.via == "job-variables":
             source = PrefectSource(config)
             try:
                 run = source._run_request("bypass-1", attempt.fields)
+                origin = source._origin("bypass-1", _PrefectRun({}, None, None), attempt.fields)
             finally:
                 source.close()
         else:
             run = parse_run({"id": "bypass-1", **attempt.fields}, "run.toml")
-        spec = build(config, run, Origin("inbox"))
+            origin = Origin("inbox")
+        spec = build(config, run, origin, view.facts(run))
     except (PolicyError, RunFileError):
         return None
     except DagentError as e:
         return f"refused, but not as policy: {e}"
-    # Accepted: a bypass only if the container would get something the agent's defaults forbid
-    # (a job variable dagent does not know is ignored, which is not a bypass).
-    granted = [
-        what
-        for what, got in (
-            ("privileged", spec.privileged),
-            ("capabilities", spec.cap_add),
-            ("devices", spec.devices),
-            ("host namespaces", spec.network_mode or spec.pid_mode == "host" or spec.ipc_mode == "host"),
-            ("gpus", spec.gpus),
-            ("ports", spec.ports),
-            ("mounts", spec.mounts),
-            ("cpus over the maximum", config.docker.max_cpus and (spec.cpus or 0) > config.docker.max_cpus),
-            ("memory over the maximum", config.docker.max_memory and (spec.memory or 0) > config.docker.max_memory),
-        )
-        if got
-    ]
+    granted = granted_beyond_defaults(config.docker, docker_request(spec.to_docker_kwargs()))
     return f"allowed: {', '.join(granted)}" if granted else None
+
+
+def granted_beyond_defaults(docker: Any, body: dict[str, Any]) -> list[str]:
+    """What a container made from docker-py's request body would get that the attempt must not.
+
+    Every attempt asks for something the agent's defaults (plus the attempt's settings) forbid, so
+    anything on this list is a bypass. A job variable dagent ignores is not one.
+    """
+    host = body.get("HostConfig") or {}
+    labels = body.get("Labels") or {}
+    mode = str(host.get("NetworkMode") or "")
+    allowed_nets = docker.allowed_networks or ([docker.network] if docker.network else None)
+    ref = parse_image(body["Image"])
+    allow = docker.registry_allow_list
+    memory = host.get("Memory")
+    checks = (
+        ("privileged", host.get("Privileged")),
+        ("capabilities", host.get("CapAdd")),
+        ("devices", host.get("Devices")),
+        ("host namespaces", mode.lower() == "host" or mode.lower().startswith("container:") or mode.startswith("28ec7")
+         or host.get("PidMode") == "host" or host.get("IpcMode") == "host"),
+        ("a network not allowed", allowed_nets is not None and mode not in (*allowed_nets, "none", "")),
+        ("gpus", host.get("DeviceRequests")),
+        ("ports", host.get("PortBindings")),
+        ("mounts", host.get("Binds") or host.get("Mounts")),
+        ("a registry not allowed", allow is not None and ref.explicit_registry and ref.registry not in allow),
+        ("no cpu limit", docker.max_cpus is not None and not host.get("NanoCpus")),
+        ("cpus over the maximum", docker.max_cpus is not None and (host.get("NanoCpus") or 0) > docker.max_cpus * 1e9),
+        ("no memory limit", docker.max_memory is not None and not memory),
+        ("memory over the maximum", docker.max_memory is not None and (memory or 0) > docker.max_memory),
+        ("shm over the memory limit", memory and (host.get("ShmSize") or 0) > memory),
+        ("the agent's labels", labels.get(LABEL_AGENT) != "chaos" or labels.get(LABEL_RUN_ID) != "bypass-1"
+         or any(k.startswith("dagent.") and labels[k] != v for k, v in _AGENT_LABELS.items())
+         or any(labels.get(k) != v for k, v in docker.labels.items())),
+    )  # fmt: skip
+    return [what for what, got in checks if got]
+
+
+_AGENT_LABELS = {"dagent.keep": "on-failure"}
 
 
 def try_spoof(name: str, fields: dict[str, Any]) -> str | None:

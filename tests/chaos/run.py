@@ -455,7 +455,7 @@ def bypasses(chaos: Chaos) -> Row:
     row = Row("policy bypass attempts")
     with corpus.bypass_sandbox() as root:
         attempts = corpus.attempts(root)
-        through = [(a.name, why) for a in attempts if (why := corpus.try_bypass(a)) is not None]
+        through = [(a.name, why) for a in attempts if (why := corpus.try_bypass(a, root)) is not None]
     spoofs = [(name, why) for name, fields in corpus.SPOOFS if (why := corpus.try_spoof(name, fields)) is not None]
     row.runs = len(attempts) + len(corpus.SPOOFS)
     row.failures += [f"{name}: {why}" for name, why in [*through, *spoofs]]

@@ -99,6 +99,13 @@ def agent_config(
     return dagent.config(head, **docker)
 
 
+def count_dir(tmp_path: Path) -> Path:
+    """A host directory runs may mount, beside (never around) the agent's own config and inbox."""
+    path = tmp_path / "count"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def counting_run(image: str, counter: Path, seconds: float, code: int = 0) -> dict[str, object]:
     """A run that appends its id to a host file when it starts, so a second start would show."""
     return {
@@ -179,10 +186,10 @@ def test_sigterm_leaves_containers_and_restart_adopts_them(
     dagent: Dagent, inbox: Path, image: str, tmp_path: Path
 ) -> None:
     """SIGTERM: quick clean exit, containers keep running; the next start adopts and reports each once."""
-    counter = tmp_path / "starts"
+    counter = count_dir(tmp_path) / "starts"
     for run_id in ("a", "b"):
         drop(inbox, run_id, **counting_run(image, counter, 4))
-    config = agent_config(dagent, inbox, keep_containers="never", allowed_host_paths=[str(tmp_path)])
+    config = agent_config(dagent, inbox, keep_containers="never", allowed_host_paths=[str(counter.parent)])
     with AgentProcess(dagent, config) as first:
         wait_for(
             lambda: len([c for c in dagent.containers() if c.status == "running"]) == 2, 60, "two running containers"
@@ -204,11 +211,13 @@ def test_sigterm_leaves_containers_and_restart_adopts_them(
 def test_kill_9_at_random_moments(dagent: Dagent, inbox: Path, image: str, tmp_path: Path) -> None:
     """kill -9 at random moments, five times, then a clean run: every run one result, none started twice."""
     rng = random.Random(8)
-    counter = tmp_path / "starts"
+    counter = count_dir(tmp_path) / "starts"
     ids = [f"k{i:02d}" for i in range(12)]
     for run_id in ids:
         drop(inbox, run_id, **counting_run(image, counter, rng.uniform(0.2, 1.5)))
-    config = agent_config(dagent, inbox, concurrency=3, keep_containers="never", allowed_host_paths=[str(tmp_path)])
+    config = agent_config(
+        dagent, inbox, concurrency=3, keep_containers="never", allowed_host_paths=[str(counter.parent)]
+    )
     for _ in range(5):
         with AgentProcess(dagent, config) as agent:
             time.sleep(rng.uniform(0.3, 2.5))
@@ -228,11 +237,13 @@ def test_kill_9_at_random_moments(dagent: Dagent, inbox: Path, image: str, tmp_p
 
 def test_two_agents_one_inbox(dagent: Dagent, inbox: Path, image: str, tmp_path: Path) -> None:
     """Two agents on one inbox: each of 30 runs is claimed, started and reported exactly once."""
-    counter = tmp_path / "starts"
+    counter = count_dir(tmp_path) / "starts"
     ids = [f"t{i:02d}" for i in range(30)]
     for run_id in ids:
         drop(inbox, run_id, **counting_run(image, counter, 0.1))
-    config = agent_config(dagent, inbox, concurrency=3, keep_containers="never", allowed_host_paths=[str(tmp_path)])
+    config = agent_config(
+        dagent, inbox, concurrency=3, keep_containers="never", allowed_host_paths=[str(counter.parent)]
+    )
     with (
         AgentProcess(dagent, config, name=f"{dagent.name}-a") as a,
         AgentProcess(dagent, config, name=f"{dagent.name}-b") as b,

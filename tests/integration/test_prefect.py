@@ -211,12 +211,14 @@ def test_two_agents_fifty_runs_exactly_once(
     tmp_path: Path,
 ) -> None:
     """Two agents on one pool, 50 runs: each run gets exactly one container (counted by the containers themselves)."""
-    config = prefect_config(dagent, prefect_server.api_url, pool, allowed_host_paths=[str(tmp_path)])
+    count = tmp_path / "count"
+    count.mkdir()
+    config = prefect_config(dagent, prefect_server.api_url, pool, allowed_host_paths=[str(count)])
     with AgentProcess(dagent, config, "--max-polls", "1") as first:
         first.process.wait(timeout=60)
     deployment = _deploy(
         api, pool, flow_image, "flows.py:hello",
-        command='sh -c \'echo "$PREFECT__FLOW_RUN_ID" >> /count/starts\'', volumes=[f"{tmp_path}:/count"],
+        command='sh -c \'echo "$PREFECT__FLOW_RUN_ID" >> /count/starts\'', volumes=[f"{count}:/count"],
     )  # fmt: skip
     ids = [api.run(deployment) for _ in range(50)]
     with (
@@ -227,7 +229,7 @@ def test_two_agents_fifty_runs_exactly_once(
             api.wait_state(run_id, FINAL, 240)
         a.signal()
         b.signal()
-    starts = (tmp_path / "starts").read_text().split()
+    starts = (count / "starts").read_text().split()
     assert sorted(starts) == sorted(ids)
     assert "claimed flow run" in a.log and "claimed flow run" in b.log
 

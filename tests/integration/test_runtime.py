@@ -30,7 +30,7 @@ def test_container_is_what_the_spec_says(dagent: Dagent, image: str, docker_netw
         image=image,
         command=["sh", "-c", "echo $AGENT_VAR $SHARED $RUN_VAR; cat /data/hello"],
         env={"RUN_VAR": "r", "SHARED": "run"},
-        volumes=[f"{dagent.workdir}:/data:ro"],
+        volumes=[f"{dagent.workdir}/data:/data:ro"],
         network=docker_network,
         cpus=0.5,
         memory="64m",
@@ -40,9 +40,10 @@ def test_container_is_what_the_spec_says(dagent: Dagent, image: str, docker_netw
         working_dir="/tmp",
         user="1234",
     )
-    (dagent.workdir / "hello").write_text("from the host\n")
+    (dagent.workdir / "data").mkdir()
+    (dagent.workdir / "data" / "hello").write_text("from the host\n")
     dagent.workdir.chmod(0o755)
-    (dagent.workdir / "hello").chmod(0o644)
+    (dagent.workdir / "data" / "hello").chmod(0o644)
     result = dagent("run", str(run), "-c", str(config), "--logs")
     assert result.returncode == 0, result.stderr
     assert "a run r\nfrom the host" in result.stdout

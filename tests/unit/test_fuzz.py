@@ -157,3 +157,72 @@ def test_any_job_variables(variables: dict[str, Any]) -> None:
         _prefect()._run_request("fuzz", variables)
     except RunFileError as e:
         _one_line_each(e)
+
+
+# --- the whole path: values → RunRequest → policy → ContainerSpec → docker-py's own request ------
+
+_edge = st.one_of(
+    _scalars,
+    st.floats(),  # nan and ±inf included
+    st.sampled_from([10**400, -(10**400), 1e-10, 1e300, "9" * 400, "1e400", "0.1b", "a\x00b", "/tmp/\x00", "x\n"]),
+    st.integers(-(2**64), 2**64),
+)
+_edge_values = st.recursive(
+    _edge,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+# An agent that allows nearly everything, so that most runs get through to docker-py's builder.
+_PERMISSIVE = {
+    "allowed_host_paths": ["/tmp"], "allow_named_volumes": True, "allow_privileged": True,
+    "allow_host_network": True, "allowed_capabilities": ["NET_ADMIN", "SYS_PTRACE"],
+    "allowed_devices": ["/dev/null", "/dev/zero:/dev/zero:r"], "allow_gpus": True, "allow_ports": True,
+    "max_cpus": 8, "max_memory": "4g",
+}  # fmt: skip
+
+
+def _through_docker_py(make_run: Any) -> None:
+    from dagent.errors import PolicyError
+    from dagent.hostview import DaemonFacts, HostView
+    from dagent.spec import build
+    from tests.facts import docker_request
+
+    config = load_config({"name": "fuzz", "docker": _PERMISSIVE}, environ={}).config
+    try:
+        run = make_run()
+        spec = build(config, run, facts=HostView(config, DaemonFacts("/var/lib/docker", None, None)).facts(run))
+    except (RunFileError, PolicyError) as e:
+        _one_line_each(e)
+        return
+    body = docker_request(spec.to_docker_kwargs())
+    host = body["HostConfig"]
+    assert host["NanoCpus"] >= 10_000_000  # max_cpus is every run's limit; 0 would be dropped: no limit
+    assert 6 * 2**20 <= host["Memory"] <= 4 * 2**30  # max_memory is every run's limit
+    assert host.get("ShmSize", 0) <= host["Memory"]
+
+
+@_fuzz
+@given(st.dictionaries(st.sampled_from(_run_fields), _edge_values, max_size=6))
+def test_any_run_table_through_docker_py(data: dict[str, Any]) -> None:
+    """Any run table becomes docker-py's request or one clear line per problem; never an exception."""
+    _through_docker_py(lambda: parse_run({"id": "fuzz", "image": "busybox", **data}, "run.toml"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["cpus", "memory", "shm_size", "timeout", "gpus"]), _edge)
+def test_any_number_through_docker_py(key: str, value: Any) -> None:
+    """A number at any limit (tiny, huge, inf, nan, 400 digits) is a limit Docker keeps, or one line."""
+    _through_docker_py(lambda: parse_run({"id": "fuzz", "image": "busybox", key: value}, "run.toml"))
+
+
+@_fuzz
+@given(
+    st.dictionaries(
+        st.sampled_from(["image", "command", "env", "volumes", "mem_limit", "cpus", "network_mode", "networks",
+                         "labels", "privileged", "ports", "devices", "shm_size", "timeout", "gpus"]),
+        _edge_values, max_size=6,
+    )
+)  # fmt: skip
+def test_any_job_variables_through_docker_py(variables: dict[str, Any]) -> None:
+    """Any job variables become docker-py's request or one clear line; never an exception."""
+    _through_docker_py(lambda: _prefect()._run_request("fuzz", {"image": "busybox", **variables}))

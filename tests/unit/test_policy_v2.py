@@ -436,3 +436,33 @@ def test_registry_names_are_matched_in_full() -> None:
 
     with pytest.raises(ValueError):
         normalize_registry("127.0.0.1:5000\n")
+
+
+# --- bad input never wedges the agent -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'image = "busybox"\nvolumes = ["/tmp/a\\u0000b:/x"]\n',
+        'image = "busybox"\nmemory = ' + "9" * 400 + "\n",
+        'image = "busybox"\ncpus = 1e300\n',
+        'image = "busybox"\ncpus = inf\n',
+        'image = "busybox"\ncpus = nan\n',
+        'image = "busybox"\ndevices = ["/dev/null\\u0000"]\n',
+    ],
+)
+def test_a_poisoned_run_file_goes_to_failed_and_later_runs_are_taken(tmp_path: Path, text: str) -> None:
+    """One bad file in new/ is moved to failed/ with its reason; the next poll takes the good one."""
+    from dagent.sources.inbox import InboxSource
+
+    config = load_config({"name": "a", "inbox": {"path": str(tmp_path / "inbox")}}, environ={}).config
+    source = InboxSource(config)
+    source.connect()
+    (source.new / "0-bad.toml").write_text(text)
+    (source.new / "1-good.toml").write_text('image = "busybox"\n')
+    os.utime(source.new / "0-bad.toml", (1000, 1000))
+    claims = source.poll(5)
+    assert [c.run.id for c in claims] == ["1-good"]
+    reason = (source.failed / "0-bad.toml.error").read_text()
+    assert reason.count("\n") <= 1 and "Traceback" not in reason and "0-bad.toml" in reason
