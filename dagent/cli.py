@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = config_commands.add_parser("schema", help="print the JSON schema of agent.toml")
     schema.set_defaults(func=cmd_config_schema)
 
-    plan = commands.add_parser("plan", help="print the ContainerSpec a run file becomes; touches nothing")
+    plan = commands.add_parser("plan", help="print the ContainerSpec a run file becomes; creates nothing")
     plan.add_argument("run_file", metavar="RUN.toml")
     _add_config_flags(plan)
     plan.set_defaults(func=cmd_plan)

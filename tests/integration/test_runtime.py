@@ -55,7 +55,7 @@ def test_container_is_what_the_spec_says(dagent: Dagent, image: str, docker_netw
     assert {"AGENT_VAR=a", "SHARED=run", "RUN_VAR=r", "DAGENT_RUN_ID=inspect-me"} <= set(cfg["Env"])
     assert cfg["Labels"]["dagent.agent"] == dagent.name and cfg["Labels"]["dagent.run-id"] == "inspect-me"
     assert cfg["Labels"]["dagent.source"] == "inbox" and cfg["Labels"]["com.example.team"] == "platform"
-    assert host["Binds"] == [f"{dagent.workdir.resolve()}:/data:ro"]
+    assert host["Binds"] == [f"{dagent.workdir.resolve()}/data:/data:ro"]
     assert docker_network in attrs["NetworkSettings"]["Networks"]
     assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 64 * 2**20 and host["ShmSize"] == 16 * 2**20
     assert host["ExtraHosts"] == ["host.docker.internal:host-gateway"]

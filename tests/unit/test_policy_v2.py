@@ -466,3 +466,70 @@ def test_a_poisoned_run_file_goes_to_failed_and_later_runs_are_taken(tmp_path: P
     assert [c.run.id for c in claims] == ["1-good"]
     reason = (source.failed / "0-bad.toml.error").read_text()
     assert reason.count("\n") <= 1 and "Traceback" not in reason and "0-bad.toml" in reason
+
+
+class _RecordingAPI:
+    """A Prefect API stand-in for one call path: answers from a table, records every request."""
+
+    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str, Any]] = []
+        recorded = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                path = self.path.split("?")[0]
+                recorded.append((self.command, path, body))
+                found = next((v for (m, p), v in answers.items() if m == self.command and path.startswith(p)), None)
+                data = json.dumps(found if found is not None else {"detail": "Not Found"}).encode()
+                self.send_response(200 if found is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = _any
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("variables", [{"cpus": 1e300}, {"mem_limit": "9" * 400}, {"volumes": ["/tmp/a\x00b:/x"]}])
+def test_a_poisoned_prefect_run_is_crashed_at_recovery_not_resumed_forever(variables: dict[str, Any]) -> None:
+    """A run claimed PENDING whose job variables are bad is set CRASHED with why at the next start."""
+    from dagent.sources.prefect import PrefectSource
+
+    run_id = "8b0a3c0e-0000-4000-8000-000000000001"
+    name = "poisoned"
+    pending = {"type": "PENDING", "name": "Pending", "message": f"Claimed by dagent agent {name!r}"}
+    flow_run = {"id": run_id, "state": pending, "job_variables": {"image": "busybox", **variables}}
+    api = _RecordingAPI({("POST", "/api/flow_runs/filter"): [flow_run],
+                         ("POST", f"/api/flow_runs/{run_id}/set_state"): {"status": "ACCEPT"}})  # fmt: skip
+    try:
+        config = load_config(
+            {"name": name, "source": "prefect",
+             "api": {"url": api.url, "event_stream": False, "send_agent_logs": False}, "retry": {"attempts": 1}},
+            environ={},
+        ).config  # fmt: skip
+        source = PrefectSource(config)
+        try:
+            assert source.recover({}, []) == []
+        finally:
+            source.close()
+    finally:
+        api.close()
+    [(_, _, body)] = [r for r in api.requests if r[1].endswith("/set_state")]
+    assert body["state"]["type"] == "CRASHED"
+    assert "refused" in body["state"]["message"] and next(iter(variables)).split("_")[0] in body["state"]["message"]
