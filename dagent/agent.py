@@ -7,14 +7,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from dagent.config import AgentConfig
-from dagent.errors import DagentError, PolicyError
+from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, Runtime, Source, should_remove
+from dagent.errors import DagentError, PolicyError, one_line
 from dagent.health import Metrics
-from dagent.hostview import DaemonFacts, HostView
-from dagent.runtime import ContainerInfo, RunHandle, RunResult, should_remove, utc_now
-from dagent.sources.base import Claim, Source
+from dagent.hostview import HostView
 from dagent.spec import LABEL_AGENT, LABEL_KEEP, ContainerSpec, build
 
 log = logging.getLogger("dagent.agent")
@@ -22,33 +30,21 @@ flow_log = logging.getLogger("dagent.flow")
 
 # Tries to see a run through when something unexpected (say a cut connection) breaks one.
 EXECUTE_ATTEMPTS = 4
+MAX_RETRY_DELAY = 30.0
 MAX_BACKOFF = 60.0
-
-
-class Runtime(Protocol):
-    """What the loop needs from a container runtime (DockerRuntime is one)."""
-
-    def verify(self) -> dict[str, Any]: ...
-    def ping(self) -> bool: ...
-    def daemon_facts(self) -> DaemonFacts: ...
-    def network_driver(self, name: str) -> str | None: ...
-    def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]: ...
-    def container_ids(self) -> frozenset[str]: ...
-    def prepare(self, spec: ContainerSpec) -> None: ...
-    def launch(self, spec: ContainerSpec) -> Any: ...
-    def watch(
-        self, spec: ContainerSpec, container: Any, handle: RunHandle | None = None, on_line: Any = None
-    ) -> RunResult: ...
-    def finish(self, spec: ContainerSpec, result: RunResult) -> None: ...
-    def stop(self, container: Any, grace: float) -> None: ...
-    def remove_id(self, container_id: str) -> None: ...
 
 
 @dataclass
 class _InFlight:
+    """One run in flight, and how far it got: a retry resumes from there, never repeats a step."""
+
     claim: Claim
     handle: RunHandle = field(default_factory=RunHandle)
     thread: threading.Thread | None = None
+    spec: ContainerSpec | None = None
+    counted_start: bool = False
+    result: RunResult | None = None
+    reported: bool = False
 
 
 class Agent:
@@ -155,7 +151,7 @@ class Agent:
         except Exception as e:  # one bad poll never kills the loop
             self._errors_in_a_row += 1
             self.metrics.poll_errors.inc()
-            log.error("poll failed (%s); backing off", _one_line(e))
+            log.error("poll failed (%s); backing off", one_line(e))
             return False
         finally:
             self.polls += 1
@@ -200,42 +196,63 @@ class Agent:
 
     def _execute(self, entry: _InFlight) -> None:
         run_id = entry.claim.run.id
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.debug("run %s: attempt %d failed", run_id, state.attempt_number, exc_info=error)
+            # Safe to repeat: the run resumes from the step it reached, its container is adopted.
+            log.warning("run %s: %s; trying again in %.0f s", run_id, one_line(error), delay)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(EXECUTE_ATTEMPTS) | stop_when_event_set(self.stopping),
+            wait=wait_exponential(multiplier=2.0, max=MAX_RETRY_DELAY),
+            retry=retry_if_not_exception_type(PolicyError),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
         try:
-            for attempt in range(1, EXECUTE_ATTEMPTS + 1):
-                try:
-                    self._finish(entry)
-                    return
-                except PolicyError as e:  # refused before anything started: nothing to retry
-                    self._refuse(entry.claim, e)
-                    return
-                except Exception as e:  # a failing run never takes the loop down
-                    log.debug("run %s: attempt %d failed", run_id, attempt, exc_info=True)
-                    if self.stopping.is_set() or attempt == EXECUTE_ATTEMPTS:
-                        log.error(
-                            "run %s: could not be finished (%s); it is taken up at the next start", run_id, _one_line(e)
-                        )
-                        return
-                    delay = min(2.0**attempt, 30.0)
-                    # Safe to repeat: the container is adopted by name and never started twice.
-                    log.warning("run %s: %s; trying again in %.0f s", run_id, _one_line(e), delay)
-                    self.stopping.wait(delay)
+            retrying(self._finish, entry)
+        except PolicyError as e:  # refused before anything started: nothing to retry
+            self._refuse(entry.claim, e)
+        except Exception as e:  # a failing run never takes the loop down
+            log.error("run %s: could not be finished (%s); it is taken up at the next start", run_id, one_line(e))
         finally:
             with self._lock:
                 self._in_flight.pop(run_id, None)
                 self.metrics.runs_in_flight.set(len(self._in_flight))
             self._wake.set()
 
+    def _sleep(self, seconds: float) -> None:
+        self.stopping.wait(seconds)
+
     def _finish(self, entry: _InFlight) -> None:
-        """Judge the run, run (or adopt) its container to its end, report, clean up."""
-        claim, handle = entry.claim, entry.handle
-        run_id = claim.run.id
-        # Judged before the pull, so a refused run costs no download, and again just before the
-        # container is created (in _run_to_end), so the host paths checked are the ones mounted.
-        spec = self._judge(claim)
-        result, spec = self._run_to_end(claim, spec, handle)
-        if self.stopping.is_set() and result.outcome == "crashed":
-            return  # interrupted by our own shutdown: the restart adopts it instead
-        self.source.report(claim, result)
+        """Judge the run, run (or adopt) its container to its end, report, clean up.
+
+        Each step is recorded on `entry`, so a retry after a fault resumes where this one stopped:
+        a run is reported (and counted) once.
+        """
+        claim = entry.claim
+        if entry.result is None:
+            # Judged before the pull, so a refused run costs no download, and again just before
+            # the container is created (in _run_to_end), so the host paths checked are the ones mounted.
+            entry.spec = self._judge(claim)
+            result = self._run_to_end(entry)
+            if self.stopping.is_set() and result.outcome == "crashed":
+                return  # interrupted by our own shutdown: the restart adopts it instead
+            entry.result = result
+        result, spec = entry.result, entry.spec
+        assert spec is not None
+        if not entry.reported:
+            self.source.report(claim, result)
+            entry.reported = True
+            self._announce(entry, result)
+        self.runtime.finish(spec, result)
+
+    def _announce(self, entry: _InFlight, result: RunResult) -> None:
+        """Count and tell how a reported run ended (once per run)."""
+        claim, run_id = entry.claim, entry.claim.run.id
         self.metrics.runs_finished.labels(result.outcome).inc()
         level = logging.INFO if result.outcome == "succeeded" else logging.WARNING
         message = f"run {run_id}: {result.outcome}, exit code {result.exit_code}" + (
@@ -243,39 +260,40 @@ class Agent:
         )
         log.log(level, message)
         self._tell_source(claim, "INFO" if level == logging.INFO else "WARNING", message)
-        self.runtime.finish(spec, result)
 
-    def _run_to_end(self, claim: Claim, spec: ContainerSpec, handle: RunHandle) -> tuple[RunResult, ContainerSpec]:
+    def _run_to_end(self, entry: _InFlight) -> RunResult:
+        claim, handle = entry.claim, entry.handle
         run_id = claim.run.id
+        assert entry.spec is not None
         started = time.monotonic()
         try:
-            self.runtime.prepare(spec)
+            self.runtime.prepare(entry.spec)
             self.metrics.pull_duration.observe(time.monotonic() - started)
-            if handle.cancel.is_set():
-                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started"), spec
-            if not self.source.starting(claim):
-                return RunResult(run_id, "cancelled", None, None, None, utc_now(), "cancelled before it started"), spec
-            spec = self._judge(claim)
+            if handle.cancel.is_set() or not self.source.starting(claim):
+                return RunResult.not_started(run_id, "cancelled", "cancelled before it started")
+            spec = entry.spec = self._judge(claim)
             container = self.runtime.launch(spec)
             handle.container = container
             if handle.cancel.is_set():
                 self.runtime.stop(container, spec.stop_grace)
             self.source.started(claim, container.id)
-            self.metrics.runs_started.inc()
+            if not entry.counted_start:
+                entry.counted_start = True
+                self.metrics.runs_started.inc()
             log.info("run %s: started container %s (%s)", run_id, container.short_id, spec.image)
             self._tell_source(
                 claim, "INFO", f"dagent {self.config.name}: started container {container.short_id} ({spec.image})"
             )
             on_line = self._flow_logger(run_id) if self.config.show_flow_logs else None
-            return self.runtime.watch(spec, container, handle, on_line), spec
+            return self.runtime.watch(spec, container, handle, on_line)
         except PolicyError:
             raise
         except DagentError as e:
             if self.stopping.is_set():
-                return RunResult(run_id, "crashed", None, None, None, utc_now(), "agent stopping"), spec
-            log.error("run %s: %s", run_id, _one_line(e))
+                return RunResult.crashed(run_id, "agent stopping")
+            log.error("run %s: %s", run_id, one_line(e))
             container_id = handle.container.id if handle.container is not None else None
-            return RunResult(run_id, "crashed", None, container_id, None, utc_now(), _one_line(e)), spec
+            return RunResult.crashed(run_id, one_line(e), container_id)
 
     def _flow_logger(self, run_id: str) -> Any:
         def on_line(line: str) -> None:
@@ -288,7 +306,7 @@ class Agent:
         try:
             self.source.log(claim, level, message)
         except Exception as e:
-            log.debug("could not send a log line for run %s: %s", claim.run.id, _one_line(e))
+            log.debug("could not send a log line for run %s: %s", claim.run.id, one_line(e))
 
     # --- cancellation, heartbeat, restart --------------------------------------------------------
 
@@ -300,7 +318,7 @@ class Agent:
         try:
             asked = self.source.cancellations(list(entries))
         except Exception as e:
-            log.warning("could not check for cancellations: %s", _one_line(e))
+            log.warning("could not check for cancellations: %s", one_line(e))
             return
         for run_id in asked:
             entry = entries.get(run_id)
@@ -317,7 +335,7 @@ class Agent:
         try:
             self.runtime.stop(container, grace)
         except DagentError as e:
-            log.warning("could not stop %s: %s", getattr(container, "name", container), _one_line(e))
+            log.warning("could not stop %s: %s", getattr(container, "name", container), one_line(e))
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -327,11 +345,11 @@ class Agent:
         try:
             self.source.heartbeat()
         except Exception as e:
-            log.warning("heartbeat failed: %s", _one_line(e))
+            log.warning("heartbeat failed: %s", one_line(e))
 
     def _reconcile(self) -> None:
         """Adopt what this agent left behind: resume its claimed runs, clean up reported containers."""
-        containers = {c.run_id: c for c in self.runtime.managed()}
+        containers = {c.run_id: c for c in self.runtime.managed(self.config.name)}
         resumed = self.source.recover(containers, self.runtime.container_ids())
         for claim in resumed:
             log.info("run %s: resuming after restart", claim.run.id)
@@ -370,8 +388,3 @@ class Agent:
             "runs_in_flight": in_flight,
         }
         return polling and daemon, details
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).splitlines()
-    return text[0] if text else type(error).__name__

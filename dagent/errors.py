@@ -5,6 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def one_line(error: BaseException | str | None, limit: int = 300) -> str:
+    """The first line of an error's message (its class name when it has none), at most `limit` characters.
+
+    Every log line, report and CRASHED message about an error is made by this, so none spans lines.
+    """
+    text = error if isinstance(error, str) else str(error) if error is not None else ""
+    lines = text.strip().splitlines()
+    first = lines[0].strip() if lines else type(error).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 class DagentError(Exception):
     """Base of every error dagent raises on purpose."""
 

@@ -35,7 +35,7 @@ SENSITIVE_PATHS = (
 # Network modes Docker reads itself rather than as a network's name. Docker matches them
 # case-sensitively today; judging every spelling as the mode is the side that cannot be wrong.
 HOST_NETWORKS = ("host",)
-CONTAINER_PREFIX = "container:"
+CONTAINER_MODE = "container:"
 ISOLATED_NETWORKS = ("none",)
 # Docker's network drivers that are no network of their own: the host's, or none.
 HOST_DRIVERS = ("host",)
@@ -86,7 +86,7 @@ def network_kind(network: str, facts: HostFacts) -> str:
     lowered = network.lower()
     if lowered in HOST_NETWORKS or facts.network_drivers.get(network) in HOST_DRIVERS:
         return "host"
-    if lowered.startswith(CONTAINER_PREFIX):
+    if lowered.startswith(CONTAINER_MODE):
         return "container"
     if lowered in ISOLATED_NETWORKS:
         return "none"

@@ -9,6 +9,7 @@ from typing import Any
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from dagent.config import RetryConfig
+from dagent.errors import one_line
 
 log = logging.getLogger("dagent.retry")
 
@@ -34,14 +35,9 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s failed (%s); try %d in %.1fs", what, _short(error), state.attempt_number + 1, delay)
+        log.warning("%s failed (%s); try %d in %.1fs", what, one_line(error, 200), state.attempt_number + 1, delay)
 
     return before_sleep
-
-
-def _short(error: BaseException | None) -> str:
-    text = str(error).splitlines()[0] if error and str(error) else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def retrying(settings: RetryConfig, is_transient: Callable[[BaseException], bool], what: str) -> Retrying:

@@ -7,16 +7,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from dagent import retry
 from dagent.config import AgentConfig
-from dagent.errors import DaemonError
+from dagent.contracts import ContainerInfo, Outcome, RunHandle, RunResult, should_remove, utc_now
+from dagent.errors import DaemonError, one_line
 from dagent.hostview import DaemonFacts, socket_path, view_error
 from dagent.images import parse_image
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
 log = logging.getLogger("dagent.runtime")
-
-Outcome = Literal["succeeded", "failed", "timed-out", "cancelled", "crashed"]
 
 # docker.errors classes that are never worth a retry. APIError (and its NotFound, ImageNotFound
 # subclasses) is judged by HTTP status instead; a test fails when a docker.errors class is in neither.
@@ -81,57 +79,9 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """How one run ended."""
-
-    run_id: str
-    outcome: Outcome
-    exit_code: int | None
-    container_id: str | None
-    started_at: str | None
-    finished_at: str | None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """A container this agent manages, as `dagent ps` shows it."""
-
-    id: str
-    name: str
-    run_id: str
-    image: str
-    state: str
-    exit_code: int | None
-    created_at: str
-    finished_at: str | None
-    labels: dict[str, str]
-
-
-@dataclass
-class RunHandle:
-    """Lets the agent cancel a run in flight: set `cancel`, then stop `container`."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    container: Container | None = None
-
-
-def should_remove(keep: str, outcome: str) -> bool:
-    """Whether keep_containers removes a container that ended with this outcome.
-
-    A cancelled run is the user's own stop, not a failure to inspect: on-failure removes it too.
-    """
-    return keep == "never" or (keep == "on-failure" and outcome in ("succeeded", "cancelled"))
-
-
 def _container_time(container: Container, key: str) -> str | None:
     value = (container.attrs or {}).get("State", {}).get(key)
     return None if not value or value.startswith("0001-") else _parse_time(value).isoformat(timespec="milliseconds")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class DockerRuntime:
@@ -280,17 +230,26 @@ class DockerRuntime:
         import docker.errors
 
         kwargs = spec.to_docker_kwargs()
+        mine = {LABEL_AGENT: spec.agent, LABEL_RUN_ID: spec.run_id}
 
         def create_or_adopt() -> tuple[Container, bool]:
+            # A run's container is known by its labels (agent and run id), whatever its name: one
+            # made by an earlier try, or by an earlier version that named containers otherwise.
+            labels = [f"{k}={v}" for k, v in mine.items()]
+            for found in self.client.api.containers(all=True, filters={"label": labels}):
+                return self.client.containers.get(found["Id"]), True
             try:
                 return self.client.containers.create(**kwargs), False
             except docker.errors.APIError as e:
                 if e.status_code != 409:
                     raise
             existing = self.client.containers.get(spec.name)
-            if existing.labels.get(LABEL_RUN_ID) != spec.run_id:
+            theirs = {k: existing.labels.get(k) for k in mine}
+            if theirs != mine:
+                owner = f"agent {theirs[LABEL_AGENT]!r}" if theirs[LABEL_AGENT] else "not dagent's"
                 raise DaemonError(
-                    f"docker: container {spec.name} exists and is not run {spec.run_id}'s; not touching it"
+                    f"docker: a container named {spec.name} is in the way ({owner}, run {theirs[LABEL_RUN_ID]!r}); "
+                    "not adopting or touching it"
                 )
             return existing, True
 
@@ -404,7 +363,7 @@ class DockerRuntime:
         started_at = _container_time(container, "StartedAt") or watched_from
         finished_at = _container_time(container, "FinishedAt") or utc_now()
         error = f"timed out after {spec.timeout:g}s" if outcome == "timed-out" else None
-        return RunResult(spec.run_id, outcome, exit_code, container.id, started_at, finished_at, error)
+        return RunResult.ended(spec.run_id, outcome, exit_code, container.id, started_at, finished_at, error)
 
     def finish(self, spec: ContainerSpec, result: RunResult) -> None:
         """Remove the container unless keep_containers keeps it; call after the result is reported."""
@@ -504,7 +463,7 @@ def _parse_time(value: str) -> datetime:
 def _explain(error: Any) -> str:
     explanation = getattr(error, "explanation", None) or str(error)
     status = getattr(error, "status_code", None)
-    text = str(explanation).splitlines()[0] if explanation else type(error).__name__
+    text = one_line(str(explanation)) if explanation else type(error).__name__
     return f"{text} (HTTP {status})" if status else text
 
 
@@ -513,5 +472,4 @@ def _reason(error: BaseException) -> str:
     for marker in ("Connection refused", "No such file or directory", "Name or service not known", "timed out"):
         if marker in text:
             return marker.lower()
-    first = text.splitlines()[0] if text else type(error).__name__
-    return first if len(first) <= 160 else first[:157] + "..."
+    return one_line(error, 160)

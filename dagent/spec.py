@@ -38,9 +38,9 @@ class Origin:
     run_labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def container_name(run_id: str) -> str:
-    """The deterministic container name of a run."""
-    return CONTAINER_PREFIX + run_id
+def container_name(agent: str, run_id: str) -> str:
+    """The deterministic container name of one agent's run: agents sharing a daemon never collide."""
+    return f"{CONTAINER_PREFIX}{agent}-{run_id}"
 
 
 MountStr = Annotated[Mount, PlainSerializer(str, return_type=str)]
@@ -53,6 +53,7 @@ class ContainerSpec(BaseModel):
 
     run_id: str
     name: str
+    agent: str
     image: str
     pull: Literal["if-not-present", "always", "never"]
     command: tuple[str, ...] | None = None
@@ -147,7 +148,7 @@ def _network(network: str | None, facts: policy.HostFacts) -> tuple[str | None, 
     if kind == "host":
         return None, "host"
     if kind == "container":
-        return None, policy.CONTAINER_PREFIX + network[len(policy.CONTAINER_PREFIX) :]
+        return None, policy.CONTAINER_MODE + network[len(policy.CONTAINER_MODE) :]
     return network, None
 
 
@@ -198,7 +199,8 @@ def build(
     pull = docker.pull if policy.image_may_be_pulled(docker, run.image) else "never"
     return ContainerSpec(
         run_id=run.id,
-        name=container_name(run.id),
+        name=container_name(config.name, run.id),
+        agent=config.name,
         image=run.image,
         pull=pull,
         command=run.command,

@@ -11,10 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dagent.config import AgentConfig
+from dagent.contracts import Claim, ContainerInfo, RunResult
 from dagent.errors import RunFileError, SourceError
 from dagent.runs import load_run_file
-from dagent.runtime import ContainerInfo, RunResult, utc_now
-from dagent.sources.base import Claim
 from dagent.spec import LABEL_AGENT, Origin
 
 log = logging.getLogger("dagent.inbox")
@@ -70,8 +69,9 @@ class InboxSource:
             else:
                 self.report(
                     claim,
-                    RunResult(run.id, "crashed", None, None, None, utc_now(),
-                              "the agent stopped after starting this run and its container is gone; not run again"),
+                    RunResult.crashed(
+                        run.id, "the agent stopped after starting this run and its container is gone; not run again"
+                    ),
                 )  # fmt: skip
         return claims
 
@@ -113,9 +113,7 @@ class InboxSource:
         claim = Claim(run=run, origin=Origin(source=self.name), handle=target)
         log.info("claimed run %s (%s)", run.id, path.name)
         if (self.cancel / run.id).exists():
-            self.report(
-                claim, RunResult(run.id, "cancelled", None, None, None, utc_now(), "cancelled before it started")
-            )
+            self.report(claim, RunResult.not_started(run.id, "cancelled", "cancelled before it started"))
             return None
         return claim
 

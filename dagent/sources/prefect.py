@@ -17,10 +17,9 @@ import requests
 
 from dagent import __version__, retry
 from dagent.config import AgentConfig
-from dagent.errors import RunFileError, SourceError
+from dagent.contracts import Claim, ContainerInfo, RunResult
+from dagent.errors import RunFileError, SourceError, one_line
 from dagent.runs import RunRequest, parse_run
-from dagent.runtime import ContainerInfo, RunResult
-from dagent.sources.base import Claim
 from dagent.sources.prefect_events import StateEventWatcher
 from dagent.spec import LABEL_AGENT, Origin
 
@@ -167,7 +166,7 @@ class PrefectClient:
         try:
             response: requests.Response = retry.call(self.retry, _is_transient, f"{method} {path}", once)
         except (_Transient, requests.exceptions.RequestException) as e:
-            raise SourceError(f"Prefect API {self.url}: {method} {path}: {_short(e)}") from None
+            raise SourceError(f"Prefect API {self.url}: {method} {path}: {one_line(e, 200)}") from None
         if response.status_code in allowed:
             return None
         if response.status_code in (401, 403):
@@ -204,11 +203,6 @@ def _detail(response: requests.Response) -> str:
         detail = response.text
     text = str(detail).replace("\n", " ")
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @dataclass

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+from dagent.errors import one_line
+
 log = logging.getLogger("dagent.prefect.events")
 
 MAX_BACKOFF = 60.0
@@ -55,7 +57,7 @@ class StateEventWatcher:
                     return
                 log.debug(
                     "event stream: %s; reconnecting in %.0fs",
-                    str(e).splitlines()[0] if str(e) else type(e).__name__,
+                    one_line(e),
                     backoff,
                 )
                 self._stop.wait(backoff)

@@ -51,7 +51,7 @@ def test_container_is_what_the_spec_says(dagent: Dagent, image: str, docker_netw
     [container] = dagent.containers("inspect-me")
     attrs = container.attrs
     host, cfg = attrs["HostConfig"], attrs["Config"]
-    assert container.name == "dagent-inspect-me"
+    assert container.name == f"dagent-{dagent.name}-inspect-me"
     assert {"AGENT_VAR=a", "SHARED=run", "RUN_VAR=r", "DAGENT_RUN_ID=inspect-me"} <= set(cfg["Env"])
     assert cfg["Labels"]["dagent.agent"] == dagent.name and cfg["Labels"]["dagent.run-id"] == "inspect-me"
     assert cfg["Labels"]["dagent.source"] == "inbox" and cfg["Labels"]["com.example.team"] == "platform"
@@ -233,7 +233,7 @@ def test_ps_and_gc(dagent: Dagent, image: str) -> None:
     table = dagent("ps", "-c", str(config)).stdout
     assert "done-1" in table and "running" in table
     result = dagent("gc", "--older-than", "0", "-c", str(config))
-    assert result.returncode == 0 and "removed dagent-done-1" in result.stdout
+    assert result.returncode == 0 and f"removed dagent-{dagent.name}-done-1" in result.stdout
     assert [c.labels["dagent.run-id"] for c in dagent.containers()] == ["live"]
     running.remove(force=True)
 
@@ -242,7 +242,7 @@ def test_plan_needs_no_daemon(dagent: Dagent, image: str) -> None:
     """`plan` prints the spec with the daemon unreachable."""
     config = dagent.config(base_url=f"tcp://127.0.0.1:{infra.free_port()}")
     result = dagent("plan", str(dagent.run_file("p", image=image)), "-c", str(config))
-    assert result.returncode == 0 and json.loads(result.stdout)["spec"]["name"] == "dagent-p"
+    assert result.returncode == 0 and json.loads(result.stdout)["spec"]["name"] == f"dagent-{dagent.name}-p"
 
 
 def test_registry_reachable_only_on_loopback(registry: infra.Registry) -> None:
@@ -253,3 +253,53 @@ def test_registry_reachable_only_on_loopback(registry: infra.Registry) -> None:
 def test_docker_client_sees_engine(engine: docker.DockerClient) -> None:
     """The engine fixture yields a daemon that answers."""
     assert engine.ping()
+
+
+def test_two_agents_on_one_daemon_never_share_a_container(engine: docker.DockerClient, image: str) -> None:
+    """Same run id, two agents, one daemon: each gets its own container; neither touches the other's."""
+    from dagent.config import load_config
+    from dagent.runs import parse_run
+    from dagent.runtime import DockerRuntime
+    from dagent.spec import build
+
+    suffix = uuid.uuid4().hex[:6]
+    specs = []
+    for name, command in ((f"one-{suffix}", ["sleep", "30"]), (f"two-{suffix}", ["sh", "-c", "exit 7"])):
+        config = load_config({"name": name, "docker": {"keep_containers": "never"}}, environ={}).config
+        specs.append(
+            (DockerRuntime(config), build(config, parse_run({"id": "same", "image": image, "command": command}, "r")))
+        )
+    (first_rt, first), (second_rt, second) = specs
+    try:
+        running = first_rt.launch(first)
+        result = second_rt.execute(second)
+        assert result.exit_code == 7 and result.container_id != running.id
+        running.reload()
+        assert running.status == "running" and running.labels["dagent.agent"] == first.agent
+        assert [c.run_id for c in second_rt.managed(second.agent)] == []
+        assert [c.id for c in first_rt.managed(first.agent)] == [running.id]
+    finally:
+        for c in engine.containers.list(all=True, filters={"label": "dagent.run-id=same"}):
+            if c.labels.get("dagent.agent") in (first.agent, second.agent):
+                c.remove(force=True)
+
+
+def test_a_foreign_container_in_the_way_is_an_error_never_adopted(engine: docker.DockerClient, image: str) -> None:
+    """A container with the run's name but not this agent's labels: one clear error; it is left alone."""
+    from dagent.config import load_config
+    from dagent.errors import DaemonError
+    from dagent.runs import parse_run
+    from dagent.runtime import DockerRuntime
+    from dagent.spec import build
+
+    name = f"three-{uuid.uuid4().hex[:6]}"
+    config = load_config({"name": name}, environ={}).config
+    spec = build(config, parse_run({"id": "x", "image": image, "command": ["true"]}, "r"))
+    squatter = engine.containers.create(image, ["sleep", "30"], name=spec.name, labels={"dagent.agent": "someone-else"})
+    try:
+        with pytest.raises(DaemonError, match="in the way"):
+            DockerRuntime(config).launch(spec)
+        squatter.reload()
+        assert squatter.status == "created"
+    finally:
+        squatter.remove(force=True)

@@ -11,7 +11,7 @@ import pytest
 
 from dagent.cli import build_parser
 from dagent.config import load_config
-from dagent.runtime import ContainerInfo, RunResult
+from dagent.contracts import ContainerInfo, RunResult
 from dagent.sources.inbox import InboxSource
 from tests.conftest import REPO
 

@@ -29,7 +29,7 @@ def test_minimal_run() -> None:
     """Name, labels and defaults of a run that asks for nothing."""
     spec = _build({})
     kwargs = spec.to_docker_kwargs()
-    assert kwargs["name"] == "dagent-r1" and kwargs["image"] == "local/busybox:latest" and kwargs["detach"] is True
+    assert kwargs["name"] == "dagent-a1-r1" and kwargs["image"] == "local/busybox:latest" and kwargs["detach"] is True
     assert kwargs["labels"] == {
         "dagent.agent": "a1",
         "dagent.run-id": "r1",
@@ -132,4 +132,4 @@ def test_plan_prints_spec_and_kwargs(tmp_path: Path, capsys: pytest.CaptureFixtu
     run.write_text('image = "local/busybox:latest"\ncommand = ["echo", "hi"]\n')
     assert main(["plan", str(run), "--base-url", "tcp://127.0.0.1:1"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert document["spec"]["name"] == "dagent-hello" and document["docker_kwargs"]["command"] == ["echo", "hi"]
+    assert document["spec"]["name"].endswith("-hello") and document["docker_kwargs"]["command"] == ["echo", "hi"]

@@ -1,0 +1,164 @@
+"""Fakes at dagent's I/O seams, so the agent loop's branches run as unit tests in milliseconds.
+
+They record what they were asked and can be told to fail at a given call; they never pretend to be
+Docker or Prefect in a test that claims to test those (the integration tests use the real ones).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, utc_now
+from dagent.hostview import DaemonFacts
+from dagent.runs import RunRequest
+from dagent.spec import ContainerSpec, Origin
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    name: str
+    short_id: str = ""
+
+
+@dataclass
+class FakeRuntime:
+    """A runtime whose containers end as `exit_codes` says (default 0); `fail` raises at named calls."""
+
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    fail: dict[str, list[BaseException]] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    launched: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    containers: list[ContainerInfo] = field(default_factory=list)
+    block: threading.Event | None = None  # when set, watch() waits for it (a long run)
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def _call(self, name: str) -> None:
+        self.calls[name] += 1
+        errors = self.fail.get(name)
+        if errors:
+            raise errors.pop(0)
+
+    def verify(self) -> dict[str, Any]:
+        self._call("verify")
+        return {"Version": "fake"}
+
+    def ping(self) -> bool:
+        return True
+
+    def daemon_facts(self) -> DaemonFacts:
+        self._call("daemon_facts")
+        return DaemonFacts("/var/lib/docker", "/var/run/docker.sock", None)
+
+    def network_driver(self, name: str) -> str | None:
+        return None
+
+    def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]:
+        self._call("managed")
+        return [c for c in self.containers if agent is None or c.labels.get("dagent.agent") == agent]
+
+    def container_ids(self) -> frozenset[str]:
+        return frozenset(c.id for c in self.containers)
+
+    def prepare(self, spec: ContainerSpec) -> None:
+        self._call("prepare")
+
+    def launch(self, spec: ContainerSpec) -> Any:
+        self._call("launch")
+        self.launched.append(spec.run_id)
+        n = next(self._ids)
+        return FakeContainer(id=f"c{n:04d}", name=spec.name, short_id=f"c{n:04d}")
+
+    def watch(
+        self, spec: ContainerSpec, container: Any, handle: RunHandle | None = None, on_line: Any = None
+    ) -> RunResult:
+        self._call("watch")
+        if self.block is not None:
+            while not self.block.wait(0.01):
+                if handle is not None and handle.cancel.is_set():
+                    return RunResult.ended(spec.run_id, "cancelled", 143, container.id, utc_now())
+        code = self.exit_codes.get(spec.run_id, 0)
+        return RunResult.ended(spec.run_id, "succeeded" if code == 0 else "failed", code, container.id, utc_now())
+
+    def finish(self, spec: ContainerSpec, result: RunResult) -> None:
+        self._call("finish")
+
+    def stop(self, container: Any, grace: float) -> None:
+        self._call("stop")
+
+    def remove_id(self, container_id: str) -> None:
+        self._call("remove_id")
+        self.removed.append(container_id)
+
+
+@dataclass
+class FakeSource:
+    """A source that hands out `queue`d runs and records reports, refusals and log lines."""
+
+    name: str = "fake"
+    queue: list[RunRequest] = field(default_factory=list)
+    reports: list[RunResult] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    cancel: set[str] = field(default_factory=set)
+    recovered: list[Claim] = field(default_factory=list)
+    fail: dict[str, list[BaseException]] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _call(self, name: str) -> None:
+        with self.lock:
+            self.calls[name] += 1
+            errors = self.fail.get(name)
+            if errors:
+                raise errors.pop(0)
+
+    def connect(self) -> None:
+        self._call("connect")
+
+    def recover(self, containers: Mapping[str, ContainerInfo], live: Collection[str]) -> Sequence[Claim]:
+        self._call("recover")
+        return list(self.recovered)
+
+    def poll(self, limit: int) -> Sequence[Claim]:
+        self._call("poll")
+        with self.lock:
+            taken, self.queue = self.queue[:limit], self.queue[limit:]
+        return [Claim(run, Origin(self.name), run.id) for run in taken]
+
+    def starting(self, claim: Claim) -> bool:
+        self._call("starting")
+        return claim.run.id not in self.cancel
+
+    def started(self, claim: Claim, container_id: str) -> None:
+        self._call("started")
+
+    def report(self, claim: Claim, result: RunResult) -> None:
+        self._call("report")
+        with self.lock:
+            self.reports.append(result)
+
+    def refuse(self, claim: Claim, reason: str) -> None:
+        self._call("refuse")
+        with self.lock:
+            self.refused.append((claim.run.id, reason))
+
+    def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
+        return [r for r in run_ids if r in self.cancel]
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        pass
+
+    def heartbeat(self) -> None:
+        self._call("heartbeat")
+
+    def log(self, claim: Claim, level: str, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,126 @@
+"""The agent loop's branches with fakes at its seams (no daemon, no server): milliseconds each."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from dagent import agent as agent_module
+from dagent.agent import Agent
+from dagent.config import load_config
+from dagent.errors import DaemonError
+from dagent.health import Metrics
+from dagent.runs import RunRequest
+from tests.fakes import FakeRuntime, FakeSource
+
+
+def _agent(source: FakeSource, runtime: FakeRuntime, **config: Any) -> Agent:
+    settings = {"name": "unit", "poll_interval": 0.01, "max_polls": 3, **config}
+    return Agent(load_config(settings, environ={}).config, source, runtime, Metrics())
+
+
+def _run(run_id: str, **fields: Any) -> RunRequest:
+    return RunRequest.model_validate({"id": run_id, "image": "busybox", **fields})
+
+
+def _count(metric: Any, **labels: str) -> float:
+    return float((metric.labels(**labels) if labels else metric)._value.get())
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_module, "MAX_RETRY_DELAY", 0.0)
+
+
+def test_runs_are_started_watched_and_reported_once_each() -> None:
+    source, runtime = FakeSource(queue=[_run("a"), _run("b"), _run("c")]), FakeRuntime(exit_codes={"b": 3})
+    agent = _agent(source, runtime)
+    agent.run()
+    assert sorted((r.run_id, r.outcome, r.exit_code) for r in source.reports) == [
+        ("a", "succeeded", 0), ("b", "failed", 3), ("c", "succeeded", 0)
+    ]  # fmt: skip
+    assert sorted(runtime.launched) == ["a", "b", "c"]
+    assert _count(agent.metrics.runs_started) == 3
+
+
+def test_a_fault_after_the_report_resumes_there_never_reports_twice() -> None:
+    """Clean-up fails once after the report: the retry only cleans up (defect: re-adopt, re-report, count twice)."""
+    source = FakeSource(queue=[_run("a")])
+    runtime = FakeRuntime(fail={"finish": [DaemonError("docker: remove: connection reset")]})
+    agent = _agent(source, runtime)
+    agent.run()
+    assert [r.run_id for r in source.reports] == ["a"]
+    assert runtime.launched == ["a"] and runtime.calls["watch"] == 1 and runtime.calls["finish"] == 2
+    assert _count(agent.metrics.runs_started) == 1
+    assert _count(agent.metrics.runs_finished, outcome="succeeded") == 1
+
+
+def test_a_fault_while_watching_adopts_and_counts_the_start_once() -> None:
+    """A cut connection mid-watch: the retry launches again (adopting), the start is counted once."""
+    source = FakeSource(queue=[_run("a")])
+    runtime = FakeRuntime(fail={"watch": [ConnectionResetError("cut")]})
+    agent = _agent(source, runtime)
+    agent.run()
+    assert [r.outcome for r in source.reports] == ["succeeded"]
+    assert runtime.calls["launch"] == 2 and _count(agent.metrics.runs_started) == 1
+
+
+def test_a_refused_run_is_never_prepared_or_launched() -> None:
+    source, runtime = FakeSource(queue=[_run("p", privileged=True)]), FakeRuntime()
+    agent = _agent(source, runtime)
+    agent.run()
+    assert [r for r, _ in source.refused] == ["p"] and "allow_privileged" in source.refused[0][1]
+    assert runtime.calls["prepare"] == 0 and runtime.launched == [] and source.reports == []
+    assert _count(agent.metrics.runs_refused) == 1
+
+
+def test_a_run_cancelled_before_it_starts_never_starts() -> None:
+    source, runtime = FakeSource(queue=[_run("x")], cancel={"x"}), FakeRuntime()
+    _agent(source, runtime).run()
+    assert runtime.launched == [] and [(r.outcome, r.error) for r in source.reports] == [
+        ("cancelled", "cancelled before it started")
+    ]
+
+
+def test_a_run_cancelled_while_running_is_stopped_and_reported_cancelled() -> None:
+    block = threading.Event()
+    source, runtime = FakeSource(queue=[_run("long")]), FakeRuntime(block=block)
+    agent = _agent(source, runtime, max_polls=None)
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    try:
+        for _ in range(500):
+            if runtime.launched:
+                break
+            threading.Event().wait(0.01)
+        source.cancel.add("long")
+        for _ in range(500):
+            if source.reports:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        agent.stop()
+        thread.join(10)
+    assert [r.outcome for r in source.reports] == ["cancelled"] and runtime.calls["stop"] >= 1
+
+
+def test_a_poll_that_fails_backs_off_and_the_loop_goes_on() -> None:
+    from dagent.errors import SourceError
+
+    source = FakeSource(queue=[_run("a")], fail={"poll": [SourceError("Prefect API: 503")]})
+    agent = _agent(source, FakeRuntime(), max_polls=2)
+    agent.run()
+    assert [r.run_id for r in source.reports] == ["a"] and _count(agent.metrics.poll_errors) == 1
+
+
+def test_recovered_claims_are_resumed_and_other_containers_are_left_alone() -> None:
+    from dagent.contracts import Claim, ContainerInfo
+    from dagent.spec import Origin
+
+    others = ContainerInfo("c9", "dagent-other-z", "z", "busybox", "exited", 0, "", None, {"dagent.agent": "other"})
+    source = FakeSource(recovered=[Claim(_run("r"), Origin("fake"), "r")])
+    runtime = FakeRuntime(containers=[others])
+    _agent(source, runtime, max_polls=1).run()
+    assert [r.run_id for r in source.reports] == ["r"] and runtime.removed == []
