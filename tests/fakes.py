@@ -7,11 +7,16 @@ Docker or Prefect in a test that claims to test those (the integration tests use
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import requests.adapters
 
 from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, utc_now
 from dagent.hostview import DaemonFacts
@@ -159,6 +164,38 @@ class FakeSource:
 
     def log(self, claim: Claim, level: str, message: str) -> None:
         pass
+
+    def close(self) -> None:
+        pass
+
+
+class RoutingTransport(requests.adapters.BaseAdapter):
+    """A requests transport that answers from a handler instead of the network (like httpx's MockTransport).
+
+    `handler(method, path, body)` returns (status, json) or raises (a lost answer: requests'
+    ConnectionError). Every request is recorded in `seen`. Many sessions (threads) may mount one.
+    """
+
+    def __init__(self, handler: Callable[[str, str, Any], tuple[int, Any]]) -> None:
+        super().__init__()
+        self.handler = handler
+        self.seen: list[tuple[str, str, Any]] = []
+        self.lock = threading.Lock()
+
+    def send(self, request: Any, **kwargs: Any) -> requests.Response:
+        parts = urlsplit(request.url)
+        path = parts.path.removeprefix("/api") + (f"?{parts.query}" if parts.query else "")
+        body = json.loads(request.body) if request.body else None
+        with self.lock:
+            self.seen.append((request.method, path, body))
+        status, answer = self.handler(request.method, path, body)
+        response = requests.Response()
+        response.status_code = status
+        response._content = b"" if answer is None else json.dumps(answer).encode()
+        response.headers["Content-Type"] = "application/json"
+        response.request = request
+        response.url = request.url
+        return response
 
     def close(self) -> None:
         pass

@@ -29,7 +29,7 @@ from dagent.hostview import DaemonFacts, HostView
 from dagent.images import parse_image
 from dagent.runs import parse_run
 from dagent.sources.prefect import PrefectSource
-from dagent.sources.prefect import _Run as _PrefectRun
+from dagent.sources.prefect.jobvars import FlowRunContext
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, Origin, build
 from tests.facts import docker_request
 
@@ -640,7 +640,7 @@ def try_bypass(attempt: Attempt, root: Path) -> str | None:
             source = PrefectSource(config)
             try:
                 run = source._run_request("bypass-1", attempt.fields)
-                origin = source._origin("bypass-1", _PrefectRun({}, None, None), attempt.fields)
+                origin = source._origin("bypass-1", FlowRunContext({}, None, None), attempt.fields)
             finally:
                 source.close()
         else:

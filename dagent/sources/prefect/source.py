@@ -1,33 +1,36 @@
-"""The Prefect 3 REST API: dagent as a worker of a `docker` work pool (requests + tenacity, no prefect package)."""
+"""dagent as a worker of a Prefect 3 `docker` work pool: poll, claim, report (no prefect package).
+
+Threads: the agent's loop thread polls, claims, checks cancellations and beats the heart; each run's
+thread calls starting/started/report/refuse/log; the event stream's thread and wake-up timers call
+`_on_state` and `_due`. Every field below `_lock` is guarded by it, and it is never held across a
+request: each method copies what it needs, asks the API, then takes the lock again to record.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import requests
-
-from dagent import __version__, retry
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult
-from dagent.errors import RunFileError, SourceError, one_line
-from dagent.runs import RunRequest, parse_run
-from dagent.sources.prefect_events import StateEventWatcher
+from dagent.errors import RunFileError, SourceError
+from dagent.runs import RunRequest
+from dagent.sources.prefect import jobvars
+from dagent.sources.prefect.claims import EPOCH, FINAL_STATES, start_time, taken_since_scheduled
+from dagent.sources.prefect.client import PrefectClient
+from dagent.sources.prefect.events import StateEventWatcher
+from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
+from dagent.sources.prefect.logship import LogShipper
 from dagent.spec import LABEL_AGENT, Origin
 
 log = logging.getLogger("dagent.prefect")
 
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
-TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
-DEFAULT_COMMAND = ("prefect", "flow-run", "execute")
 # A claim checked this recently needs no second read before its container starts.
 FRESH_CLAIM = 1.0
 # A claim accepted within this many seconds of asking for the list that named the run needs no
@@ -40,213 +43,16 @@ CANCEL_CHECK_STREAMING = 60.0
 SAFETY_LIST = 30.0
 # How long a container that exited 0 waits for the engine's final state to be heard on the stream.
 ENGINE_EVENT_WAIT = 2.0
+# A deployment read this long ago is read again: an edited deployment is seen without a restart.
+DEPLOYMENT_TTL = 30.0
 _ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
-# Job variables that map straight onto RunRequest fields.
-_DIRECT = (
-    "image",
-    "env",
-    "volumes",
-    "cpus",
-    "shm_size",
-    "gpus",
-    "devices",
-    "ports",
-    "timeout",
-    "working_dir",
-    "user",
-    "privileged",
-    "cap_add",
-    "entrypoint",
-)
-# Prefect docker-pool variables dagent decides itself (names, removal, streaming) and so ignores.
-_IGNORED = frozenset(
-    {"name", "auto_remove", "stream_output", "image_pull_policy", "registry_credentials", "memswap_limit"}
-)
 _LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
-
-
-def base_job_template() -> dict[str, Any]:
-    """The template of a pool dagent creates: dagent's run fields plus `required_labels`, as job variables."""
-    string_list = {"type": "array", "items": {"type": "string"}}
-    properties: dict[str, Any] = {
-        "image": {"type": "string", "title": "Image", "description": "Image reference for the flow run's container"},
-        "command": {
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "default": None,
-            "description": "Command; default `prefect flow-run execute`",
-        },
-        "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
-        "labels": {
-            "type": "object",
-            "additionalProperties": {"type": "string"},
-            "default": {},
-            "description": "Labels put on the container",
-        },
-        "required_labels": {**string_list, "default": [], "description": "Labels the agent must have to take the run"},
-        "volumes": {**string_list, "default": [], "description": "SRC:DST[:ro|rw]"},
-        "networks": {**string_list, "default": []},
-        "network_mode": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
-        "mem_limit": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
-        "cpus": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
-        "shm_size": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
-        "gpus": {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}], "default": None},
-        "devices": {**string_list, "default": []},
-        "ports": {**string_list, "default": []},
-        "cap_add": {**string_list, "default": []},
-        "privileged": {"type": "boolean", "default": False},
-        "timeout": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
-        "working_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
-        "user": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
-    }
-    return {
-        "job_configuration": {name: "{{ " + name + " }}" for name in properties},
-        "variables": {"type": "object", "properties": properties},
-    }
-
-
-class _Transient(Exception):
-    """A response worth retrying; carries Retry-After when the server sent one."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _is_transient(error: BaseException) -> bool:
-    return isinstance(
-        error,
-        (
-            _Transient,
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError,  # an answer cut off mid-body
-        ),
-    )
-
-
-class PrefectClient:
-    """A requests.Session for one API, with retries of transient faults and errors as SourceError."""
-
-    def __init__(self, config: AgentConfig, session: requests.Session | None = None) -> None:
-        if not config.api.url:
-            raise SourceError(
-                "api.url is not set: give it in agent.toml, DAGENT_API__URL, PREFECT_API_URL or --api-url"
-            )
-        self.url = config.api.url
-        self.timeout = config.api.timeout
-        self.retry = config.retry
-        self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = f"dagent/{__version__}"
-        if config.api.token is not None:
-            self.session.headers["Authorization"] = f"Bearer {config.api.token.get_secret_value()}"
-        elif config.api.auth_string is not None:
-            user, _, password = config.api.auth_string.get_secret_value().partition(":")
-            self.session.auth = (user, password)
-        self.requests = 0  # for the benchmark's requests-per-run figure
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, allow: Iterable[int] = (), tries: list[int] | None = None
-    ) -> Any:
-        """One API call; the decoded JSON (None for 204 or an allowed error status).
-
-        `tries`, when given, gets one entry per attempt: more than one means an earlier attempt
-        may have reached the server even though its answer was lost.
-        """
-        allowed = set(allow)
-
-        def once() -> requests.Response:
-            self.requests += 1
-            if tries is not None:
-                tries.append(1)
-            response = self.session.request(method, self.url + path, json=body, timeout=self.timeout)
-            if response.status_code in TRANSIENT_STATUS:
-                raise _Transient(f"{method} {path} -> {response.status_code}", _retry_after(response))
-            return response
-
-        try:
-            response: requests.Response = retry.call(self.retry, _is_transient, f"{method} {path}", once)
-        except (_Transient, requests.exceptions.RequestException) as e:
-            raise SourceError(f"Prefect API {self.url}: {method} {path}: {one_line(e, 200)}") from None
-        if response.status_code in allowed:
-            return None
-        if response.status_code in (401, 403):
-            raise SourceError(
-                f"Prefect API {self.url}: {method} {path} -> {response.status_code}: "
-                "not authorised (check api.token / api.auth_string)"
-            )
-        if response.status_code >= 400:
-            raise SourceError(f"Prefect API {self.url}: {method} {path} -> {response.status_code}: {_detail(response)}")
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise SourceError(f"Prefect API {self.url}: {method} {path}: the answer is not JSON") from None
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self.session.close()
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _detail(response: requests.Response) -> str:
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    text = str(detail).replace("\n", " ")
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-@dataclass
-class _Run:
-    """What a claimed flow run's container needs from Prefect: the run, its deployment, its flow's name."""
-
-    flow_run: dict[str, Any]
-    deployment: dict[str, Any] | None
-    flow_name: str | None
-
-
-_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
-
-
-def taken_since_scheduled(history: Iterable[Any], pending_id: Any) -> list[dict[str, Any]]:
-    """States other than ours since the run was last scheduled, oldest first: empty when the claim is ours."""
-    states = sorted((h for h in history if isinstance(h, dict) and isinstance(h.get("type"), str)), key=_when)
-    since = max((_when(h) for h in states if h.get("type") == "SCHEDULED"), default=_EPOCH)
-    return [h for h in states if h.get("id") != pending_id and h.get("type") != "SCHEDULED" and _when(h) >= since]
-
-
-def _start_time(flow_run: Mapping[str, Any]) -> datetime | None:
-    """When a scheduled run is due, or None if it does not say."""
-    for key in ("next_scheduled_start_time", "expected_start_time"):
-        if flow_run.get(key):
-            when = _when({"timestamp": flow_run[key]})
-            if when != _EPOCH:
-                return when
-    return None
-
-
-def _when(state: Mapping[str, Any]) -> datetime:
-    """A state's timestamp; the epoch when it has none or cannot be read."""
-    try:
-        when = datetime.fromisoformat(str(state.get("timestamp")).replace("Z", "+00:00"))
-    except ValueError:
-        return _EPOCH
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 @dataclass
 class _Cache:
-    deployments: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-    flows: dict[str, str | None] = field(default_factory=dict)
+    deployments: dict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)  # id → (read at, it)
+    flows: dict[str, str | None] = field(default_factory=dict)  # a flow's name never changes
 
 
 class PrefectSource:
@@ -262,25 +68,26 @@ class PrefectSource:
         self.hostname = socket.gethostname()
         self.worker = config.name
         self.pool_defaults: dict[str, Any] = {}
-        self._cache = _Cache()
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
-        self._last_cancel_check = 0.0
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
-        # What the event stream told of runs in flight here; guarded by _heard_lock.
-        self._heard_lock = threading.Condition()
+        self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
+        # The loop thread's own: the backlog of listed runs and the cancellation check's clock.
+        self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
+        self._backlog_at = 0.0  # when the last list was asked for (monotonic)
+        self._last_cancel_check = 0.0
+        # Shared by the loop, the run threads, the event stream and the timers: guarded by _lock.
+        self._lock = threading.Condition()
+        self._cache = _Cache()
         self._mine: set[str] = set()
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
-        self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
-        self._backlog_at = 0.0  # when the last list was asked for (monotonic)
         self._list_due = True  # something may have changed since the last list
         self._timer: threading.Timer | None = None
-        self._timer_at = _EPOCH
+        self._timer_at = EPOCH
         self._listed: frozenset[str] = frozenset()  # ids of the last list
         self._taken: set[str] = set()  # of those, runs heard to have left SCHEDULED
         self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
-        self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -329,27 +136,28 @@ class PrefectSource:
         self._watcher.start()
 
     def _on_state(self, state: str, run_id: str) -> None:
-        if state == "SCHEDULED":
-            self._list_due = True
-            self._wake()
-            return
-        if run_id in self._listed:
-            self._taken.add(run_id)  # claimed (or cancelled) since we listed it
-        with self._heard_lock:
-            if run_id not in self._mine:
-                return
-            self._heard[run_id] = state
-            self._heard_lock.notify_all()
-        if state == "CANCELLING":
+        with self._lock:
+            if state == "SCHEDULED":
+                self._list_due = True
+            else:
+                if run_id in self._listed:
+                    self._taken.add(run_id)  # claimed (or cancelled) since we listed it
+                if run_id in self._mine:
+                    self._heard[run_id] = state
+                    self._lock.notify_all()
+        if state in ("SCHEDULED", "CANCELLING"):
             self._wake()
 
     def _track(self, run_id: str, mine: bool) -> None:
-        with self._heard_lock:
+        """Start following a run just claimed (its state was just read), or forget it entirely."""
+        with self._lock:
+            self._heard.pop(run_id, None)
             if mine:
                 self._mine.add(run_id)
+                self._checked[run_id] = time.monotonic()
             else:
                 self._mine.discard(run_id)
-            self._heard.pop(run_id, None)
+                self._checked.pop(run_id, None)
 
     def _streaming(self) -> bool:
         return self._watcher is not None and self._watcher.connected
@@ -376,7 +184,8 @@ class PrefectSource:
         keep = SAFETY_LIST if self._streaming() else self.config.effective_poll_interval
         if self._backlog and time.monotonic() - self._backlog_at > keep:
             self._backlog.clear()
-            self._list_due = True
+            with self._lock:
+                self._list_due = True
         claims: list[Claim] = []
         listed = False
         while len(claims) < limit:
@@ -387,7 +196,9 @@ class PrefectSource:
                 self._backlog = self._list(limit)
                 continue
             flow_run = self._backlog.pop(0)
-            if flow_run["id"] in self._taken:
+            with self._lock:
+                taken = flow_run["id"] in self._taken
+            if taken:
                 continue
             claim = self._consider(flow_run)
             if claim is not None:
@@ -398,7 +209,9 @@ class PrefectSource:
         """Without the event stream, every poll lists; with it, only when something may have changed."""
         if not self._streaming():
             return True
-        return self._list_due or time.monotonic() - self._backlog_at >= SAFETY_LIST
+        with self._lock:
+            due = self._list_due
+        return due or time.monotonic() - self._backlog_at >= SAFETY_LIST
 
     def _list(self, limit: int) -> list[dict[str, Any]]:
         """The runs due within `api.prefetch`; while streaming, arm a wake-up for runs due before the next list."""
@@ -410,49 +223,55 @@ class PrefectSource:
         if self.api.work_queues:
             body["work_queue_names"] = list(self.api.work_queues)
         # Cleared before asking, so an event that comes while the answer is on its way still counts.
-        self._list_due = False
+        with self._lock:
+            self._list_due = False
         try:
             items = self.client.call("POST", f"/work_pools/{self.api.work_pool}/get_scheduled_flow_runs", body) or []
             if not isinstance(items, list):
                 raise SourceError("Prefect API: get_scheduled_flow_runs: expected a list")
         except SourceError:
-            self._list_due = True
+            with self._lock:
+                self._list_due = True
             raise
         if len(items) >= requested:
-            self._list_due = True  # a full page: more may be waiting
+            with self._lock:
+                self._list_due = True  # a full page: more may be waiting
         runs, later = [], []
         for item in items:
             flow_run = item.get("flow_run") if isinstance(item, dict) else None
             if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
                 log.warning("skipping a malformed item from get_scheduled_flow_runs")
                 continue
-            start = _start_time(flow_run)
+            start = start_time(flow_run)
             if start is not None and start > due_by:
                 later.append(start)
             else:
                 runs.append(flow_run)
         if later:
             self._wake_at(min(later) - timedelta(seconds=self.api.prefetch))
-        self._taken = set()
-        self._listed = frozenset(r["id"] for r in runs)
+        with self._lock:
+            self._taken = set()
+            self._listed = frozenset(r["id"] for r in runs)
         return runs
 
     def _wake_at(self, when: datetime) -> None:
         """List again (and wake the loop) when a run seen for later falls due."""
 
         def due() -> None:
-            self._list_due = True
+            with self._lock:
+                self._list_due = True
             self._wake()
 
-        if self._timer is not None and self._timer.is_alive():
-            if self._timer_at <= when:
-                return  # an earlier wake-up is armed; the list it brings re-arms this one
-            self._timer.cancel()
-        self._timer_at = when
-        delay = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-        self._timer = threading.Timer(delay, due)
-        self._timer.daemon = True
-        self._timer.start()
+        with self._lock:
+            if self._timer is not None and self._timer.is_alive():
+                if self._timer_at <= when:
+                    return  # an earlier wake-up is armed; the list it brings re-arms this one
+                self._timer.cancel()
+            self._timer_at = when
+            delay = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+            self._timer = threading.Timer(delay, due)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
         run_id = flow_run["id"]
@@ -464,7 +283,7 @@ class PrefectSource:
             return None
         if not self._claim(run_id, listed_at=self._backlog_at):
             return None
-        entry = _Run(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
+        entry = FlowRunContext(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
         try:
             run = self._run_request(run_id, variables)
         except RunFileError as e:
@@ -493,7 +312,6 @@ class PrefectSource:
             fresh = time.monotonic() - listed_at < FRESH_LIST and len(tries) == 1
             if not fresh and not self._claimed_from_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
                 return False
-            self._checked[run_id] = time.monotonic()
             self._track(run_id, mine=True)
             log.info("claimed flow run %s", run_id)
             return True
@@ -501,7 +319,6 @@ class PrefectSource:
             # Ours anyway if an earlier try of this very proposal went through and its answer was lost.
             state = self._state(run_id)
             if state and state.get("type") == "PENDING" and state.get("message") == self._claim_note:
-                self._checked[run_id] = time.monotonic()
                 self._track(run_id, mine=True)
                 return True
         if status in ("ABORT", "REJECT"):
@@ -559,117 +376,51 @@ class PrefectSource:
         return state if isinstance(state, dict) else None
 
     def _deployment(self, deployment_id: Any) -> dict[str, Any] | None:
+        """The run's deployment, read again when the copy kept is older than DEPLOYMENT_TTL."""
         if not isinstance(deployment_id, str):
             return None
-        if deployment_id not in self._cache.deployments:
-            deployment = self.client.call("GET", f"/deployments/{deployment_id}", allow=(404,))
-            self._cache.deployments[deployment_id] = deployment if isinstance(deployment, dict) else None
-        return self._cache.deployments[deployment_id]
+        with self._lock:
+            kept = self._cache.deployments.get(deployment_id)
+        if kept is not None and time.monotonic() - kept[0] < DEPLOYMENT_TTL:
+            return kept[1]
+        answer = self.client.call("GET", f"/deployments/{deployment_id}", allow=(404,))
+        deployment = answer if isinstance(answer, dict) else None
+        with self._lock:
+            self._cache.deployments[deployment_id] = (time.monotonic(), deployment)
+        return deployment
 
     def _flow_name(self, flow_id: Any) -> str | None:
         if not isinstance(flow_id, str):
             return None
-        if flow_id not in self._cache.flows:
-            flow = self.client.call("GET", f"/flows/{flow_id}", allow=(404,))
-            self._cache.flows[flow_id] = flow.get("name") if isinstance(flow, dict) else None
-        return self._cache.flows[flow_id]
+        with self._lock:
+            if flow_id in self._cache.flows:
+                return self._cache.flows[flow_id]
+        flow = self.client.call("GET", f"/flows/{flow_id}", allow=(404,))
+        name = flow.get("name") if isinstance(flow, dict) else None
+        with self._lock:
+            self._cache.flows[flow_id] = name
+        return name
 
     def _job_variables(self, flow_run: Mapping[str, Any], deployment: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Pool defaults ⊕ deployment ⊕ flow run; `env` merges key by key, other keys replace."""
-        merged: dict[str, Any] = {}
-        layers = (self.pool_defaults, (deployment or {}).get("job_variables"), flow_run.get("job_variables"))
-        for layer in layers:
-            if not isinstance(layer, dict):  # Prefect's API holds tables here; anything else is no layer
-                continue
-            for key, value in layer.items():
-                if key == "env" and isinstance(value, dict) and isinstance(merged.get("env"), dict):
-                    merged["env"] = {**merged["env"], **value}
-                else:
-                    merged[key] = value
-        return merged
+        return jobvars.merge(self.pool_defaults, (deployment or {}).get("job_variables"), flow_run.get("job_variables"))
 
     def _run_request(self, run_id: str, variables: Mapping[str, Any]) -> RunRequest:
-        """Job variables → RunRequest, through the same validation as a run file."""
-        origin = f"flow run {run_id} job_variables"
-        data: dict[str, Any] = {"id": run_id}
-        for key in _DIRECT:
-            if variables.get(key) not in (None, [], {}):
-                data[key] = variables[key]
-        data.setdefault("image", self.api.default_image)
-        if data["image"] is None:
-            raise RunFileError(f"{origin}: image: not set (set the job variable `image`, or api.default_image)")
-        command = variables.get("command")
-        # A string is split by RunRequest itself, which reports an unbalanced quote as bad input.
-        data["command"] = command if command and not _blank(command) else list(DEFAULT_COMMAND)
-        if variables.get("mem_limit") is not None:
-            data["memory"] = variables["mem_limit"]
-        if variables.get("required_labels"):
-            data["labels"] = variables["required_labels"]
-        network_mode, networks = variables.get("network_mode"), variables.get("networks") or []
-        if network_mode:
-            data["network"] = network_mode
-        elif isinstance(networks, list) and networks:
-            data["network"] = networks[0]
-            if len(networks) > 1:
-                log.warning("flow run %s: joining network %s only, not %s", run_id, networks[0], networks[1:])
-        if variables.get("container_create_kwargs"):
-            # Raw docker-py arguments would go around every policy rule.
-            raise RunFileError(f"{origin}: container_create_kwargs: not supported; use dagent's job variables")
-        _container_labels(variables, origin)
-        unknown = (
-            set(variables)
-            - set(_DIRECT)
-            - _IGNORED
-            - {
-                "command",
-                "mem_limit",
-                "required_labels",
-                "network_mode",
-                "networks",
-                "labels",
-                "container_create_kwargs",
-            }
-        )
-        if unknown:
-            log.debug("flow run %s: ignoring job variables %s", run_id, sorted(unknown))
-        return parse_run(data, origin)
+        return jobvars.run_request(run_id, variables, self.api.default_image)
 
-    def _origin(self, run_id: str, entry: _Run, variables: Mapping[str, Any]) -> Origin:
-        """What the container must carry: how to reach the API, which run it is, Prefect's labels."""
-        host_network = variables.get("network_mode") == "host"
-        if self.api.container_url:
-            api_url = self.api.container_url
-        elif host_network or not self.config.docker.docker_interface:
-            api_url = self.client.url
-        else:
-            api_url = _for_container(self.client.url)
-        env = {"PREFECT_API_URL": api_url, "PREFECT__FLOW_RUN_ID": run_id}
-        secret_env = {}
-        if self.api.token is not None:
-            secret_env["PREFECT_API_KEY"] = self.api.token
-        elif self.api.auth_string is not None:
-            secret_env["PREFECT_API_AUTH_STRING"] = self.api.auth_string
-        deployment = entry.deployment or {}
-        labels = {
-            "io.prefect.flow-run-id": run_id,
-            "io.prefect.flow-run-name": str(entry.flow_run.get("name") or ""),
-            "io.prefect.deployment-id": str(deployment.get("id") or ""),
-            "io.prefect.deployment-name": str(deployment.get("name") or ""),
-            "io.prefect.flow-id": str(entry.flow_run.get("flow_id") or ""),
-            "io.prefect.flow-name": entry.flow_name or "",
-            "io.prefect.work-pool-name": self.api.work_pool,
-            "io.prefect.worker-name": self.worker,
-            "io.prefect.version": "dagent-" + __version__,
-        }
-        run_labels = _container_labels(variables, f"flow run {run_id} job_variables")
-        return Origin(source=self.name, env=env, secret_env=secret_env, labels=labels, run_labels=run_labels)
+    def _origin(self, run_id: str, context: FlowRunContext, variables: Mapping[str, Any]) -> Origin:
+        api = self.api
+        return jobvars.container_origin(
+            run_id, context, variables, api_url=self.client.url, container_url=api.container_url,
+            docker_interface=self.config.docker.docker_interface, work_pool=api.work_pool, worker=self.worker,
+            token=api.token, auth_string=api.auth_string,
+        )  # fmt: skip
 
     # --- a run's life ----------------------------------------------------------------------------
 
     def starting(self, claim: Claim) -> bool:
         """False when the run was cancelled while PENDING: it must never start."""
-        checked = self._checked.pop(claim.handle, None)
-        with self._heard_lock:
+        with self._lock:
+            checked = self._checked.pop(claim.handle, None)
             heard = self._heard.get(claim.handle)
         if (
             checked is not None
@@ -681,7 +432,8 @@ class PrefectSource:
         if state.get("type") in ("CANCELLING", "CANCELLED"):
             log.info("flow run %s was cancelled before it started", claim.handle)
             if state.get("type") == "CANCELLED":
-                self._abandoned.add(claim.handle)  # nothing left to report; CANCELLING still gets CANCELLED
+                with self._lock:
+                    self._abandoned.add(claim.handle)  # nothing left to report; CANCELLING still gets CANCELLED
             return False
         return True
 
@@ -694,11 +446,12 @@ class PrefectSource:
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
         run_id = claim.handle
-        self._checked.pop(run_id, None)
         heard = self._engine_said(run_id) if result.outcome == "succeeded" else None
         self._track(run_id, mine=False)
-        if run_id in self._abandoned:  # cancelled before it started: nothing to say
+        with self._lock:
+            abandoned = run_id in self._abandoned
             self._abandoned.discard(run_id)
+        if abandoned:  # cancelled before it started: nothing to say
             return
         if result.outcome == "cancelled":
             if (self._state(run_id) or {}).get("type") not in FINAL_STATES:
@@ -724,9 +477,9 @@ class PrefectSource:
         The event comes through Prefect's event pipeline, so it may trail the container's exit
         by a moment: waiting that moment is cheaper than a request per run.
         """
-        with self._heard_lock:
+        with self._lock:
             if self._streaming():
-                self._heard_lock.wait_for(lambda: self._heard.get(run_id) in _ENGINE_ENDS, timeout=ENGINE_EVENT_WAIT)
+                self._lock.wait_for(lambda: self._heard.get(run_id) in _ENGINE_ENDS, timeout=ENGINE_EVENT_WAIT)
             heard = self._heard.get(run_id)
         return heard if heard in _ENGINE_ENDS else None
 
@@ -754,7 +507,7 @@ class PrefectSource:
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
         """Runs of ours in CANCELLING: heard on the event stream, else asked once per poll interval."""
         if self._streaming():
-            with self._heard_lock:
+            with self._lock:
                 heard = [r for r in run_ids if self._heard.get(r) == "CANCELLING"]
             if heard:
                 return heard
@@ -826,7 +579,7 @@ class PrefectSource:
         run_id = flow_run["id"]
         deployment = self._deployment(flow_run.get("deployment_id"))
         variables = self._job_variables(flow_run, deployment)
-        entry = _Run(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
+        entry = FlowRunContext(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
         try:
             run = self._run_request(run_id, variables)
         except RunFileError as e:
@@ -846,73 +599,3 @@ class PrefectSource:
         if self._logs is not None:
             self._logs.close()
         self.client.close()
-
-
-class LogShipper:
-    """Sends queued log lines in one POST /logs/ every few seconds, so a burst costs a few requests."""
-
-    INTERVAL = 5.0
-
-    def __init__(self, client: PrefectClient) -> None:
-        self.client = client
-        self._queue: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="prefect-logs", daemon=True)
-        self._thread.start()
-
-    def add(self, flow_run_id: str, level: int, message: str) -> None:
-        entry = {"name": "dagent.agent", "level": level, "message": message,
-                 "timestamp": datetime.now(timezone.utc).isoformat(), "flow_run_id": flow_run_id}  # fmt: skip
-        with self._lock:
-            self._queue.append(entry)
-
-    def flush(self) -> None:
-        with self._lock:
-            batch, self._queue = self._queue, []
-        if batch:
-            try:
-                self.client.call("POST", "/logs/", batch)
-            except SourceError as e:
-                log.debug("could not send %d log line(s) to Prefect: %s", len(batch), e)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.INTERVAL):
-            self.flush()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.flush()
-
-
-def _container_labels(variables: Mapping[str, Any], origin: str) -> dict[str, str]:
-    """The `labels` job variable: a table of strings, none of them the agent's own dagent.* labels."""
-    labels = variables.get("labels")
-    if labels in (None, {}):
-        return {}
-    if not isinstance(labels, dict):
-        raise RunFileError(f"{origin}: labels: expected a table of label = value, not {type(labels).__name__}")
-    found: dict[str, str] = {}
-    for key, value in labels.items():
-        if not isinstance(key, str) or not key.strip() or not isinstance(value, (str, int, float, bool)):
-            raise RunFileError(f"{origin}: labels: {str(key)[:60]!r} must be a non-empty name with a text value")
-        if key.startswith("dagent."):
-            raise RunFileError(f"{origin}: labels.{key}: the dagent.* prefix is reserved for the agent's own labels")
-        if "\0" in key or "\0" in str(value):
-            raise RunFileError(f"{origin}: labels: {key[:60]!r} holds a NUL byte")
-        found[key] = str(value)
-    return found
-
-
-def _blank(value: Any) -> bool:
-    return isinstance(value, str) and not value.strip()
-
-
-def _for_container(url: str) -> str:
-    """localhost and 127.0.0.1 mean the container itself inside it: point them at the host."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if host in ("localhost", "127.0.0.1", "::1") or re.match(r"^127\.", host):
-        netloc = parts.netloc.replace(f"[{host}]" if ":" in host else host, "host.docker.internal", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

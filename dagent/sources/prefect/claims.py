@@ -1,0 +1,36 @@
+"""Prefect's state machine, read: whose claim a run is, and when a run is due (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def taken_since_scheduled(history: Iterable[Any], pending_id: Any) -> list[dict[str, Any]]:
+    """States other than ours since the run was last scheduled, oldest first: empty when the claim is ours."""
+    states = sorted((h for h in history if isinstance(h, dict) and isinstance(h.get("type"), str)), key=when)
+    since = max((when(h) for h in states if h.get("type") == "SCHEDULED"), default=EPOCH)
+    return [h for h in states if h.get("id") != pending_id and h.get("type") != "SCHEDULED" and when(h) >= since]
+
+
+def start_time(flow_run: Mapping[str, Any]) -> datetime | None:
+    """When a scheduled run is due, or None if it does not say."""
+    for key in ("next_scheduled_start_time", "expected_start_time"):
+        if flow_run.get(key):
+            due = when({"timestamp": flow_run[key]})
+            if due != EPOCH:
+                return due
+    return None
+
+
+def when(state: Mapping[str, Any]) -> datetime:
+    """A state's timestamp; the epoch when it has none or cannot be read."""
+    try:
+        stamp = datetime.fromisoformat(str(state.get("timestamp")).replace("Z", "+00:00"))
+    except ValueError:
+        return EPOCH
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)

@@ -1,0 +1,221 @@
+"""PrefectSource's branches against a routing transport (no server): claims, backlog, cancel, recovery,
+stale deployments, and many threads at once."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+
+from dagent.config import load_config
+from dagent.contracts import Claim, RunResult
+from dagent.sources.prefect import PrefectSource
+from dagent.sources.prefect import source as source_module
+from dagent.sources.prefect.client import PrefectClient
+from tests.fakes import RoutingTransport
+
+NAME = "unit"
+NOTE = f"Claimed by dagent agent {NAME!r}"
+
+
+def _source(handler: Callable[[str, str, Any], tuple[int, Any]], **api: Any) -> tuple[PrefectSource, RoutingTransport]:
+    config = load_config(
+        {"name": NAME, "source": "prefect", "poll_interval": 1, "retry": {"attempts": 2, "backoff_initial": 0.001},
+         "api": {"url": "http://prefect.test/api", "event_stream": False, "send_agent_logs": False, **api}},
+        environ={},
+    ).config  # fmt: skip
+    transport = RoutingTransport(handler)
+    return PrefectSource(config, PrefectClient(config, transport)), transport
+
+
+def _flow_run(run_id: str, deployment: str | None = None, **job_variables: Any) -> dict[str, Any]:
+    return {"id": run_id, "deployment_id": deployment, "job_variables": {"image": "busybox", **job_variables}}
+
+
+class World:
+    """A tiny Prefect: scheduled runs, their states, deployments; answers the calls PrefectSource makes."""
+
+    def __init__(self, runs: list[dict[str, Any]] | None = None) -> None:
+        self.runs = {r["id"]: r for r in runs or []}
+        self.states: dict[str, dict[str, Any]] = {r: {"type": "SCHEDULED", "id": "s0"} for r in self.runs}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.claim_answer: Callable[[str], tuple[int, Any]] | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            if path.endswith("/get_scheduled_flow_runs"):
+                return 200, [{"flow_run": r} for i, r in self.runs.items() if self.states[i]["type"] == "SCHEDULED"]
+            if method == "POST" and path.endswith("/set_state"):
+                run_id = path.split("/")[2]
+                if body["state"]["type"] == "PENDING" and self.claim_answer is not None:
+                    return self.claim_answer(run_id)
+                if body["state"]["type"] == "PENDING" and self.states[run_id]["type"] != "SCHEDULED":
+                    return 200, {"status": "ABORT", "details": {"reason": "not scheduled"}}
+                self.states[run_id] = {**body["state"], "id": uuid.uuid4().hex}
+                return 200, {"status": "ACCEPT", "state": self.states[run_id]}
+            if method == "GET" and path.startswith("/flow_runs/"):
+                run_id = path.split("/")[2]
+                return 200, {**self.runs[run_id], "state": self.states[run_id]}
+            if method == "GET" and path.startswith("/deployments/"):
+                found = self.deployments.get(path.split("/")[2])
+                return (200, found) if found else (404, {"detail": "Not Found"})
+            if method == "POST" and path == "/flow_runs/filter":
+                wanted = body.get("flow_runs", {}).get("state", {}).get("type", {}).get("any_", [])
+                return 200, [{**r, "state": self.states[i]} for i, r in self.runs.items()
+                             if self.states[i]["type"] in wanted]  # fmt: skip
+            if method == "PATCH" or path == "/logs/":
+                return 204, None
+        return 404, {"detail": "Not Found"}
+
+
+def test_a_listed_run_is_claimed_with_pending() -> None:
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    [claim] = source.poll(4)
+    assert claim.run.id == "r1" and world.states["r1"]["type"] == "PENDING" and world.states["r1"]["message"] == NOTE
+
+
+def test_one_list_serves_several_polls() -> None:
+    """The backlog: listing once, then claiming one run per poll, costs one list request."""
+    world = World([_flow_run(f"r{i}") for i in range(3)])
+    source, transport = _source(world)
+    taken = [c.run.id for _ in range(3) for c in source.poll(1)]
+    assert taken == ["r0", "r1", "r2"]
+    assert sum(1 for _, p, _ in transport.seen if p.endswith("get_scheduled_flow_runs")) == 1
+
+
+def test_abort_after_a_lost_answer_is_ours_when_the_state_says_so() -> None:
+    """The first PENDING went through but its answer was lost; the retry gets ABORT: the run is ours."""
+    world = World([_flow_run("r1")])
+    answers = iter(["lost", "abort"])
+
+    def claim(run_id: str) -> tuple[int, Any]:
+        if next(answers) == "lost":
+            world.states[run_id] = {"type": "PENDING", "message": NOTE, "id": "p1"}
+            raise requests.ConnectionError("connection reset while reading the answer")
+        return 200, {"status": "ABORT"}
+
+    world.claim_answer = claim
+    source, _ = _source(world)
+    assert [c.run.id for c in source.poll(1)] == ["r1"]
+
+
+def test_wait_arms_a_wake_up_at_prefects_delay() -> None:
+    world = World([_flow_run("r1")])
+    world.claim_answer = lambda _run_id: (200, {"status": "WAIT", "details": {"delay_seconds": 120}})
+    source, _ = _source(world)
+    woke = threading.Event()
+    source._wake = woke.set
+    assert source.poll(1) == []
+    assert source._timer is not None and source._timer.is_alive()
+    source.close()
+
+
+def test_a_run_cancelled_after_its_claim_never_starts() -> None:
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    [claim] = source.poll(1)
+    world.states["r1"] = {"type": "CANCELLED", "id": "c1"}
+    source._checked["r1"] -= 60  # the claim check is no longer fresh: starting() asks again
+    assert source.starting(claim) is False
+    source.report(claim, RunResult.not_started("r1", "cancelled", "cancelled before it started"))
+    assert world.states["r1"]["type"] == "CANCELLED"  # nothing proposed over it
+
+
+def test_refuse_forgets_the_run() -> None:
+    """A refused run leaves nothing behind (it left an entry in _checked until restart)."""
+    world = World([_flow_run("r1", privileged=True)])
+    source, _ = _source(world)
+    [claim] = source.poll(1)
+    source.refuse(claim, "refused by docker.allow_privileged")
+    assert world.states["r1"]["type"] == "CRASHED"
+    assert source._checked == {} and source._mine == set() and source._heard == {}
+
+
+def test_an_edited_deployment_is_seen_without_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deployment job variables are read again once the kept copy is older than DEPLOYMENT_TTL."""
+    world = World([_flow_run("a", "d1"), _flow_run("b", "d1")])
+    for r in world.runs.values():
+        r["job_variables"] = {}
+    world.deployments["d1"] = {"id": "d1", "name": "dep", "job_variables": {"image": "busybox:1"}}
+    source, _ = _source(world)
+    [first] = source.poll(1)
+    world.deployments["d1"]["job_variables"] = {"image": "busybox:2"}
+    monkeypatch.setattr(source_module, "DEPLOYMENT_TTL", 0.0)
+    [second] = source.poll(1)
+    assert (first.run.image, second.run.image) == ("busybox:1", "busybox:2")
+
+
+def test_recovery_resumes_our_pending_runs_only() -> None:
+    world = World([_flow_run("ours"), _flow_run("theirs")])
+    world.states["ours"] = {"type": "PENDING", "message": NOTE, "id": "p"}
+    world.states["theirs"] = {"type": "PENDING", "message": "Claimed by dagent agent 'other'", "id": "q"}
+    source, _ = _source(world)
+    assert [c.run.id for c in source.recover({}, [])] == ["ours"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_many_threads_at_once_leave_consistent_state(seed: int) -> None:
+    """The loop, run threads, the event stream and timers all at once: no error, no run twice, no leftovers."""
+    ids = [f"r{seed}-{i}" for i in range(40)]
+    source, _ = _source(World([_flow_run(i) for i in ids]))
+    rng = random.Random(seed)
+    claims: list[Claim] = []
+    errors: list[BaseException] = []
+
+    def guarded(fn: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # collected and asserted below
+                errors.append(e)
+
+        return threading.Thread(target=run)
+
+    def events() -> None:
+        for _ in range(400):
+            source._on_state(rng.choice(["SCHEDULED", "RUNNING", "CANCELLING", "COMPLETED"]), rng.choice(ids))
+
+    def loop() -> None:
+        for _ in range(20):
+            claims.extend(source.poll(4))
+            source.cancellations(ids[:5])
+
+    def life(claim: Claim) -> None:
+        if source.starting(claim):
+            source.started(claim, "c" + claim.run.id)
+        source.log(claim, "INFO", "hello")
+        source.report(claim, RunResult.ended(claim.run.id, "failed", 1, "c", "t0"))
+
+    _run_all([guarded(events) for _ in range(3)] + [guarded(loop)])
+    _run_all([guarded(lambda claim=claim: life(claim)) for claim in claims])
+    source.close()
+    assert errors == [], errors[:3]
+    assert len({c.run.id for c in claims}) == len(claims) == len(ids)
+    assert source._mine == set() and source._checked == {} and source._abandoned == set()
+
+
+def _run_all(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+
+def test_the_client_gives_each_thread_its_own_session() -> None:
+    config = load_config({"source": "prefect", "api": {"url": "http://prefect.test/api"}}, environ={}).config
+    client = PrefectClient(config)
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.append(id(client.session))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 4 and id(client.session) not in seen
+    client.close()
