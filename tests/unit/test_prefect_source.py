@@ -113,7 +113,7 @@ def test_wait_arms_a_wake_up_at_prefects_delay() -> None:
     woke = threading.Event()
     source._wake = woke.set
     assert source.poll(1) == []
-    assert source._timer is not None and source._timer.is_alive()
+    assert source._scheduled.wake_armed
     source.close()
 
 

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+from tenacity import RetryCallState, Retrying, stop_when_event_set, wait_exponential
+
 from dagent.errors import one_line
 
 log = logging.getLogger("dagent.prefect.events")
@@ -47,21 +49,25 @@ class StateEventWatcher:
                 sock.close()  # type: ignore[attr-defined]
 
     def _run(self) -> None:
-        backoff = 1.0
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.debug("event stream: %s; reconnecting in %.0fs", one_line(error), delay)
+
+        # A connection that closes cleanly starts the backoff anew; a failing one doubles it.
         while not self._stop.is_set():
-            try:
-                self._listen()
-                backoff = 1.0
-            except Exception as e:
-                if self._stop.is_set():
-                    return
-                log.debug(
-                    "event stream: %s; reconnecting in %.0fs",
-                    one_line(e),
-                    backoff,
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+            retrying = Retrying(
+                stop=stop_when_event_set(self._stop),
+                wait=wait_exponential(multiplier=1.0, max=MAX_BACKOFF),
+                sleep=self._sleep,
+                before_sleep=before_sleep,
+                reraise=True,
+            )
+            with contextlib.suppress(Exception):  # raised only once stopping
+                retrying(self._listen)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
 
     def _listen(self) -> None:
         import websocket  # only agents on the Prefect source pay for it

@@ -22,10 +22,12 @@ from dagent.contracts import Claim, ContainerInfo, RunResult
 from dagent.errors import RunFileError, SourceError
 from dagent.runs import RunRequest
 from dagent.sources.prefect import jobvars
-from dagent.sources.prefect.claims import EPOCH, FINAL_STATES, start_time, taken_since_scheduled
+from dagent.sources.prefect.claims import FINAL_STATES
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.events import StateEventWatcher
+from dagent.sources.prefect.flowruns import FlowRuns
 from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
+from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.logship import LogShipper
 from dagent.spec import LABEL_AGENT, Origin
 
@@ -33,14 +35,8 @@ log = logging.getLogger("dagent.prefect")
 
 # A claim checked this recently needs no second read before its container starts.
 FRESH_CLAIM = 1.0
-# A claim accepted within this many seconds of asking for the list that named the run needs no
-# history check: a run cannot be claimed, started, ended and reported by another agent that fast.
-FRESH_LIST = 0.1
 # Seconds between cancellation checks over REST while the event stream reports cancellations.
 CANCEL_CHECK_STREAMING = 60.0
-# While the event stream is up, the longest time between two lists of scheduled runs; each list
-# also looks this far ahead, so a run scheduled for later is woken for on time.
-SAFETY_LIST = 30.0
 # How long a container that exited 0 waits for the engine's final state to be heard on the stream.
 ENGINE_EVENT_WAIT = 2.0
 # A deployment read this long ago is read again: an edited deployment is seen without a restart.
@@ -69,24 +65,21 @@ class PrefectSource:
         self.worker = config.name
         self.pool_defaults: dict[str, Any] = {}
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
+        self._runs = FlowRuns(self.client, self._claim_note)
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
-        # The loop thread's own: the backlog of listed runs and the cancellation check's clock.
-        self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
-        self._backlog_at = 0.0  # when the last list was asked for (monotonic)
-        self._last_cancel_check = 0.0
+        self._scheduled = ScheduledRuns(
+            self.client, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
+            config.effective_poll_interval, self._streaming, lambda: self._wake(),
+        )  # fmt: skip
+        self._last_cancel_check = 0.0  # the loop thread's own
         # Shared by the loop, the run threads, the event stream and the timers: guarded by _lock.
         self._lock = threading.Condition()
         self._cache = _Cache()
         self._mine: set[str] = set()
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
-        self._list_due = True  # something may have changed since the last list
-        self._timer: threading.Timer | None = None
-        self._timer_at = EPOCH
-        self._listed: frozenset[str] = frozenset()  # ids of the last list
-        self._taken: set[str] = set()  # of those, runs heard to have left SCHEDULED
         self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
 
     # --- start-up --------------------------------------------------------------------------------
@@ -136,12 +129,11 @@ class PrefectSource:
         self._watcher.start()
 
     def _on_state(self, state: str, run_id: str) -> None:
-        with self._lock:
-            if state == "SCHEDULED":
-                self._list_due = True
-            else:
-                if run_id in self._listed:
-                    self._taken.add(run_id)  # claimed (or cancelled) since we listed it
+        if state == "SCHEDULED":
+            self._scheduled.mark_due()
+        else:
+            self._scheduled.heard_taken(run_id)  # claimed (or cancelled) since we listed it
+            with self._lock:
                 if run_id in self._mine:
                     self._heard[run_id] = state
                     self._lock.notify_all()
@@ -175,103 +167,20 @@ class PrefectSource:
     def poll(self, limit: int) -> Sequence[Claim]:
         """Claim up to `limit` scheduled runs of the pool whose required labels this agent has.
 
-        One listing serves several polls: runs listed but not yet taken wait in a short-lived
-        backlog, so a burst costs one list request per page of runs, not one per freed slot. A
-        stale entry costs nothing worse than a refused claim (or a claim check that steps back).
+        One listing serves several polls (see ScheduledRuns): a burst costs one list request per
+        page of runs, not one per freed slot. A stale entry costs nothing worse than a refused
+        claim (or a claim check that steps back).
         """
-        # While events flow, a backlog entry another agent takes is heard of and dropped, so the
-        # backlog stays good for longer.
-        keep = SAFETY_LIST if self._streaming() else self.config.effective_poll_interval
-        if self._backlog and time.monotonic() - self._backlog_at > keep:
-            self._backlog.clear()
-            with self._lock:
-                self._list_due = True
+        self._scheduled.begin()
         claims: list[Claim] = []
-        listed = False
         while len(claims) < limit:
-            if not self._backlog:
-                if listed or not self._should_list():
-                    break
-                self._backlog_at, listed = time.monotonic(), True  # when the list was asked for
-                self._backlog = self._list(limit)
-                continue
-            flow_run = self._backlog.pop(0)
-            with self._lock:
-                taken = flow_run["id"] in self._taken
-            if taken:
-                continue
+            flow_run = self._scheduled.next(limit)
+            if flow_run is None:
+                break
             claim = self._consider(flow_run)
             if claim is not None:
                 claims.append(claim)
         return claims
-
-    def _should_list(self) -> bool:
-        """Without the event stream, every poll lists; with it, only when something may have changed."""
-        if not self._streaming():
-            return True
-        with self._lock:
-            due = self._list_due
-        return due or time.monotonic() - self._backlog_at >= SAFETY_LIST
-
-    def _list(self, limit: int) -> list[dict[str, Any]]:
-        """The runs due within `api.prefetch`; while streaming, arm a wake-up for runs due before the next list."""
-        now = datetime.now(timezone.utc)
-        due_by = now + timedelta(seconds=self.api.prefetch)
-        ahead = SAFETY_LIST if self._streaming() else 0.0
-        requested = max(limit * 2, 10)  # more than we can take: some need labels we lack, or go to others
-        body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
-        if self.api.work_queues:
-            body["work_queue_names"] = list(self.api.work_queues)
-        # Cleared before asking, so an event that comes while the answer is on its way still counts.
-        with self._lock:
-            self._list_due = False
-        try:
-            items = self.client.call("POST", f"/work_pools/{self.api.work_pool}/get_scheduled_flow_runs", body) or []
-            if not isinstance(items, list):
-                raise SourceError("Prefect API: get_scheduled_flow_runs: expected a list")
-        except SourceError:
-            with self._lock:
-                self._list_due = True
-            raise
-        if len(items) >= requested:
-            with self._lock:
-                self._list_due = True  # a full page: more may be waiting
-        runs, later = [], []
-        for item in items:
-            flow_run = item.get("flow_run") if isinstance(item, dict) else None
-            if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
-                log.warning("skipping a malformed item from get_scheduled_flow_runs")
-                continue
-            start = start_time(flow_run)
-            if start is not None and start > due_by:
-                later.append(start)
-            else:
-                runs.append(flow_run)
-        if later:
-            self._wake_at(min(later) - timedelta(seconds=self.api.prefetch))
-        with self._lock:
-            self._taken = set()
-            self._listed = frozenset(r["id"] for r in runs)
-        return runs
-
-    def _wake_at(self, when: datetime) -> None:
-        """List again (and wake the loop) when a run seen for later falls due."""
-
-        def due() -> None:
-            with self._lock:
-                self._list_due = True
-            self._wake()
-
-        with self._lock:
-            if self._timer is not None and self._timer.is_alive():
-                if self._timer_at <= when:
-                    return  # an earlier wake-up is armed; the list it brings re-arms this one
-                self._timer.cancel()
-            self._timer_at = when
-            delay = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-            self._timer = threading.Timer(delay, due)
-            self._timer.daemon = True
-            self._timer.start()
 
     def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
         run_id = flow_run["id"]
@@ -281,7 +190,7 @@ class PrefectSource:
         if not isinstance(required, list) or not set(map(str, required)) <= self.labels:
             log.debug("leaving flow run %s: needs labels %s", run_id, required)
             return None
-        if not self._claim(run_id, listed_at=self._backlog_at):
+        if not self._claim(run_id, listed_at=self._scheduled.listed_at):
             return None
         entry = FlowRunContext(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
         try:
@@ -294,86 +203,15 @@ class PrefectSource:
 
     def _claim(self, run_id: str, listed_at: float) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
-        tries: list[int] = []
-        answer = self.client.call(
-            "POST",
-            f"/flow_runs/{run_id}/set_state",
-            {
-                "state": {"type": "PENDING", "name": "Pending", "message": self._claim_note, "state_details": {}},
-                "force": False,
-            },
-            allow=(404,),
-            tries=tries,
-        )
-        status = (answer or {}).get("status")
-        if status == "ACCEPT":
-            # Another agent's whole claim-run-report cycle cannot fit between a list and our
-            # accepted claim that close together, so only a slower claim needs the history.
-            fresh = time.monotonic() - listed_at < FRESH_LIST and len(tries) == 1
-            if not fresh and not self._claimed_from_scheduled(run_id, ((answer or {}).get("state") or {}).get("id")):
-                return False
+        answer = self._runs.claim(run_id, listed_at)
+        if answer.ours:
             self._track(run_id, mine=True)
             log.info("claimed flow run %s", run_id)
-            return True
-        if status in ("ABORT", "REJECT") and len(tries) > 1:
-            # Ours anyway if an earlier try of this very proposal went through and its answer was lost.
-            state = self._state(run_id)
-            if state and state.get("type") == "PENDING" and state.get("message") == self._claim_note:
-                self._track(run_id, mine=True)
-                return True
-        if status in ("ABORT", "REJECT"):
-            log.debug("flow run %s: %s (%s)", run_id, status, ((answer or {}).get("details") or {}).get("reason"))
-            return False
-        if status == "WAIT":
-            # Prefect says when to come back (a concurrency limit, say): list again then.
-            delay = ((answer or {}).get("details") or {}).get("delay_seconds")
-            delay = float(delay) if isinstance(delay, (int, float)) else self.config.effective_poll_interval
+        elif answer.wait is not None:
+            delay = answer.wait or self.config.effective_poll_interval
             log.debug("flow run %s: WAIT; trying again in %.0f s", run_id, delay)
-            self._wake_at(datetime.now(timezone.utc) + timedelta(seconds=delay))
-        return False
-
-    def _claimed_from_scheduled(self, run_id: str, pending_id: Any) -> bool:
-        """True when our accepted PENDING claimed the run as scheduled, not after someone ran it.
-
-        Prefect refuses PENDING over PENDING or RUNNING but accepts it after a final state, so a
-        stale poll list can revive a run another agent has already claimed and finished. The
-        history's order cannot show which state came just before ours: timestamps are taken
-        before the database's write lock, so they need not follow commit order. What can be
-        trusted is what else happened since the run was last scheduled: anything besides our
-        PENDING (another agent's claim, a run, a final state) means the run was taken. Then we
-        step back and put its final state back, since our PENDING replaced it.
-        """
-        try:
-            history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
-            if not isinstance(history, list):
-                raise SourceError(f"Prefect API: GET /flow_run_states/ for {run_id}: expected a list")
-        except SourceError as e:
-            # Our PENDING stands; leaving it would strand the run, so run it on the claim alone.
-            log.warning("flow run %s: could not check the claim (%s); taking it", run_id, e)
-            return True
-        log.debug(
-            "flow run %s: claim check: %s",
-            run_id,
-            [(h.get("type"), h.get("timestamp")) for h in history if isinstance(h, dict)],
-        )
-        others = taken_since_scheduled(history, pending_id)
-        if not others:
-            return True
-        log.info(
-            "flow run %s was taken by another agent before our claim (%s); leaving it", run_id, others[-1].get("type")
-        )
-        final = [h for h in others if h.get("type") in FINAL_STATES]
-        if final:
-            last = final[-1]
-            self._set_state(
-                run_id, str(last.get("type")), str(last.get("name") or ""), str(last.get("message") or ""), force=True
-            )
-        return False
-
-    def _state(self, run_id: str) -> dict[str, Any] | None:
-        flow_run = self.client.call("GET", f"/flow_runs/{run_id}", allow=(404,))
-        state = (flow_run or {}).get("state")
-        return state if isinstance(state, dict) else None
+            self._scheduled.wake_at(datetime.now(timezone.utc) + timedelta(seconds=delay))
+        return answer.ours
 
     def _deployment(self, deployment_id: Any) -> dict[str, Any] | None:
         """The run's deployment, read again when the copy kept is older than DEPLOYMENT_TTL."""
@@ -428,7 +266,7 @@ class PrefectSource:
             and heard not in ("CANCELLING", "CANCELLED")
         ):
             return True  # the claim check has just read the state, and no cancel was heard since
-        state = self._state(claim.handle) or {}
+        state = self._runs.state(claim.handle) or {}
         if state.get("type") in ("CANCELLING", "CANCELLED"):
             log.info("flow run %s was cancelled before it started", claim.handle)
             if state.get("type") == "CANCELLED":
@@ -454,8 +292,10 @@ class PrefectSource:
         if abandoned:  # cancelled before it started: nothing to say
             return
         if result.outcome == "cancelled":
-            if (self._state(run_id) or {}).get("type") not in FINAL_STATES:
-                self._set_state(run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True)
+            if (self._runs.state(run_id) or {}).get("type") not in FINAL_STATES:
+                self._runs.set_state(
+                    run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True
+                )
             return
         if result.outcome == "timed-out":
             message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
@@ -464,12 +304,12 @@ class PrefectSource:
         elif result.exit_code != 0:
             message = f"the container exited with code {result.exit_code}"
         else:
-            kind = heard or (self._state(run_id) or {}).get("type")
+            kind = heard or (self._runs.state(run_id) or {}).get("type")
             if kind in _ENGINE_ENDS:
                 return  # the engine reported the run itself, or suspended it to resume later
             message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
         # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
-        self._set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
+        self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
 
     def _engine_said(self, run_id: str) -> str | None:
         """The final (or paused) state the engine set, as heard on the event stream; None if not heard.
@@ -487,22 +327,7 @@ class PrefectSource:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
         self._track(claim.handle, mine=False)
         log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
-        self._set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
-
-    def _set_state(
-        self, run_id: str, kind: str, name: str, message: str, force: bool = False, quiet: bool = False
-    ) -> None:
-        answer = self.client.call(
-            "POST",
-            f"/flow_runs/{run_id}/set_state",
-            {"state": {"type": kind, "name": name, "message": message, "state_details": {}}, "force": force},
-            allow=(404,),
-        )
-        status = (answer or {}).get("status")
-        if status != "ACCEPT":
-            log.log(
-                logging.DEBUG if quiet else logging.INFO, "flow run %s: %s proposal answered %s", run_id, kind, status
-            )
+        self._runs.set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
 
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
         """Runs of ours in CANCELLING: heard on the event stream, else asked once per poll interval."""
@@ -567,7 +392,9 @@ class PrefectSource:
             elif host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
                 # Whoever started it, its container is gone from this host's daemon.
                 log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
-                self._set_state(run_id, "CRASHED", "Crashed", "Crashed: the run's container is gone (agent restarted)")
+                self._runs.set_state(
+                    run_id, "CRASHED", "Crashed", "Crashed: the run's container is gone (agent restarted)"
+                )
                 continue
             else:
                 continue
@@ -594,8 +421,7 @@ class PrefectSource:
         """Send queued log lines, stop the event stream and close the API connection pool."""
         if self._watcher is not None:
             self._watcher.stop()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._scheduled.close()
         if self._logs is not None:
             self._logs.close()
         self.client.close()

@@ -1,0 +1,128 @@
+"""The flow-run endpoints this worker uses, and the claim protocol on top of Prefect's state machine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dagent.errors import SourceError
+from dagent.sources.prefect.claims import FINAL_STATES, taken_since_scheduled
+from dagent.sources.prefect.client import PrefectClient
+
+log = logging.getLogger("dagent.prefect")
+
+# A claim accepted within this many seconds of asking for the list that named the run needs no
+# history check: a run cannot be claimed, started, ended and reported by another agent that fast.
+FRESH_LIST = 0.1
+
+
+@dataclass(frozen=True)
+class ClaimAnswer:
+    """Whether a claim made the run ours; `wait` is Prefect's WAIT delay in seconds (None: not asked to wait)."""
+
+    ours: bool
+    wait: float | None = None
+
+
+class FlowRuns:
+    """Reads and proposes flow-run states; `note` marks this agent's PENDING claims."""
+
+    def __init__(self, client: PrefectClient, note: str) -> None:
+        self.client = client
+        self.note = note
+
+    def state(self, run_id: str) -> dict[str, Any] | None:
+        """The run's current state, or None when the run or its state is not there."""
+        flow_run = self.client.call("GET", f"/flow_runs/{run_id}", allow=(404,))
+        state = (flow_run or {}).get("state")
+        return state if isinstance(state, dict) else None
+
+    def set_state(
+        self, run_id: str, kind: str, name: str, message: str, force: bool = False, quiet: bool = False
+    ) -> None:
+        """Propose a state; a refusal is logged, not raised (Prefect's state machine has the last word)."""
+        answer = self.client.call(
+            "POST",
+            f"/flow_runs/{run_id}/set_state",
+            {"state": {"type": kind, "name": name, "message": message, "state_details": {}}, "force": force},
+            allow=(404,),
+        )
+        status = (answer or {}).get("status")
+        if status != "ACCEPT":
+            log.log(
+                logging.DEBUG if quiet else logging.INFO, "flow run %s: %s proposal answered %s", run_id, kind, status
+            )
+
+    def claim(self, run_id: str, listed_at: float) -> ClaimAnswer:
+        """Propose PENDING; ours when Prefect's state machine says so (and nobody ran it meanwhile)."""
+        tries: list[int] = []
+        answer = self.client.call(
+            "POST",
+            f"/flow_runs/{run_id}/set_state",
+            {
+                "state": {"type": "PENDING", "name": "Pending", "message": self.note, "state_details": {}},
+                "force": False,
+            },
+            allow=(404,),
+            tries=tries,
+        )
+        status = (answer or {}).get("status")
+        if status == "ACCEPT":
+            # Another agent's whole claim-run-report cycle cannot fit between a list and our
+            # accepted claim that close together, so only a slower claim needs the history.
+            fresh = time.monotonic() - listed_at < FRESH_LIST and len(tries) == 1
+            pending_id = ((answer or {}).get("state") or {}).get("id")
+            return ClaimAnswer(fresh or self._claimed_from_scheduled(run_id, pending_id))
+        if status in ("ABORT", "REJECT") and len(tries) > 1:
+            # Ours anyway if an earlier try of this very proposal went through and its answer was lost.
+            state = self.state(run_id)
+            if state and state.get("type") == "PENDING" and state.get("message") == self.note:
+                return ClaimAnswer(True)
+        if status in ("ABORT", "REJECT"):
+            log.debug("flow run %s: %s (%s)", run_id, status, ((answer or {}).get("details") or {}).get("reason"))
+            return ClaimAnswer(False)
+        if status == "WAIT":
+            # Prefect says when to come back (a concurrency limit, say).
+            delay = ((answer or {}).get("details") or {}).get("delay_seconds")
+            return ClaimAnswer(False, float(delay) if isinstance(delay, (int, float)) else 0.0)
+        return ClaimAnswer(False)
+
+    def _claimed_from_scheduled(self, run_id: str, pending_id: Any) -> bool:
+        """True when our accepted PENDING claimed the run as scheduled, not after someone ran it.
+
+        Prefect refuses PENDING over PENDING or RUNNING but accepts it after a final state, so a
+        stale poll list can revive a run another agent has already claimed and finished. The
+        history's order cannot show which state came just before ours: timestamps are taken
+        before the database's write lock, so they need not follow commit order. What can be
+        trusted is what else happened since the run was last scheduled: anything besides our
+        PENDING (another agent's claim, a run, a final state) means the run was taken. Then we
+        step back and put its final state back, since our PENDING replaced it.
+        """
+        try:
+            history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
+            if not isinstance(history, list):
+                raise SourceError(f"Prefect API: GET /flow_run_states/ for {run_id}: expected a list")
+        except SourceError as e:
+            # Our PENDING stands; leaving it would strand the run, so run it on the claim alone.
+            log.warning("flow run %s: could not check the claim (%s); taking it", run_id, e)
+            return True
+        log.debug(
+            "flow run %s: claim check: %s",
+            run_id,
+            [(h.get("type"), h.get("timestamp")) for h in history if isinstance(h, dict)],
+        )
+        others = taken_since_scheduled(history, pending_id)
+        if not others:
+            return True
+        log.info(
+            "flow run %s was taken by another agent before our claim (%s); leaving it", run_id, others[-1].get("type")
+        )
+        final = [h for h in others if h.get("type") in FINAL_STATES]
+        if final:
+            last = final[-1]
+            self.set_state(
+                run_id, str(last.get("type")), str(last.get("name") or ""), str(last.get("message") or ""), force=True
+            )
+        return False

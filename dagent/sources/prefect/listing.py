@@ -1,0 +1,172 @@
+"""Which scheduled runs are worth trying now: one list of the pool serves several polls (the backlog),
+lists are asked for only when something may have changed, and runs due later arm a wake-up.
+
+The loop thread lists and takes; the event stream and the wake-up timers mark a list due or a run
+taken. Shared fields are guarded by one lock, never held across the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from dagent.errors import SourceError
+from dagent.sources.prefect.claims import EPOCH, start_time
+from dagent.sources.prefect.client import PrefectClient
+
+log = logging.getLogger("dagent.prefect")
+
+# While the event stream is up, the longest time between two lists of scheduled runs; each list
+# also looks this far ahead, so a run scheduled for later is woken for on time.
+SAFETY_LIST = 30.0
+
+
+class ScheduledRuns:
+    """The pool's scheduled runs as this agent last saw them, and when to look again."""
+
+    def __init__(
+        self,
+        client: PrefectClient,
+        work_pool: str,
+        work_queues: list[str],
+        prefetch: float,
+        poll_interval: float,
+        streaming: Callable[[], bool],
+        wake: Callable[[], None],
+    ) -> None:
+        self.client = client
+        self.work_pool = work_pool
+        self.work_queues = work_queues
+        self.prefetch = prefetch
+        self.poll_interval = poll_interval
+        self.streaming = streaming
+        self.wake = wake
+        # The loop thread's own.
+        self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
+        self.listed_at = 0.0  # when the last list was asked for (monotonic)
+        self._may_list = True  # this poll has not listed yet
+        # Shared with the event stream and the timers.
+        self._lock = threading.Lock()
+        self._due = True  # something may have changed since the last list
+        self._listed: frozenset[str] = frozenset()  # ids of the last list
+        self._taken: set[str] = set()  # of those, runs heard to have left SCHEDULED
+        self._timer: threading.Timer | None = None
+        self._timer_at = EPOCH
+
+    def mark_due(self) -> None:
+        """Something changed (a run was scheduled, a wake-up fell due): list at the next poll."""
+        with self._lock:
+            self._due = True
+
+    def heard_taken(self, run_id: str) -> None:
+        """The event stream says a listed run left SCHEDULED: not worth a claim."""
+        with self._lock:
+            if run_id in self._listed:
+                self._taken.add(run_id)
+
+    def begin(self) -> None:
+        """Start of a poll: drop a backlog too old to trust, and allow one list."""
+        # While events flow, a backlog entry another agent takes is heard of and dropped, so the
+        # backlog stays good for longer.
+        keep = SAFETY_LIST if self.streaming() else self.poll_interval
+        if self._backlog and time.monotonic() - self.listed_at > keep:
+            self._backlog.clear()
+            self.mark_due()
+        self._may_list = True
+
+    def next(self, limit: int) -> dict[str, Any] | None:
+        """The next run worth a claim, oldest first; None when none is left (lists at most once a poll)."""
+        while True:
+            if not self._backlog:
+                if not self._may_list or not self._should_list():
+                    return None
+                self._may_list = False
+                self.listed_at = time.monotonic()  # when the list was asked for
+                self._backlog = self._list(limit)
+                continue
+            flow_run = self._backlog.pop(0)
+            with self._lock:
+                gone = flow_run["id"] in self._taken
+            if not gone:
+                return flow_run
+
+    def _should_list(self) -> bool:
+        """Without the event stream, every poll lists; with it, only when something may have changed."""
+        if not self.streaming():
+            return True
+        with self._lock:
+            due = self._due
+        return due or time.monotonic() - self.listed_at >= SAFETY_LIST
+
+    def _list(self, limit: int) -> list[dict[str, Any]]:
+        """The runs due within `prefetch`; while streaming, arm a wake-up for runs due before the next list."""
+        now = datetime.now(timezone.utc)
+        due_by = now + timedelta(seconds=self.prefetch)
+        ahead = SAFETY_LIST if self.streaming() else 0.0
+        requested = max(limit * 2, 10)  # more than we can take: some need labels we lack, or go to others
+        body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
+        if self.work_queues:
+            body["work_queue_names"] = list(self.work_queues)
+        # Cleared before asking, so an event that comes while the answer is on its way still counts.
+        with self._lock:
+            self._due = False
+        try:
+            items = self.client.call("POST", f"/work_pools/{self.work_pool}/get_scheduled_flow_runs", body) or []
+            if not isinstance(items, list):
+                raise SourceError("Prefect API: get_scheduled_flow_runs: expected a list")
+        except SourceError:
+            self.mark_due()
+            raise
+        if len(items) >= requested:
+            self.mark_due()  # a full page: more may be waiting
+        runs, later = [], []
+        for item in items:
+            flow_run = item.get("flow_run") if isinstance(item, dict) else None
+            if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
+                log.warning("skipping a malformed item from get_scheduled_flow_runs")
+                continue
+            start = start_time(flow_run)
+            if start is not None and start > due_by:
+                later.append(start)
+            else:
+                runs.append(flow_run)
+        if later:
+            self.wake_at(min(later) - timedelta(seconds=self.prefetch))
+        with self._lock:
+            self._taken = set()
+            self._listed = frozenset(r["id"] for r in runs)
+        return runs
+
+    def wake_at(self, when: datetime) -> None:
+        """List again (and wake the loop) at `when`; an earlier wake-up already armed covers it."""
+
+        def due() -> None:
+            self.mark_due()
+            self.wake()
+
+        with self._lock:
+            if self._timer is not None and self._timer.is_alive():
+                if self._timer_at <= when:
+                    return  # an earlier wake-up is armed; the list it brings re-arms this one
+                self._timer.cancel()
+            self._timer_at = when
+            delay = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+            self._timer = threading.Timer(delay, due)
+            self._timer.daemon = True
+            self._timer.start()
+
+    @property
+    def wake_armed(self) -> bool:
+        """True while a wake-up timer is pending."""
+        with self._lock:
+            return self._timer is not None and self._timer.is_alive()
+
+    def close(self) -> None:
+        """Disarm the wake-up."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
