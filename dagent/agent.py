@@ -57,12 +57,17 @@ class Agent:
         runtime: Runtime,
         metrics: Metrics | None = None,
         host: HostView | None = None,
+        flow_output: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
         self.runtime = runtime
         self.metrics = metrics or Metrics()
         self.host = host or HostView(config, runtime.daemon_facts, network_driver=runtime.network_driver)
+        # (run id, line) for each line a container prints when show_flow_logs; the log by default.
+        self.flow_output = flow_output or (
+            lambda run_id, line: flow_log.info("[%s] %s", run_id, line, extra={"run_id": run_id})
+        )
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._poll_now = threading.Event()
@@ -86,10 +91,11 @@ class Agent:
         self.stopping.set()
         self._wake.set()
 
-    def run(self, connect: bool = True) -> None:
+    def run(self, connect: bool = True, reconcile: bool = True) -> None:
         """Start up, reconcile, then poll until stopped or max_polls (then wait for runs in flight).
 
-        `connect=False` when the caller has already connected the source.
+        `connect=False` when the caller has already connected the source; `reconcile=False` for a
+        one-shot run, which must not touch what a long-running agent of the same name left.
         """
         # The source first: its first request is what a control plane sees of a starting agent.
         if connect:
@@ -101,7 +107,8 @@ class Agent:
             self.config.name, self.source.name, version.get("Version", "?"), self.config.concurrency,
             sorted(self.config.labels),
         )  # fmt: skip
-        self._reconcile()
+        if reconcile:
+            self._reconcile()
         interval = self.config.effective_poll_interval
         while not self.stopping.is_set():
             self._cancel_requested()
@@ -298,7 +305,7 @@ class Agent:
     def _flow_logger(self, run_id: str) -> Any:
         def on_line(line: str) -> None:
             if not self.stopping.is_set():  # the seed's on_shutdown: no flow output after we stop
-                flow_log.info("[%s] %s", run_id, line, extra={"run_id": run_id})
+                self.flow_output(run_id, line)
 
         return on_line
 

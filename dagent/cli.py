@@ -13,7 +13,7 @@ from typing import Any
 
 from dagent import __version__
 from dagent.config import MASK
-from dagent.errors import ConfigError, DagentError, InputError, PolicyError
+from dagent.errors import ConfigError, DaemonError, DagentError, InputError, PolicyError
 
 # The one place errors become exit codes; the first matching class wins.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -217,34 +217,30 @@ def host_view(config: Any, runtime: Any, config_file: Any) -> Any:
     return HostView(config, runtime.daemon_facts, own_files=own, network_driver=runtime.network_driver)
 
 
-def _plan(args: argparse.Namespace, need_daemon: bool) -> tuple[Any, Any, Any]:
-    from dagent.errors import DaemonError
+def _judge(loaded: Any, run: Any) -> Any:
+    """The run's ContainerSpec as the agent would judge it now; with no daemon, by Docker's defaults."""
     from dagent.hostview import DaemonFacts, HostView, socket_path, view_error
-    from dagent.runs import load_run_file
     from dagent.runtime import DockerRuntime
     from dagent.spec import build
 
-    loaded = _load(args)
     config = loaded.config
-    run = load_run_file(args.run_file)
-    runtime = DockerRuntime(config)
-    view = host_view(config, runtime, loaded.path)
+    view = host_view(config, DockerRuntime(config), loaded.path)
     try:
         facts = view.facts(run)
     except DaemonError as e:
-        if need_daemon:
-            raise
-        # plan still judges the run; the daemon's data root is then the default one.
         logging.getLogger("dagent").warning("the daemon was not asked (%s); judging by Docker's defaults", e)
         base_url = config.docker.base_url
         daemon = DaemonFacts(None, socket_path(base_url), view_error(base_url, config.docker.verify_host_view))
         facts = HostView(config, daemon, own_files=view.own_files).facts(run)
-    return config, build(config, run, facts=facts), runtime
+    return build(config, run, facts=facts)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the ContainerSpec and docker-py kwargs a run file becomes; creates nothing."""
-    _, spec, _ = _plan(args, need_daemon=False)
+    from dagent.runs import load_run_file
+
+    loaded = _load(args)
+    spec = _judge(loaded, load_run_file(args.run_file))
     kwargs = spec.to_docker_kwargs()
     kwargs["environment"] = spec.model_dump(mode="json")["env"] | {k: MASK for k in spec.secret_env}
     print(json.dumps({"spec": spec.model_dump(mode="json"), "docker_kwargs": kwargs}, indent=2, default=list))
@@ -252,17 +248,53 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Apply one run file now and exit with the container's exit code."""
-    config, spec, runtime = _plan(args, need_daemon=True)
-    runtime.verify()
-    show = args.logs or config.show_flow_logs
-    result = runtime.execute(spec, on_line=(lambda line: print(line, flush=True)) if show else None)
+    """Apply one run file now, as the agent would, and exit with the container's exit code.
+
+    Ctrl-C or SIGTERM stops the container (as `docker run` does) and reports the run cancelled.
+    """
+    import signal
+
+    from dagent.agent import Agent
+    from dagent.runs import load_run_file
+    from dagent.runtime import DockerRuntime
+    from dagent.sources.oneshot import OneShotSource
+
+    # The outcome is this command's own last line; the agent's log says only what went wrong.
+    logging.getLogger("dagent.agent").setLevel(logging.ERROR)
+    loaded = _load(args)
+    run = load_run_file(args.run_file)
+    _judge(loaded, run)  # a refusal is exit 2 before anything touches the daemon
+    show = args.logs or loaded.config.show_flow_logs
+    config = loaded.config.model_copy(update={"max_polls": 1, "concurrency": 1, "show_flow_logs": show})
+    source = OneShotSource(run)
+    runtime = DockerRuntime(config)
+    agent = Agent(config, source, runtime, host=host_view(config, runtime, loaded.path),
+                  flow_output=lambda _run_id, line: print(line, flush=True))  # fmt: skip
+
+    def on_signal(signum: int, _frame: object) -> None:
+        print(f"dagent: {signal.Signals(signum).name}: stopping the run", file=sys.stderr)
+        source.cancel()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        agent.run(reconcile=False)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        runtime.close()
+    if source.refused is not None:
+        raise PolicyError(source.refused.splitlines())
+    result = source.result
+    if result is None:
+        raise DaemonError(f"run {source.run.id}: could not be finished (see the lines above)")
     container = (result.container_id or "")[:12]
     detail = f" ({result.error})" if result.error else ""
     print(
         f"run {result.run_id}: {result.outcome}, exit code {result.exit_code}, container {container}{detail}",
         file=sys.stderr,
     )
+    if result.outcome == "cancelled":
+        return 130
     return result.exit_code if result.exit_code is not None else 1
 
 

@@ -16,7 +16,7 @@ from dagent.errors import RunFileError
 from dagent.images import parse_image
 from dagent.units import MAX_CPUS, MAX_GPUS, MAX_SECONDS, MIN_CPUS, MIN_MEMORY, parse_bytes
 
-# Container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; "dagent-<agent>-" plus the id must stay one.
+# Container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; "dagent-[<agent>-]" plus the id must stay one.
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 PORT_RE = re.compile(
     r"(?:(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>[0-9]{1,5}):)?(?P<ctr>[0-9]{1,5})(?:/(?P<proto>tcp|udp|sctp))?"
@@ -95,7 +95,7 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     id: Annotated[str, AfterValidator(_check_run_id)]
-    """Run id; the container is named `dagent-<agent>-<id>`. Defaults to the run file's name."""
+    """Run id; the container is named `dagent-<id>`. Defaults to the run file's name."""
     image: Annotated[str, AfterValidator(_check_image)]
     """Image reference, e.g. local/busybox:latest or 127.0.0.1:5000/flows/etl:1."""
     command: Command | None = None

@@ -19,7 +19,7 @@ from dagent.contracts import ContainerInfo, Outcome, RunHandle, RunResult, shoul
 from dagent.errors import DaemonError, one_line
 from dagent.hostview import DaemonFacts, socket_path, view_error
 from dagent.images import parse_image
-from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec
+from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, container_name
 
 if TYPE_CHECKING:
     import docker
@@ -238,20 +238,24 @@ class DockerRuntime:
             labels = [f"{k}={v}" for k, v in mine.items()]
             for found in self.client.api.containers(all=True, filters={"label": labels}):
                 return self.client.containers.get(found["Id"]), True
-            try:
-                return self.client.containers.create(**kwargs), False
-            except docker.errors.APIError as e:
-                if e.status_code != 409:
-                    raise
-            existing = self.client.containers.get(spec.name)
-            theirs = {k: existing.labels.get(k) for k in mine}
-            if theirs != mine:
-                owner = f"agent {theirs[LABEL_AGENT]!r}" if theirs[LABEL_AGENT] else "not dagent's"
-                raise DaemonError(
-                    f"docker: a container named {spec.name} is in the way ({owner}, run {theirs[LABEL_RUN_ID]!r}); "
-                    "not adopting or touching it"
-                )
-            return existing, True
+            # dagent-<id>, unless another agent on this daemon has a run of that id: then the name
+            # that holds the agent too. A container in the way is never adopted.
+            for name in (spec.name, container_name(spec.run_id, spec.agent)):
+                try:
+                    return self.client.containers.create(**{**kwargs, "name": name}), False
+                except docker.errors.APIError as e:
+                    if e.status_code != 409:
+                        raise
+                existing = self.client.containers.get(name)
+                theirs = {k: existing.labels.get(k) for k in mine}
+                if theirs == mine:
+                    return existing, True  # made by a try whose answer was lost
+                if not theirs[LABEL_AGENT]:
+                    break  # not dagent's: an error, not a reason to pick another name
+            raise DaemonError(
+                f"docker: a container named {name} is in the way (agent {theirs[LABEL_AGENT] or 'none'}, "
+                f"run {theirs[LABEL_RUN_ID] or 'none'}); not adopting or touching it"
+            )
 
         container, adopted = self._call(f"create {spec.name}", create_or_adopt)
         if adopted:

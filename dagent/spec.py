@@ -38,9 +38,10 @@ class Origin:
     run_labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def container_name(agent: str, run_id: str) -> str:
-    """The deterministic container name of one agent's run: agents sharing a daemon never collide."""
-    return f"{CONTAINER_PREFIX}{agent}-{run_id}"
+def container_name(run_id: str, agent: str | None = None) -> str:
+    """The deterministic container name of a run: `dagent-<id>`, or `dagent-<agent>-<id>` when
+    another agent on the same daemon already has a run of that id (identity is in the labels)."""
+    return f"{CONTAINER_PREFIX}{agent}-{run_id}" if agent else CONTAINER_PREFIX + run_id
 
 
 MountStr = Annotated[Mount, PlainSerializer(str, return_type=str)]
@@ -199,7 +200,7 @@ def build(
     pull = docker.pull if policy.image_may_be_pulled(docker, run.image) else "never"
     return ContainerSpec(
         run_id=run.id,
-        name=container_name(config.name, run.id),
+        name=container_name(run.id),
         agent=config.name,
         image=run.image,
         pull=pull,

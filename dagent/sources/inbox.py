@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from dagent import durable
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult
 from dagent.errors import RunFileError, SourceError
@@ -108,7 +109,7 @@ class InboxSource:
         if target.exists() or (self.done / f"{run.id}.json").exists():
             self._move_to_failed(path, f"{path}: id: run id {run.id!r} is already claimed or done; ids must be unique")
             return None
-        os.rename(path, target)  # the claim: exactly one agent's rename succeeds
+        durable.rename(path, target)  # the claim: exactly one agent's rename succeeds
         self._left.pop(path.name, None)
         claim = Claim(run=run, origin=Origin(source=self.name), handle=target)
         log.info("claimed run %s (%s)", run.id, path.name)
@@ -121,7 +122,7 @@ class InboxSource:
         """Mark the run as started before its container exists (see the class docstring)."""
         if (self.cancel / claim.run.id).exists():
             return False
-        self._marker(claim.run.id).touch()
+        durable.touch(self._marker(claim.run.id))
         return True
 
     def started(self, claim: Claim, container_id: str) -> None:
@@ -136,9 +137,9 @@ class InboxSource:
         }
         target = self.done / f"{result.run_id}.json"
         tmp = self.done / f".{result.run_id}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        durable.write(tmp, json.dumps(record, indent=2) + "\n")
         try:
-            os.link(tmp, target)  # fails if a result exists: a run is reported exactly once
+            durable.link(tmp, target)  # fails if a result exists: a run is reported exactly once
         except FileExistsError:
             log.warning("run %s: already reported; keeping the first result", result.run_id)
         finally:
@@ -177,7 +178,7 @@ class InboxSource:
     def _archive(self, claim: Claim) -> None:
         run_id = claim.run.id
         with contextlib.suppress(FileNotFoundError):
-            os.replace(Path(claim.handle), self.done / f"{run_id}.toml")
+            durable.rename(Path(claim.handle), self.done / f"{run_id}.toml")
         self._marker(run_id).unlink(missing_ok=True)
         (self.cancel / run_id).unlink(missing_ok=True)
 
@@ -188,10 +189,10 @@ class InboxSource:
             target = self.failed / f"{path.stem}.{n}{path.suffix}"
             n += 1
         try:
-            os.rename(path, target)  # only one agent moves it
+            durable.rename(path, target)  # only one agent moves it
         except FileNotFoundError:
             return
-        target.with_name(target.name + ".error").write_text(reason + "\n")
+        durable.write(target.with_name(target.name + ".error"), reason + "\n")
         if not quiet:
             for line in reason.splitlines() or [f"{path.name} is invalid"]:
                 log.error("%s", line)

@@ -27,7 +27,7 @@ def test_plan_every_runnable_example(dagent: Dagent, name: str) -> None:
     """`dagent plan` accepts each example under the default policy."""
     result = dagent("plan", str(RUNS / f"{name}.toml"))
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["spec"]["name"] == f"dagent-agent-{name}"
+    assert json.loads(result.stdout)["spec"]["name"] == f"dagent-{name}"
 
 
 def test_refused_example(dagent: Dagent) -> None:

@@ -138,10 +138,10 @@ def test_run_needing_a_label_goes_to_the_agent_with_it(
     """required_labels = ["gpu"]: left SCHEDULED by an agent without it, taken by one with it."""
     plain = prefect_config(dagent, prefect_server.api_url, pool)
     with AgentProcess(dagent, plain, "--max-polls", "1") as first:
-        assert first.process.wait(timeout=60) == 0  # creates the pool
+        assert first.process.wait(timeout=60) == 0, first.log  # creates the pool
     run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello", required_labels=["gpu"]))
     with AgentProcess(dagent, plain, "--max-polls", "6") as second:
-        assert second.process.wait(timeout=60) == 0
+        assert second.process.wait(timeout=60) == 0, second.log
     assert api.state(run_id) == "SCHEDULED"
     gpu = prefect_config(dagent, prefect_server.api_url, pool, labels=["gpu"])
     with AgentProcess(dagent, gpu, name=f"{dagent.name}-gpu") as third:

@@ -51,7 +51,7 @@ def test_container_is_what_the_spec_says(dagent: Dagent, image: str, docker_netw
     [container] = dagent.containers("inspect-me")
     attrs = container.attrs
     host, cfg = attrs["HostConfig"], attrs["Config"]
-    assert container.name == f"dagent-{dagent.name}-inspect-me"
+    assert container.name == "dagent-inspect-me"
     assert {"AGENT_VAR=a", "SHARED=run", "RUN_VAR=r", "DAGENT_RUN_ID=inspect-me"} <= set(cfg["Env"])
     assert cfg["Labels"]["dagent.agent"] == dagent.name and cfg["Labels"]["dagent.run-id"] == "inspect-me"
     assert cfg["Labels"]["dagent.source"] == "inbox" and cfg["Labels"]["com.example.team"] == "platform"
@@ -233,7 +233,7 @@ def test_ps_and_gc(dagent: Dagent, image: str) -> None:
     table = dagent("ps", "-c", str(config)).stdout
     assert "done-1" in table and "running" in table
     result = dagent("gc", "--older-than", "0", "-c", str(config))
-    assert result.returncode == 0 and f"removed dagent-{dagent.name}-done-1" in result.stdout
+    assert result.returncode == 0 and "removed dagent-done-1" in result.stdout
     assert [c.labels["dagent.run-id"] for c in dagent.containers()] == ["live"]
     running.remove(force=True)
 
@@ -242,7 +242,7 @@ def test_plan_needs_no_daemon(dagent: Dagent, image: str) -> None:
     """`plan` prints the spec with the daemon unreachable."""
     config = dagent.config(base_url=f"tcp://127.0.0.1:{infra.free_port()}")
     result = dagent("plan", str(dagent.run_file("p", image=image)), "-c", str(config))
-    assert result.returncode == 0 and json.loads(result.stdout)["spec"]["name"] == f"dagent-{dagent.name}-p"
+    assert result.returncode == 0 and json.loads(result.stdout)["spec"]["name"] == "dagent-p"
 
 
 def test_registry_reachable_only_on_loopback(registry: infra.Registry) -> None:
@@ -265,7 +265,7 @@ def test_two_agents_on_one_daemon_never_share_a_container(engine: docker.DockerC
     suffix = uuid.uuid4().hex[:6]
     specs = []
     for name, command in ((f"one-{suffix}", ["sleep", "30"]), (f"two-{suffix}", ["sh", "-c", "exit 7"])):
-        config = load_config({"name": name, "docker": {"keep_containers": "never"}}, environ={}).config
+        config = load_config({"name": name, "docker": {"keep_containers": "always"}}, environ={}).config
         specs.append(
             (DockerRuntime(config), build(config, parse_run({"id": "same", "image": image, "command": command}, "r")))
         )
@@ -274,9 +274,12 @@ def test_two_agents_on_one_daemon_never_share_a_container(engine: docker.DockerC
         running = first_rt.launch(first)
         result = second_rt.execute(second)
         assert result.exit_code == 7 and result.container_id != running.id
+        assert running.name == "dagent-same" and engine.containers.get(result.container_id or "").name == (
+            f"dagent-{second.agent}-same"
+        )
         running.reload()
         assert running.status == "running" and running.labels["dagent.agent"] == first.agent
-        assert [c.run_id for c in second_rt.managed(second.agent)] == []
+        assert [c.id for c in second_rt.managed(second.agent)] == [result.container_id]
         assert [c.id for c in first_rt.managed(first.agent)] == [running.id]
     finally:
         for c in engine.containers.list(all=True, filters={"label": "dagent.run-id=same"}):
@@ -295,7 +298,7 @@ def test_a_foreign_container_in_the_way_is_an_error_never_adopted(engine: docker
     name = f"three-{uuid.uuid4().hex[:6]}"
     config = load_config({"name": name}, environ={}).config
     spec = build(config, parse_run({"id": "x", "image": image, "command": ["true"]}, "r"))
-    squatter = engine.containers.create(image, ["sleep", "30"], name=spec.name, labels={"dagent.agent": "someone-else"})
+    squatter = engine.containers.create(image, ["sleep", "30"], name=spec.name, labels={"team": "not dagent"})
     try:
         with pytest.raises(DaemonError, match="in the way"):
             DockerRuntime(config).launch(spec)
@@ -303,3 +306,35 @@ def test_a_foreign_container_in_the_way_is_an_error_never_adopted(engine: docker
         assert squatter.status == "created"
     finally:
         squatter.remove(force=True)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_run_stops_its_container_on_ctrl_c(dagent: Dagent, image: str, signum: str) -> None:
+    """`dagent run` + Ctrl-C (or SIGTERM): like `docker run`, the container is stopped; the run is cancelled (130)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config = dagent.config(stop_grace=1)
+    run = dagent.run_file("ctrl-c", image=image, command=["sleep", "60"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagent", "run", str(run), "-c", str(config)], cwd=dagent.workdir,
+        env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not [c for c in dagent.containers("ctrl-c") if c.status == "running"]:
+            assert time.monotonic() < deadline and process.poll() is None, "the container never ran"
+            time.sleep(0.1)
+        process.send_signal(getattr(signal, signum))
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "cancelled" in err and "Traceback" not in err
+    assert [c.status for c in dagent.containers("ctrl-c")] == []  # stopped, and removed (keep: on-failure)

@@ -29,7 +29,7 @@ def test_minimal_run() -> None:
     """Name, labels and defaults of a run that asks for nothing."""
     spec = _build({})
     kwargs = spec.to_docker_kwargs()
-    assert kwargs["name"] == "dagent-a1-r1" and kwargs["image"] == "local/busybox:latest" and kwargs["detach"] is True
+    assert kwargs["name"] == "dagent-r1" and kwargs["image"] == "local/busybox:latest" and kwargs["detach"] is True
     assert kwargs["labels"] == {
         "dagent.agent": "a1",
         "dagent.run-id": "r1",
