@@ -176,30 +176,55 @@ def _inbox_outcomes(inbox: Path) -> dict[str, str]:
     return found
 
 
-def _inbox_row(row: Row, inbox: Path, ids: list[str], count: Path, agents: list[Dagent]) -> Row:
+def _each_once(row: Row, ids: list[str], count: Path, ends: dict[str, str], expected: str) -> None:
+    """Tie the row to what the containers themselves recorded: every run started exactly once, and
+    ended as `expected`. A build where nothing runs, or where every run is refused, misses this."""
+    starts = _starts(count)
+    row.twice = sum(1 for i in ids if starts[i] > 1)
+    never = [i for i in ids if starts[i] == 0]
+    if never:
+        row.failures.append(f"{len(never)} run(s) never started (e.g. {never[0]})")
+    wrong = [i for i in ids if ends.get(i) != expected]
+    if wrong:
+        row.failures.append(f"{len(wrong)} run(s) did not end {expected} (e.g. {wrong[0]}: {ends.get(wrong[0])})")
+    strays = set(starts) - set(ids)
+    if strays:
+        row.failures.append(f"{len(strays)} start(s) of runs not in this row")
+
+
+def _orphans(agents: list[Dagent]) -> int:
+    """Containers left behind by any of the row's agents (each counted under its own name)."""
+    return sum(len(a.containers()) for a in agents)
+
+
+def _inbox_row(
+    row: Row, inbox: Path, ids: list[str], count: Path, agents: list[Dagent], expected: str = "succeeded"
+) -> Row:
     outcomes = _inbox_outcomes(inbox)
     waiting = {p.stem for p in inbox.glob("new/*.toml")} | {p.stem for p in inbox.glob("claimed/*/*.toml")}
     missing = [i for i in ids if i not in outcomes]
     row.runs = len(ids)
     row.stuck = sum(1 for i in missing if i in waiting)
     row.lost = len(missing) - row.stuck
-    row.twice = sum(1 for n in _starts(count).values() if n > 1)
-    row.orphans = sum(len(a.containers()) for a in agents)
+    _each_once(row, ids, count, outcomes, expected)
+    row.orphans = _orphans(agents)
     row.notes.append(", ".join(f"{n} {o}" for o, n in Counter(outcomes[i] for i in ids if i in outcomes).items()))
     return row
 
 
-def _prefect_row(row: Row, chaos: Chaos, ids: list[str], count: Path, agents: list[Dagent]) -> Row:
+def _prefect_row(
+    row: Row, chaos: Chaos, ids: list[str], count: Path, agents: list[Dagent], expected: str = "COMPLETED"
+) -> Row:
     states = {i: chaos.api.state(i) for i in ids}
     row.runs = len(ids)
     row.stuck = sum(1 for s in states.values() if s in ("PENDING", "RUNNING", "CANCELLING"))
     row.lost = sum(1 for s in states.values() if s not in FINAL and s not in ("PENDING", "RUNNING", "CANCELLING"))
-    row.twice = sum(1 for n in _starts(count).values() if n > 1)
+    _each_once(row, ids, count, {i: str(s) for i, s in states.items()}, expected)
     for run_id in ids:  # the engine's own record: one RUNNING state per run
         history = chaos.api.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
         if sum(1 for s in history if s["type"] == "RUNNING") > 1 and _starts(count)[run_id] <= 1:
             row.twice += 1
-    row.orphans = sum(len(a.containers()) for a in agents)
+    row.orphans = _orphans(agents)
     row.notes.append(", ".join(f"{n} {s}" for s, n in Counter(states.values()).items()))
     for run_id in ids[:10]:  # the agent's own lines sent to the run's logs
         chaos.leaks["Prefect run logs"] += any(SECRET in line for line in chaos.api.logs(run_id))
@@ -245,9 +270,17 @@ def _create_pool(agent: Dagent, config: Path) -> None:
         first.process.wait(timeout=60)
 
 
+def _fleet(chaos: Chaos, agent: Dagent, n: int) -> list[Dagent]:
+    """The n agents a many-agent row runs, each under its own name (`<agent>-<i>`), cleaned up at the end."""
+    fleet = [Dagent(name=f"{agent.name}-{i}", workdir=agent.workdir, client=agent.client) for i in range(n)]
+    for member in fleet:
+        chaos.stack.callback(lambda member=member: [c.remove(force=True) for c in member.containers()])
+    return fleet
+
+
 @contextmanager
-def _agents(agent: Dagent, config: Path, n: int) -> Iterator[list[AgentProcess]]:
-    processes = [AgentProcess(agent, config, name=f"{agent.name}-{i}") for i in range(n)]
+def _agents(agent: Dagent, config: Path, fleet: list[Dagent]) -> Iterator[list[AgentProcess]]:
+    processes = [AgentProcess(agent, config, name=member.name) for member in fleet]
     try:
         yield processes
     finally:
@@ -367,9 +400,6 @@ def api_faults(chaos: Chaos) -> Row:
         _wait(lambda: not agent.containers(), 30)
         process.signal()
     row = _prefect_row(row, chaos, ids, count, [agent])
-    completed = sum(1 for i in ids if chaos.api.state(i) == "COMPLETED")
-    if completed != len(ids):
-        row.failures.append(f"{len(ids) - completed} run(s) did not complete")
     row.notes.append(f"faults: {sum(proxy.faults.values())} ({', '.join(f'{k} {v}' for k, v in proxy.faults.items())})")
     return row
 
@@ -393,9 +423,6 @@ def socket_faults(chaos: Chaos) -> Row:
         _wait(lambda: not agent.containers(), 30)
         process.signal()
     row = _inbox_row(row, inbox, ids, count, [agent])
-    succeeded = sum(1 for o in _inbox_outcomes(inbox).values() if o == "succeeded")
-    if succeeded != len(ids):
-        row.failures.append(f"{len(ids) - succeeded} run(s) did not succeed")
     row.notes.append(f"{proxy.dropped + proxy.forwarded} connections: {proxy.dropped} refused, {proxy.cut} cut")
     return row
 
@@ -410,35 +437,39 @@ def many_inbox(chaos: Chaos, n: int) -> Row:
     for run_id in ids:
         _drop(inbox, run_id, _counting(chaos.image, count, 0))
     config = _inbox_config(agent, inbox, count)
-    with _agents(agent, config, n):
+    fleet = _fleet(chaos, agent, n)
+    with _agents(agent, config, fleet):
         _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 600)
-        _wait(lambda: not agent.containers(), 30)
-    return _inbox_row(row, inbox, ids, count, [agent])
+        _wait(lambda: not _orphans(fleet), 30)
+    return _inbox_row(row, inbox, ids, count, [agent, *fleet])
 
 
-def many_prefect(chaos: Chaos, n: int) -> Row:
-    """n agents on one work pool."""
+def many_prefect(chaos: Chaos, n: int, engine: bool = False) -> Row:
+    """n agents on one work pool; without the engine each container exits 0 at once (CRASHED, fast),
+    with it each runs a real flow (COMPLETED)."""
     chaos.fresh_server()
-    row = Row(f"{n} agents, one Prefect pool")
-    agent = chaos.agent(f"pool-{n}")
+    row = Row(f"{n} agents, one Prefect pool" + (", real flows" if engine else ""))
+    agent = chaos.agent(f"pool-{n}{'-flows' if engine else ''}")
     count = agent.workdir / "count"
     count.mkdir()
     pool = f"chaos-many-{uuid.uuid4().hex[:6]}"
     config = _prefect_config(agent, chaos.server.api_url, pool, count, extra="poll_interval = 1")
     _create_pool(agent, config)
-    deployment = _deployment(chaos, pool, count, engine=False)  # exit 0 without the engine: CRASHED, fast
+    deployment = _deployment(chaos, pool, count, engine=engine)
+    fleet = _fleet(chaos, agent, n)
+    total = chaos.sizes.runs if engine else chaos.sizes.many  # a real flow costs seconds of CPU each
     ids: list[str] = []
     # In batches of 40, each made before the agents start (as Prefect's own 50-run test pattern):
     # 200 runs made at once turn Late together and the server's Late marking locks its SQLite
     # database for minutes, and runs arriving while several agents claim make the same server
     # stall for 30 s at a time. Both are the SQLite server's limits; a Postgres one has neither.
-    while len(ids) < chaos.sizes.many:
-        batch = [chaos.api.run(deployment) for _ in range(min(40, chaos.sizes.many - len(ids)))]
+    while len(ids) < total:
+        batch = [chaos.api.run(deployment) for _ in range(min(40, total - len(ids)))]
         ids += batch
-        with _agents(agent, config, n):
+        with _agents(agent, config, fleet):
             _wait(lambda batch=batch: _all_final(chaos, batch), 300)  # type: ignore[misc]
-    _wait(lambda: not agent.containers(), 30)
-    return _prefect_row(row, chaos, ids, count, [agent])
+    _wait(lambda: not _orphans(fleet), 30)
+    return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED" if engine else "CRASHED")
 
 
 def bad_inputs(chaos: Chaos) -> Row:
@@ -517,7 +548,7 @@ SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
     "api-faults": api_faults,
     "socket-faults": socket_faults,
     "many-inbox": lambda c: [many_inbox(c, 2), many_inbox(c, 3)],
-    "many-prefect": lambda c: [many_prefect(c, 2), many_prefect(c, 3)],
+    "many-prefect": lambda c: [many_prefect(c, 2), many_prefect(c, 3), many_prefect(c, 2, engine=True)],
     "corpus": lambda c: [bad_inputs(c), bypasses(c)],
     "secrets": secrets,  # last: it reads what the others wrote
 }
