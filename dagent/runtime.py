@@ -16,7 +16,8 @@ import requests
 from dagent import retry
 from dagent.config import AgentConfig
 from dagent.contracts import ContainerInfo, Outcome, RunHandle, RunResult, should_remove, utc_now
-from dagent.errors import DaemonError, one_line
+from dagent.daemon_faults import explain, is_transient, reason
+from dagent.errors import DaemonError
 from dagent.hostview import DaemonFacts, socket_path, view_error
 from dagent.images import parse_image
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, container_name
@@ -27,56 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dagent.runtime")
 
-# docker.errors classes that are never worth a retry. APIError (and its NotFound, ImageNotFound
-# subclasses) is judged by HTTP status instead; a test fails when a docker.errors class is in neither.
-PERMANENT_DOCKER_ERRORS = frozenset(
-    {
-        "BuildError",
-        "ContainerError",
-        "ContextAlreadyExists",
-        "ContextException",
-        "ContextNotFound",
-        "DeprecatedMethod",
-        "ImageLoadError",
-        "InvalidArgument",
-        "InvalidConfigFile",
-        "InvalidRepository",
-        "InvalidVersion",
-        "MissingContextParameter",
-        "NullResource",
-        "StreamParseError",
-        "TLSParameterError",
-    }
-)
-STATUS_JUDGED_DOCKER_ERRORS = frozenset({"APIError", "NotFound", "ImageNotFound"})
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-PERMANENT_MARKERS = ("no basic auth credentials", "unauthorized", "denied", "manifest unknown", "not found")
 # Waits are cut into slices so a long run costs one idle request per slice, and a daemon hiccup
 # mid-wait costs at most one slice.
 WAIT_SLICE = 30.0
-
-
-# A response cut off mid-body (a connection dropped while the daemon answered).
-CUT_SHORT = requests.exceptions.ChunkedEncodingError
-
-
-def is_transient(error: BaseException) -> bool:
-    """True for faults worth retrying: connection errors, timeouts, 408/429/5xx from the daemon."""
-    import docker.errors
-
-    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, CUT_SHORT)):
-        return True
-    if isinstance(error, docker.errors.APIError):
-        # Older daemons wrap a registry's "no such image" and "unauthorized" in a 500.
-        explanation = str(error.explanation or "").lower()
-        if any(marker in explanation for marker in PERMANENT_MARKERS):
-            return False
-        return error.status_code in TRANSIENT_STATUS
-    if isinstance(error, docker.errors.DockerException):
-        # docker-py wraps "cannot connect" at client creation in a bare DockerException.
-        cause = error.__cause__ or error.__context__
-        return isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
-    return False
 
 
 def _container_time(container: Container, key: str) -> str | None:
@@ -106,10 +60,10 @@ class DockerRuntime:
         except DaemonError:
             raise
         except docker.errors.APIError as e:
-            raise DaemonError(f"docker: {what}: {_explain(e)}") from e
+            raise DaemonError(f"docker: {what}: {explain(e)}") from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise DaemonError(
-                f"docker: {what}: cannot reach the daemon at {self.base_url} (docker.base_url): {_reason(e)}"
+                f"docker: {what}: cannot reach the daemon at {self.base_url} (docker.base_url): {reason(e)}"
             ) from e
 
     @property
@@ -289,11 +243,11 @@ class DockerRuntime:
                 raise DaemonError(f"docker: container {container.name} disappeared while running") from None
             except requests.exceptions.RequestException as e:
                 if isinstance(e, docker.errors.APIError) and not is_transient(e):
-                    raise DaemonError(f"docker: wait {container.name}: {_explain(e)}") from None
+                    raise DaemonError(f"docker: wait {container.name}: {explain(e)}") from None
                 # A read timeout is the slice ending; anything else a daemon hiccup (a cut
                 # connection, a restart). Either way the container's own state says what happened.
                 if not isinstance(e, requests.exceptions.ReadTimeout) and "timed out" not in str(e).lower():
-                    log.warning("wait %s: %s; checking again", container.name, _reason(e))
+                    log.warning("wait %s: %s; checking again", container.name, reason(e))
                     time.sleep(min(1.0, max(remaining, 0)))
 
     def stop(self, container: Container, grace: float) -> None:
@@ -462,18 +416,3 @@ def _parse_time(value: str) -> datetime:
     # Docker gives nanoseconds and a Z; Python wants at most microseconds and an offset.
     head, _, frac = value.rstrip("Z").partition(".")
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
-
-
-def _explain(error: Any) -> str:
-    explanation = getattr(error, "explanation", None) or str(error)
-    status = getattr(error, "status_code", None)
-    text = one_line(str(explanation)) if explanation else type(error).__name__
-    return f"{text} (HTTP {status})" if status else text
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error)
-    for marker in ("Connection refused", "No such file or directory", "Name or service not known", "timed out"):
-        if marker in text:
-            return marker.lower()
-    return one_line(error, 160)

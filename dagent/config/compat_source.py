@@ -25,7 +25,7 @@ log = logging.getLogger("dagent.config")
 class CompatEnvSettingsSource(InitSettingsSource):
     """Other tools' env names (PREFECT_*, DOCKER_HOST) and the token from api.token_file.
 
-    It sits between DAGENT_* and the TOML file, which is where DESIGN.md puts both.
+    It sits between DAGENT_* and the TOML file (docs/configuration.md, "Sources").
     """
 
     def __init__(

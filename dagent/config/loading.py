@@ -75,7 +75,7 @@ def _provenance(cli: Mapping[str, Any], pending: PendingSources) -> dict[str, st
                 origin = "env" if name == "compat" else name
                 break
         sources[dotted] = origin
-    # The token's origin is named exactly (DESIGN.md), the others by kind.
+    # The token's origin is named exactly (docs/configuration.md), the others by kind.
     token_origin = sources["api.token"]
     if token_origin == "env" and get_path(pending.env(), ("api", "token")) is not None:
         sources["api.token"] = "env:DAGENT_API__TOKEN"

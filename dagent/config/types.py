@@ -27,7 +27,7 @@ ENV_CONFIG = "DAGENT_CONFIG"
 DEFAULT_CONFIG_FILE = "agent.toml"
 MASK = "**********"
 
-# Names other tools use for the same settings, honoured below the DAGENT_ names (DESIGN.md).
+# Names other tools use for the same settings, honoured below the DAGENT_ names (docs/configuration.md).
 COMPAT_ENV: Mapping[str, str] = {
     "PREFECT__CLOUD__AGENT__NAME": "name",
     "PREFECT_API_URL": "api.url",
@@ -36,7 +36,7 @@ COMPAT_ENV: Mapping[str, str] = {
 }
 # Tables that merge key by key across sources; every other list or table replaces.
 TABLE_KEYS = (("docker", "env"), ("docker", "labels"))
-# Token sources in DESIGN.md order after the CLI and DAGENT_API__TOKEN.
+# Token sources in the documented order (docs/configuration.md) after the CLI and DAGENT_API__TOKEN.
 TOKEN_ENV = ("PREFECT_API_KEY", "PREFECT__CLOUD__AGENT__AUTH_TOKEN")
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -31,7 +31,7 @@ from dagent.runs import parse_run
 from dagent.sources.prefect import PrefectSource
 from dagent.sources.prefect.jobvars import FlowRunContext
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, Origin, build
-from tests.facts import docker_request
+from tests.helpers import docker_request
 
 SECRET = "chaos-s3cret-9f1c2e7a"  # a token no output may ever show
 

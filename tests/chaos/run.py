@@ -35,10 +35,9 @@ import docker
 
 from tests.chaos import corpus
 from tests.chaos.corpus import SECRET
+from tests.helpers import AgentProcess, Dagent
 from tests.integration import infra, prefect_infra
-from tests.integration.conftest import Dagent
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
-from tests.integration.test_agent import AgentProcess
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -30,17 +30,19 @@ def _run(*cmd: str, check: bool = True, timeout: float = 600, **kw: object) -> s
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload, no-any-return]
 
 
-def apt_install(*packages: str) -> None:
-    """Install Debian packages (root only); Unavailable if that cannot work here."""
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise Unavailable(f"need {' '.join(packages)}: not root or no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    result = subprocess.run(["apt-get", "install", "-y", "-qq", *packages], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-        result = subprocess.run(["apt-get", "install", "-y", "-qq", *packages], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise Unavailable(f"apt-get install {' '.join(packages)} failed: {result.stderr.strip()[-300:]}")
+INSTALL = "bash tests/install-components.sh"
+
+
+class Missing(Unavailable):
+    """A component that should have been installed is not: the message names the command that installs it."""
+
+
+def require(command: str, package: str) -> str:
+    """The path of `command`, or Missing naming the package and the install script."""
+    found = shutil.which(command)
+    if found is None:
+        raise Missing(f"{command} is not installed (Debian's {package}): run `{INSTALL}`")
+    return found
 
 
 def docker_answers() -> bool:
@@ -54,11 +56,7 @@ def docker_engine() -> Iterator[None]:
     if docker_answers():
         yield
         return
-    if shutil.which("dockerd") is None:
-        apt_install("docker.io")
-    if docker_answers():  # the package may start its own service
-        yield
-        return
+    require("dockerd", "docker.io")
     log = tempfile.NamedTemporaryFile(prefix="dockerd-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -79,10 +77,7 @@ def docker_engine() -> Iterator[None]:
 
 def busybox_image() -> str:
     """A tiny image made with `docker import` from Debian's busybox-static, cached by content hash."""
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not Path(busybox).exists():
-        apt_install("busybox-static")
-        busybox = shutil.which("busybox") or "/bin/busybox"
+    busybox = require("busybox", "busybox-static")
     digest = hashlib.sha256(Path(busybox).read_bytes()).hexdigest()[:12]
     tag = f"dagent-test/busybox:{digest}"
     if _run("docker", "image", "inspect", tag, check=False).returncode != 0:
@@ -109,8 +104,7 @@ class Registry:
     """Debian's docker-registry on 127.0.0.1, storing under a temp dir; its log records every request."""
 
     def __init__(self, root: Path, credentials: tuple[str, str] | None = None) -> None:
-        if shutil.which("docker-registry") is None:
-            apt_install("docker-registry")
+        require("docker-registry", "docker-registry")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = root / "registry.log"
@@ -260,8 +254,7 @@ class PrivateEngine:
     """A second dockerd of our own (own socket, roots and network namespace) to stop and start at will."""
 
     def __init__(self) -> None:
-        if shutil.which("dockerd") is None:
-            apt_install("docker.io")
+        require("dockerd", "docker.io")
         # Unix socket paths are short-lived and must stay under 108 bytes: keep the root short.
         self.root = Path(tempfile.mkdtemp(prefix="dg", dir="/tmp"))
         self.socket = self.root / "d.sock"

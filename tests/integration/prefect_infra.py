@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.integration.infra import Unavailable, apt_install, free_port
+from tests.integration.infra import INSTALL, Missing, Unavailable, free_port, require
 
 PREFECT = "3.8.8"
 PREFECT_PINS = (f"prefect=={PREFECT}", "fastapi>=0.139,<0.148", "sqlalchemy<2.1")
@@ -27,7 +27,15 @@ FLOWS = Path(__file__).parent / "flows"
 
 
 def prefect_venv() -> Path:
-    """A venv with Prefect (and prefect-docker, for the benchmark's baseline), made once."""
+    """The venv with Prefect and prefect-docker that tests/install-components.sh made; Missing if it did not."""
+    venv = CACHE / f"prefect-{PREFECT}"
+    if not (venv / ".complete").exists():
+        raise Missing(f"no Prefect {PREFECT} venv at {venv}: run `{INSTALL}`")
+    return venv
+
+
+def install_prefect_venv() -> Path:
+    """Make the venv with Prefect (and prefect-docker, for the benchmark's baseline), once."""
     venv = CACHE / f"prefect-{PREFECT}"
     done = venv / ".complete"  # written last: a half-made venv is made again
     if done.exists():
@@ -105,8 +113,7 @@ def prefect_base_image() -> str:
     tag = f"dagent-test/prefect-base:{PREFECT}"
     if _docker("image", "inspect", tag).returncode == 0:
         return tag
-    if shutil.which("debootstrap") is None:
-        apt_install("debootstrap")
+    require("debootstrap", "debootstrap")
     root = Path(tempfile.mkdtemp(prefix="prefect-rootfs-"))
     try:
         result = subprocess.run(
@@ -157,3 +164,14 @@ def flow_image() -> str:
             if built.returncode != 0:
                 raise Unavailable(f"docker build of the flow image failed: {built.stderr.strip()[-300:]}")
     return tag
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--install"]:
+        sys.exit("usage: python -m tests.integration.prefect_infra --install")
+    try:
+        print(f"Prefect {PREFECT} venv: {install_prefect_venv()}")
+    except Unavailable as e:
+        sys.exit(f"error: {e}")

@@ -3,73 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import (
+    AgentProcess,
+    Dagent,
+    agent_config,
+    count_dir,
+    counting_run,
+    drop,
+    results,
+    wait_for,
+)
 from tests.integration import infra
-from tests.integration.conftest import Dagent
+from tests.integration.conftest import not_here
 
 pytestmark = pytest.mark.integration
-
-
-class AgentProcess:
-    """`dagent start` in its own process, logging to a file."""
-
-    def __init__(self, dagent: Dagent, config: Path, *args: str, name: str | None = None) -> None:
-        self.log_path = dagent.workdir / f"agent-{name or dagent.name}-{time.monotonic_ns()}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_")) and k != "DOCKER_HOST"}
-        env = {**base, "PYTHONPATH": str(REPO), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1"}
-        if os.environ.get("TEST_AGENT_LOG_LEVEL"):  # e.g. DEBUG, to chase a race in the agents' logs
-            env["DAGENT_LOG_LEVEL"] = os.environ["TEST_AGENT_LOG_LEVEL"]
-        if name:
-            env["DAGENT_NAME"] = name
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "dagent", "start", "-c", str(config), *args],
-                cwd=dagent.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def signal(self, signum: int = signal.SIGTERM, timeout: float = 15) -> int:
-        """Send a signal and wait for the process to end; its exit code."""
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=timeout)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def __enter__(self) -> AgentProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def results(inbox: Path) -> dict[str, dict[str, object]]:
-    """done/<id>.json files by run id."""
-    return {p.stem: json.loads(p.read_text()) for p in (inbox / "done").glob("*.json")}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a condition until true; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -78,41 +35,6 @@ def inbox(dagent: Dagent) -> Path:
     path = dagent.workdir / "inbox"
     (path / "new").mkdir(parents=True)
     return path
-
-
-def drop(inbox: Path, run_id: str, **fields: object) -> None:
-    """Drop a run file the way writers must: write a temp name, rename into new/."""
-    text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items())
-    tmp = inbox / "new" / f".{run_id}.tmp"
-    tmp.write_text(text)
-    tmp.rename(inbox / "new" / f"{run_id}.toml")
-
-
-def agent_config(
-    dagent: Dagent, inbox: Path, *, concurrency: int = 4, labels: list[str] | None = None, **docker: object
-) -> Path:
-    """An agent.toml for the inbox source with a fast poll."""
-    head = (
-        f"concurrency = {concurrency}\npoll_interval = 0.2\nlabels = {json.dumps(labels or [])}\n"
-        f'[inbox]\npath = "{inbox}"\n'
-    )
-    return dagent.config(head, **docker)
-
-
-def count_dir(tmp_path: Path) -> Path:
-    """A host directory runs may mount, beside (never around) the agent's own config and inbox."""
-    path = tmp_path / "count"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-def counting_run(image: str, counter: Path, seconds: float, code: int = 0) -> dict[str, object]:
-    """A run that appends its id to a host file when it starts, so a second start would show."""
-    return {
-        "image": image,
-        "command": ["sh", "-c", f'echo "$DAGENT_RUN_ID" >> /count/starts; sleep {seconds}; exit {code}'],
-        "volumes": [f"{counter.parent}:/count"],
-    }
 
 
 def test_twenty_runs_with_exit_codes_and_concurrency(dagent: Dagent, inbox: Path, image: str) -> None:
@@ -274,7 +196,7 @@ def private_engine() -> Iterator[infra.PrivateEngine]:
         engine = infra.PrivateEngine()
         engine.start()
     except infra.Unavailable as e:
-        pytest.skip(f"cannot run a second dockerd here: {e}")
+        not_here(e, "cannot run a second dockerd here")
     yield engine
     engine.close()
 

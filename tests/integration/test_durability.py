@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import Dagent
-from tests.integration.test_agent import agent_config, drop
+from tests.helpers import Dagent, agent_config, drop
+from tests.integration import infra
+from tests.integration.conftest import not_here
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,10 @@ def _syscalls(trace: Path) -> list[tuple[str, str]]:
 
 def test_claim_marker_and_result_are_fsynced_with_their_directories(dagent: Dagent, image: str) -> None:
     """Each step is followed by an fsync of the directory that holds its new entry, files fsync'd first."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed (Debian's strace; .ci/run installs it)")
+    try:
+        infra.require("strace", "strace")
+    except infra.Missing as e:
+        not_here(e, "strace")
     inbox = dagent.workdir / "inbox"
     (inbox / "new").mkdir(parents=True)
     drop(inbox, "durable", image=image, command=["true"])

@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import Dagent
+from tests.helpers import Dagent
 
 pytestmark = pytest.mark.integration
 RUNS = REPO / "examples" / "runs"

@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests import nobody
+from tests.helpers import nobody_python, run_as_nobody
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ class Host:
 @pytest.fixture
 def host(engine: docker.DockerClient, image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     """A world-readable work tree for nobody, an allowed root holding the hidden link and a plain directory."""
-    if nobody.python() is None:
+    if nobody_python() is None:
         pytest.skip("needs root, runuser and a Python that nobody can run to play a non-root agent")
     try:
         grp.getgrnam("docker")
@@ -72,7 +72,7 @@ def host(engine: docker.DockerClient, image: str, tmp_path_factory: pytest.TempP
 
 
 def _dagent(host: Host, *args: str) -> tuple[int, str, str]:
-    out = nobody.run(["-m", "dagent", *args, "--config", str(host.config)], cwd=str(host.root), group="docker")
+    out = run_as_nobody(["-m", "dagent", *args, "--config", str(host.config)], cwd=str(host.root), group="docker")
     return out.returncode, out.stdout, out.stderr
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.helpers import AgentProcess, Dagent, wait_for
 from tests.integration import infra, prefect_infra
-from tests.integration.conftest import Dagent
+from tests.integration.conftest import not_here
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
-from tests.integration.test_agent import AgentProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[prefect
     try:
         server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), tmp_path_factory.mktemp("prefect"))
     except (prefect_infra.Unavailable, subprocess.CalledProcessError) as e:
-        pytest.skip(f"no Prefect server can run here: {e}")
+        not_here(e, "no Prefect server can run here")
     yield server
     server.stop()
 
@@ -38,7 +38,7 @@ def flow_image(engine: docker.DockerClient) -> str:
     try:
         return prefect_infra.flow_image()
     except prefect_infra.Unavailable as e:
-        pytest.skip(f"cannot build the flow image: {e}")
+        not_here(e, "cannot build the flow image")
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import uuid
 import docker
 import pytest
 
+from tests.helpers import Dagent
 from tests.integration import infra
-from tests.integration.conftest import Dagent
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Token resolution follows DESIGN.md's order, names its source, and never leaks the value."""
+"""Token resolution follows the documented order (docs/configuration.md), names its source, and never leaks the value."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from dagent.cli import main
 from dagent.config import load_config
 
-# Highest first, exactly as DESIGN.md orders them.
+# Highest first, exactly as docs/configuration.md orders them.
 LEVELS = ("cli", "DAGENT_API__TOKEN", "PREFECT_API_KEY", "PREFECT__CLOUD__AGENT__AUTH_TOKEN", "token_file", "toml")
 EXPECTED_SOURCE = {
     "cli": "cli",

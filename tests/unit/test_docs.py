@@ -30,10 +30,10 @@ def test_reference_toml_is_current() -> None:
     assert (REPO / "config" / "agent.toml").read_text() == docs.reference_toml()
 
 
-def test_readme_reference_is_current() -> None:
-    """The README's configuration tables equal what the model generates (run `python -m dagent.docs`)."""
-    assert docs.reference_markdown() in (REPO / "README.md").read_text()
-    assert docs.run_fields_markdown() in (REPO / "README.md").read_text()
+def test_docs_reference_is_current() -> None:
+    """The configuration and run-file tables of docs/ equal what the model generates (run `python -m dagent.docs`)."""
+    assert docs.reference_markdown() in (REPO / docs.CONFIG_PAGE).read_text()
+    assert docs.run_fields_markdown() in (REPO / docs.RUNS_PAGE).read_text()
 
 
 def test_every_key_and_seed_argument_is_documented() -> None:
@@ -95,9 +95,12 @@ def test_taplo_accepts_shipped_configs_and_rejects_a_bad_one(tmp_path: Path) -> 
 
 
 def test_docs_module_regenerates_in_a_copy(tmp_path: Path) -> None:
-    """`python -m dagent.docs DIR` writes the three documents."""
-    for sub in ("schemas", "config"):
+    """`python -m dagent.docs DIR` writes the schema, the reference agent.toml and the docs tables."""
+    for sub in ("schemas", "config", "docs"):
         (tmp_path / sub).mkdir()
-    (tmp_path / "README.md").write_text(f"x\n{docs.README_BEGIN}\n{docs.README_END}\n")
+    (tmp_path / docs.CONFIG_PAGE).write_text(f"x\n{docs.README_BEGIN}\n{docs.README_END}\n")
+    (tmp_path / docs.RUNS_PAGE).write_text(f"x\n{docs.RUNFILE_BEGIN}\n{docs.RUNFILE_END}\n")
     subprocess.run([sys.executable, "-m", "dagent.docs", str(tmp_path)], check=True, cwd=REPO)
     assert (tmp_path / "config" / "agent.toml").read_text() == docs.reference_toml()
+    assert docs.reference_markdown() in (tmp_path / docs.CONFIG_PAGE).read_text()
+    assert docs.run_fields_markdown() in (tmp_path / docs.RUNS_PAGE).read_text()

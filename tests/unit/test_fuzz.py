@@ -185,7 +185,7 @@ def _through_docker_py(make_run: Any) -> None:
     from dagent.errors import PolicyError
     from dagent.hostview import DaemonFacts, HostView
     from dagent.spec import build
-    from tests.facts import docker_request
+    from tests.helpers import docker_request
 
     config = load_config({"name": "fuzz", "docker": _PERMISSIVE}, environ={}).config
     try:

@@ -26,9 +26,8 @@ from dagent.hostview import DaemonFacts, HostView, Unresolvable, resolve, view_e
 from dagent.policy import HostFacts, check
 from dagent.runs import RunRequest, parse_run
 from dagent.spec import Origin, build
-from tests import nobody
 from tests.conftest import REPO
-from tests.facts import lexical_facts
+from tests.helpers import lexical_facts, nobody_python, run_as_nobody
 
 SHARED = DaemonFacts(data_root="/var/lib/docker", socket_path="/var/run/docker.sock", view_error=None)
 
@@ -54,13 +53,13 @@ def _refused(config: AgentConfig, run: RunRequest, match: str, **kw: Any) -> Non
 
 
 def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
-    return nobody.run(["-c", code])
+    return run_as_nobody(["-c", code])
 
 
 @pytest.fixture
 def hidden_link(tmp_path: Path) -> Iterator[Path]:
     """ALLOWED/a/p/l: `a/p` is root's and 0700, `l` links to the Docker socket."""
-    if nobody.python() is None:
+    if nobody_python() is None:
         pytest.skip("needs root, runuser and a Python that nobody can run to play a non-root agent")
     tmp_path.chmod(0o755)
     allowed = tmp_path / "allowed"

@@ -8,7 +8,7 @@ import docker.errors
 import pytest
 import requests
 
-from dagent.runtime import PERMANENT_DOCKER_ERRORS, STATUS_JUDGED_DOCKER_ERRORS, is_transient
+from dagent.daemon_faults import PERMANENT_DOCKER_ERRORS, STATUS_JUDGED_DOCKER_ERRORS, is_transient
 
 
 def test_every_docker_error_class_is_classified() -> None:

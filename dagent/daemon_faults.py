@@ -1,0 +1,72 @@
+"""Which Docker daemon faults are worth a retry, and how a daemon error reads in one line (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from dagent.errors import one_line
+
+# docker.errors classes that are never worth a retry. APIError (and its NotFound, ImageNotFound
+# subclasses) is judged by HTTP status instead; a test fails when a docker.errors class is in neither.
+PERMANENT_DOCKER_ERRORS = frozenset(
+    {
+        "BuildError",
+        "ContainerError",
+        "ContextAlreadyExists",
+        "ContextException",
+        "ContextNotFound",
+        "DeprecatedMethod",
+        "ImageLoadError",
+        "InvalidArgument",
+        "InvalidConfigFile",
+        "InvalidRepository",
+        "InvalidVersion",
+        "MissingContextParameter",
+        "NullResource",
+        "StreamParseError",
+        "TLSParameterError",
+    }
+)
+STATUS_JUDGED_DOCKER_ERRORS = frozenset({"APIError", "NotFound", "ImageNotFound"})
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+PERMANENT_MARKERS = ("no basic auth credentials", "unauthorized", "denied", "manifest unknown", "not found")
+
+
+# A response cut off mid-body (a connection dropped while the daemon answered).
+CUT_SHORT = requests.exceptions.ChunkedEncodingError
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for faults worth retrying: connection errors, timeouts, 408/429/5xx from the daemon."""
+    import docker.errors
+
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, CUT_SHORT)):
+        return True
+    if isinstance(error, docker.errors.APIError):
+        # Older daemons wrap a registry's "no such image" and "unauthorized" in a 500.
+        explanation = str(error.explanation or "").lower()
+        if any(marker in explanation for marker in PERMANENT_MARKERS):
+            return False
+        return error.status_code in TRANSIENT_STATUS
+    if isinstance(error, docker.errors.DockerException):
+        # docker-py wraps "cannot connect" at client creation in a bare DockerException.
+        cause = error.__cause__ or error.__context__
+        return isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+    return False
+
+
+def explain(error: Any) -> str:
+    explanation = getattr(error, "explanation", None) or str(error)
+    status = getattr(error, "status_code", None)
+    text = one_line(str(explanation)) if explanation else type(error).__name__
+    return f"{text} (HTTP {status})" if status else text
+
+
+def reason(error: BaseException) -> str:
+    text = str(error)
+    for marker in ("Connection refused", "No such file or directory", "Name or service not known", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return one_line(error, 160)
