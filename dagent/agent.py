@@ -19,11 +19,11 @@ from tenacity import (
 )
 
 from dagent.config import AgentConfig
-from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, Runtime, Source, should_remove
+from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, Runtime, Source, owned_by, should_remove
 from dagent.errors import DagentError, PolicyError, one_line
 from dagent.health import Metrics
 from dagent.hostview import HostView
-from dagent.spec import LABEL_AGENT, LABEL_KEEP, ContainerSpec, build
+from dagent.spec import LABEL_KEEP, ContainerSpec, build
 
 log = logging.getLogger("dagent.agent")
 flow_log = logging.getLogger("dagent.flow")
@@ -363,7 +363,7 @@ class Agent:
             self._submit(claim)
         resumed_ids = {c.run.id for c in resumed}
         for run_id, info in containers.items():
-            if run_id not in resumed_ids and info.labels.get(LABEL_AGENT) == self.config.name:
+            if run_id not in resumed_ids and owned_by(info, self.config.name):
                 self._clean_orphan(info)
 
     def _clean_orphan(self, info: ContainerInfo) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 from dagent.hostview import DaemonFacts
 from dagent.runs import RunRequest
-from dagent.spec import ContainerSpec, Origin
+from dagent.spec import LABEL_AGENT, ContainerSpec, Origin
 
 Outcome = Literal["succeeded", "failed", "timed-out", "cancelled", "crashed"]
 
@@ -80,6 +80,11 @@ class RunHandle:
 
     cancel: threading.Event = field(default_factory=threading.Event)
     container: Any = None
+
+
+def owned_by(info: ContainerInfo | None, agent: str) -> bool:
+    """Whether a container is this agent's (its `dagent.agent` label): the one test of ownership."""
+    return info is not None and info.labels.get(LABEL_AGENT) == agent
 
 
 def should_remove(keep: str, outcome: str) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from dagent.config import DockerConfig
+from dagent.config.types import normalize_capability
 from dagent.errors import PolicyError
 from dagent.images import parse_image
 from dagent.runs import RunRequest
@@ -208,11 +209,6 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
     memory = run.memory if run.memory is not None else config.max_memory
     if memory is not None and run.shm_size is not None and run.shm_size > memory:
         yield f"docker.max_memory: shm_size = {run.shm_size} bytes is over the memory limit {memory}"
-
-
-def normalize_capability(cap: str) -> str:
-    """A capability as Docker names it: upper case, no CAP_ prefix."""
-    return cap.upper().removeprefix("CAP_")
 
 
 def check(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> None:

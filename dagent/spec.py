@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr
 
 from dagent import policy
 from dagent.config import AgentConfig, Mount
+from dagent.config.types import normalize_capability
 from dagent.runs import PORT_RE, RunRequest
 
 CONTAINER_PREFIX = "dagent-"
@@ -220,7 +221,7 @@ def build(
         gpus=run.gpus,
         devices=tuple(_resolved_device(d, facts) for d in run.devices),
         ports=run.ports,
-        cap_add=tuple(policy.normalize_capability(c) for c in run.cap_add),
+        cap_add=tuple(normalize_capability(c) for c in run.cap_add),
         privileged=run.privileged,
         pid_mode=run.pid,
         ipc_mode=run.ipc,

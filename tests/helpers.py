@@ -14,9 +14,11 @@ import signal
 import site
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,52 @@ def docker_request(kwargs: dict[str, Any], version: str = "1.41") -> dict[str, A
     args.pop("name", None)
     args.setdefault("command", None)
     return dict(ContainerConfig(version, **args))
+
+
+# --- a Prefect API stand-in -----------------------------------------------------------------------
+
+
+class StubAPI:
+    """An HTTP server on 127.0.0.1 answering from a table of (method, path prefix) → (status, body);
+    anything else is 404. Every request is recorded in `requests` as (method, path, decoded body)."""
+
+    def __init__(self, answers: Mapping[tuple[str, str], tuple[int, Any]]) -> None:
+        table = dict(answers)
+        self.requests: list[tuple[str, str, Any]] = []
+        recorded = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                path = self.path.split("?")[0]
+                try:
+                    recorded.append((self.command, path, json.loads(raw) if raw else None))
+                except ValueError:
+                    recorded.append((self.command, path, raw))
+                status, body = next(
+                    (v for (m, p), v in table.items() if m == self.command and path.startswith(p)),
+                    (404, {"detail": "Not Found"}),
+                )
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = _any
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # --- a non-root agent ------------------------------------------------------------------------------

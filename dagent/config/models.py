@@ -38,6 +38,7 @@ from dagent.config.types import (
     check_http_url,
     default_base_url,
     list_from_text,
+    normalize_capability,
 )
 from dagent.units import MAX_CPUS, MAX_SECONDS, MIN_CPUS, MIN_MEMORY, parse_bytes
 
@@ -156,7 +157,7 @@ class DockerConfig(Section):
     @field_validator("allowed_capabilities")
     @classmethod
     def _caps_upper(cls, caps: list[str]) -> list[str]:
-        return [c.upper().removeprefix("CAP_") for c in caps]
+        return [normalize_capability(c) for c in caps]
 
 
 class HealthConfig(Section):

@@ -100,6 +100,11 @@ def _check_label_key(key: str) -> str:
     return key
 
 
+def normalize_capability(cap: str) -> str:
+    """A capability as Docker names it: upper case, no CAP_ prefix."""
+    return cap.upper().removeprefix("CAP_")
+
+
 def check_device(value: str) -> str:
     """A device spec HOST[:CONTAINER[:rwm]], both paths absolute."""
     parts = value.split(":")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from dagent import durable
 from dagent.config import AgentConfig
-from dagent.contracts import Claim, ContainerInfo, RunResult
+from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import RunFileError, SourceError
 from dagent.runs import load_run_file
-from dagent.spec import LABEL_AGENT, Origin
+from dagent.spec import Origin
 
 log = logging.getLogger("dagent.inbox")
 
@@ -65,7 +65,7 @@ class InboxSource:
             claim = Claim(run=run, origin=Origin(source=self.name), handle=path)
             if (self.done / f"{run.id}.json").exists():
                 self._archive(claim)  # reported before the crash; finish the move
-            elif self._mine(containers.get(run.id)) or not self._marker(run.id).exists():
+            elif owned_by(containers.get(run.id), self.agent) or not self._marker(run.id).exists():
                 claims.append(claim)  # adopt its container, or it never started
             else:
                 self.report(
@@ -168,9 +168,6 @@ class InboxSource:
         """Nothing to release."""
 
     # --- helpers ---------------------------------------------------------------------------------
-
-    def _mine(self, info: ContainerInfo | None) -> bool:
-        return info is not None and info.labels.get(LABEL_AGENT) == self.agent
 
     def _marker(self, run_id: str) -> Path:
         return self.mine / f"{run_id}.started"

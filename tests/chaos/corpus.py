@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -31,7 +28,7 @@ from dagent.runs import parse_run
 from dagent.sources.prefect import PrefectSource
 from dagent.sources.prefect.jobvars import FlowRunContext
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, Origin, build
-from tests.helpers import docker_request
+from tests.helpers import StubAPI, docker_request
 
 SECRET = "chaos-s3cret-9f1c2e7a"  # a token no output may ever show
 
@@ -317,45 +314,8 @@ def _agent_config(**extra: Any) -> Any:
         return load_config(cli=cli_values, environ={}).config
 
 
-class _StubAPI:
-    """An HTTP server answering from a table; anything else is 404."""
-
-    def __init__(self, answers: Mapping[str, tuple[int, Any]]) -> None:
-        table = {_API[k]: v for k, v in answers.items()}
-
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                path = self.path.split("?")[0]
-                status, body = next(
-                    (v for (m, p), v in table.items() if m == self.command and path.startswith(p)),
-                    (404, {"detail": "Not Found"}),
-                )
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = _any
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _judge_api(case: Case) -> str | None:
-    stub = _StubAPI(case.data["answers"])
+    stub = StubAPI({_API[k]: v for k, v in case.data["answers"].items()})
     try:
         config = _agent_config(api={"url": stub.url, "work_pool": "chaos", "event_stream": False, "send_agent_logs": False,
                                     "token": SECRET}, retry={"attempts": 1})  # fmt: skip

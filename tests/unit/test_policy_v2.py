@@ -27,7 +27,7 @@ from dagent.policy import HostFacts, check
 from dagent.runs import RunRequest, parse_run
 from dagent.spec import Origin, build
 from tests.conftest import REPO
-from tests.helpers import lexical_facts, nobody_python, run_as_nobody
+from tests.helpers import StubAPI, lexical_facts, nobody_python, run_as_nobody
 
 SHARED = DaemonFacts(data_root="/var/lib/docker", socket_path="/var/run/docker.sock", view_error=None)
 
@@ -467,44 +467,6 @@ def test_a_poisoned_run_file_goes_to_failed_and_later_runs_are_taken(tmp_path: P
     assert reason.count("\n") <= 1 and "Traceback" not in reason and "0-bad.toml" in reason
 
 
-class _RecordingAPI:
-    """A Prefect API stand-in for one call path: answers from a table, records every request."""
-
-    def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
-        import json
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.requests: list[tuple[str, str, Any]] = []
-        recorded = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                path = self.path.split("?")[0]
-                recorded.append((self.command, path, body))
-                found = next((v for (m, p), v in answers.items() if m == self.command and path.startswith(p)), None)
-                data = json.dumps(found if found is not None else {"detail": "Not Found"}).encode()
-                self.send_response(200 if found is not None else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = _any
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("variables", [{"cpus": 1e300}, {"mem_limit": "9" * 400}, {"volumes": ["/tmp/a\x00b:/x"]}])
 def test_a_poisoned_prefect_run_is_crashed_at_recovery_not_resumed_forever(variables: dict[str, Any]) -> None:
     """A run claimed PENDING whose job variables are bad is set CRASHED with why at the next start."""
@@ -514,8 +476,8 @@ def test_a_poisoned_prefect_run_is_crashed_at_recovery_not_resumed_forever(varia
     name = "poisoned"
     pending = {"type": "PENDING", "name": "Pending", "message": f"Claimed by dagent agent {name!r}"}
     flow_run = {"id": run_id, "state": pending, "job_variables": {"image": "busybox", **variables}}
-    api = _RecordingAPI({("POST", "/api/flow_runs/filter"): [flow_run],
-                         ("POST", f"/api/flow_runs/{run_id}/set_state"): {"status": "ACCEPT"}})  # fmt: skip
+    api = StubAPI({("POST", "/api/flow_runs/filter"): (200, [flow_run]),
+                   ("POST", f"/api/flow_runs/{run_id}/set_state"): (200, {"status": "ACCEPT"})})  # fmt: skip
     try:
         config = load_config(
             {"name": name, "source": "prefect",

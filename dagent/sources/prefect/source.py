@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dagent.config import AgentConfig
-from dagent.contracts import Claim, ContainerInfo, RunResult
+from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import RunFileError, SourceError
 from dagent.runs import RunRequest
 from dagent.sources.prefect import jobvars
@@ -29,7 +29,7 @@ from dagent.sources.prefect.flowruns import FlowRuns
 from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
 from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.logship import LogShipper
-from dagent.spec import LABEL_AGENT, Origin
+from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
 
@@ -192,14 +192,21 @@ class PrefectSource:
             return None
         if not self._claim(run_id, listed_at=self._scheduled.listed_at):
             return None
-        entry = FlowRunContext(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
+        return self._to_claim(flow_run, deployment, variables)
+
+    def _to_claim(
+        self, flow_run: dict[str, Any], deployment: dict[str, Any] | None, variables: Mapping[str, Any]
+    ) -> Claim | None:
+        """The Claim for a run that is ours; a run with bad job variables is CRASHED with why, once."""
+        run_id = flow_run["id"]
         try:
             run = self._run_request(run_id, variables)
         except RunFileError as e:
             claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
             self.refuse(claim, str(e))
             return None
-        return Claim(run, self._origin(run_id, entry, variables), run_id)
+        context = FlowRunContext(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
+        return Claim(run, self._origin(run_id, context, variables), run_id)
 
     def _claim(self, run_id: str, listed_at: float) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
@@ -385,7 +392,7 @@ class PrefectSource:
             host, _, container_id = str(flow_run.get("infrastructure_pid") or "").partition(":")
             ours_pending = state.get("type") == "PENDING" and state.get("message") == self._claim_note
             info = containers.get(run_id)
-            if info is not None and info.labels.get(LABEL_AGENT) == self.worker:
+            if owned_by(info, self.worker):
                 claim = self._resume(flow_run)  # adopt the container (running, or finished and unreported)
             elif info is None and ours_pending and not container_id:
                 claim = self._resume(flow_run)  # claimed, never started: run it now
@@ -403,19 +410,12 @@ class PrefectSource:
         return claims
 
     def _resume(self, flow_run: dict[str, Any]) -> Claim | None:
-        run_id = flow_run["id"]
         deployment = self._deployment(flow_run.get("deployment_id"))
-        variables = self._job_variables(flow_run, deployment)
-        entry = FlowRunContext(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
-        try:
-            run = self._run_request(run_id, variables)
-        except RunFileError as e:
-            # Never left PENDING to fail again at every restart: say why in Prefect, once.
-            claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
-            self.refuse(claim, str(e))
-            return None
-        self._track(run_id, mine=True)
-        return Claim(run, self._origin(run_id, entry, variables), run_id)
+        # A run that cannot be resumed is CRASHED with why: never left PENDING to fail at every restart.
+        claim = self._to_claim(flow_run, deployment, self._job_variables(flow_run, deployment))
+        if claim is not None:
+            self._track(flow_run["id"], mine=True)
+        return claim
 
     def close(self) -> None:
         """Send queued log lines, stop the event stream and close the API connection pool."""
