@@ -1,0 +1,67 @@
+"""The corpus: deployment and flow-run job variables, each run under Prefect's Docker worker and under dagent.
+
+`{image}`, `{image_latest}`, `{data}` and `{network}` are filled in by the runner (a local registry's
+busybox, a host directory, a Docker network of the run's own). Containers run a command that makes no
+network call, so no test traffic leaves the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    deployment: dict[str, Any] = field(default_factory=dict)
+    flow_run: dict[str, Any] = field(default_factory=dict)
+    short: bool = False  # in the short mode run by .ci/run
+
+
+EXIT_0 = "sh -c 'exit 0'"
+
+CASES: list[Case] = [
+    Case("defaults only", {}, short=True),
+    Case("command", {"command": "sh -c 'echo hi; exit 0'"}, short=True),
+    Case("command exit 3", {"command": "sh -c 'exit 3'"}),
+    Case("env", {"env": {"A": "1", "B": "two"}}, short=True),
+    Case("env null removes a key", {"env": {"A": "1", "FROM_POOL": None}}),
+    Case("env flow-run override", {"env": {"A": "1", "B": "2"}}, {"env": {"B": "3", "C": "4"}}),
+    Case("env numbers", {"env": {"N": 5, "F": 1.5, "T": True}}),
+    Case("labels", {"labels": {"team": "etl", "com.example/owner": "me"}}, short=True),
+    Case("labels flow-run override", {"labels": {"a": "1"}}, {"labels": {"b": "2"}}),
+    Case("volumes bind", {"volumes": ["{data}:/data:ro"]}),
+    Case("volumes named", {"volumes": ["conf-vol:/v"]}),
+    Case("network_mode host", {"network_mode": "host"}, short=True),
+    Case("network_mode none", {"network_mode": "none"}),
+    Case("networks one", {"networks": ["{network}"]}),
+    Case("networks flow-run override", {}, {"networks": ["{network}"]}),
+    Case("mem_limit", {"mem_limit": "64m"}, short=True),
+    Case("mem_limit and memswap_limit", {"mem_limit": "64m", "memswap_limit": "128m"}),
+    Case("memswap_limit -1", {"mem_limit": "64m", "memswap_limit": "-1"}),
+    Case("privileged", {"privileged": True}),
+    Case("auto_remove", {"auto_remove": True}),
+    Case("stream_output false", {"stream_output": False}),
+    Case("image_pull_policy Always", {"image_pull_policy": "Always"}, short=True),
+    Case("image_pull_policy Never", {"image_pull_policy": "Never"}),
+    Case("image_pull_policy IfNotPresent", {"image_pull_policy": "IfNotPresent"}),
+    Case("image latest, no policy", {"image": "{image_latest}"}),
+    Case("name", {"name": "conformance-named"}),
+    Case("create kwargs shm_size", {"container_create_kwargs": {"shm_size": "32m"}}),
+    Case("create kwargs init and user", {"container_create_kwargs": {"init": True, "user": "1000:1000"}}),
+    Case(
+        "create kwargs working_dir and hostname",
+        {"container_create_kwargs": {"working_dir": "/tmp", "hostname": "conf"}},
+    ),
+    Case("create kwargs extra_hosts", {"container_create_kwargs": {"extra_hosts": {"db.local": "127.0.0.1"}}}),
+    Case(
+        "create kwargs ulimits",
+        {"container_create_kwargs": {"ulimits": [{"name": "nofile", "soft": 1024, "hard": 2048}]}},
+    ),
+    Case("create kwargs labels", {"container_create_kwargs": {"labels": {"extra": "x"}}}),
+    Case("create kwargs cap_add", {"container_create_kwargs": {"cap_add": ["NET_ADMIN"]}}),
+    Case("null values", {"command": None, "mem_limit": None, "network_mode": None}),
+    Case("unknown variable", {"not_a_variable": "x"}),
+    Case("flow-run overrides image and command", {"command": EXIT_0}, {"command": "sh -c 'exit 0 # run'"}),
+]
