@@ -198,6 +198,12 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
             yield "docker.allow_host_network: pid = 'host'"
         if run.ipc == "host":
             yield "docker.allow_host_network: ipc = 'host'"
+    if (
+        run.pull is not None
+        and config.allowed_pull_policies is not None
+        and run.pull not in config.allowed_pull_policies
+    ):
+        yield f"docker.allowed_pull_policies: pull = {run.pull!r} is not in {config.allowed_pull_policies}"
     if run.gpus is not None and not config.allow_gpus:
         yield f"docker.allow_gpus: gpus = {run.gpus!r}"
     if run.ports and not config.allow_ports:

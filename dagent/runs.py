@@ -136,6 +136,8 @@ class RunRequest(BaseModel):
     """"host" shares the host's PID namespace (needs docker.allow_host_network)."""
     ipc: Literal["host", "private", "shareable"] | None = None
     """IPC mode; "host" needs docker.allow_host_network."""
+    pull: Literal["if-not-present", "always", "never"] | None = None
+    """When to pull the image; unset uses docker.pull (each must be in docker.allowed_pull_policies)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -29,7 +29,8 @@ class Origin:
     `env` and `labels` win over the run's and the agent's (e.g. PREFECT__FLOW_RUN_ID), and
     `secret_env` carries values that must reach the container but never a log or `plan`.
     `run_labels` are the run's own container labels (Prefect's `labels` job variable): the agent's
-    configured labels win over them.
+    configured labels win over them. `base_env` is what the source sets that the run's own `env` may
+    change (Prefect's PREFECT_API_URL and attribution variables), below the run's env.
     """
 
     source: str = "inbox"
@@ -37,6 +38,7 @@ class Origin:
     secret_env: Mapping[str, SecretStr] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     run_labels: Mapping[str, str] = field(default_factory=dict)
+    base_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def container_name(run_id: str, agent: str | None = None) -> str:
@@ -183,7 +185,7 @@ def build(
     docker = config.docker
     policy.check(docker, run, facts)
     network, network_mode = _network(run.network or docker.network, facts)
-    env = {**docker.env, **run.env, ENV_RUN_ID: run.id, **origin.env}
+    env = {**docker.env, **origin.base_env, **run.env, ENV_RUN_ID: run.id, **origin.env}
     secret_env = {k: v for k, v in origin.secret_env.items() if k not in origin.env}
     for name in secret_env:
         env.pop(name, None)
@@ -197,8 +199,11 @@ def build(
         LABEL_KEEP: docker.keep_containers,
     }
     # host.docker.internal exists on Docker Desktop; on Linux it needs the host-gateway mapping.
-    interface = docker.docker_interface and platform.startswith("linux") and network_mode is None
-    pull = docker.pull if policy.image_may_be_pulled(docker, run.image) else "never"
+    # As Prefect's worker: on the host's network too (Docker refuses it only beside container: mode).
+    shared = (network_mode or "").startswith(policy.CONTAINER_MODE)
+    interface = docker.docker_interface and platform.startswith("linux") and not shared
+    wanted = run.pull or docker.pull
+    pull = wanted if policy.image_may_be_pulled(docker, run.image) else "never"
     return ContainerSpec(
         run_id=run.id,
         name=container_name(run.id),

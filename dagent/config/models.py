@@ -30,6 +30,7 @@ from dagent.config.types import (
     EnvName,
     LabelKey,
     LocalPath,
+    PullPolicy,
     RegistryName,
     StrList,
     VolumeList,
@@ -106,7 +107,7 @@ class DockerConfig(Section):
 
     base_url: Annotated[str, AfterValidator(check_base_url)] = Field(default_factory=default_base_url)
     """Docker daemon URL: unix://, npipe://, tcp://, http(s):// or ssh:// (also DOCKER_HOST)."""
-    pull: Literal["if-not-present", "always", "never"] = "if-not-present"
+    pull: PullPolicy = "if-not-present"
     """When to pull a run's image (seed `--no-pull` is `never`)."""
     registry_allow_list: Annotated[list[RegistryName], NoDecode, BeforeValidator(list_from_text)] | None = None
     """Registries images may come from; unset allows all."""
@@ -150,6 +151,8 @@ class DockerConfig(Section):
     """Most memory one run may ask for, e.g. 2g (at least 6m, Docker's minimum); unset is no cap."""
     allowed_networks: StrList | None = None
     """Docker networks a run may pick with `network`; unset: only docker.network when that is set, else any."""
+    allowed_pull_policies: Annotated[list[PullPolicy], NoDecode, BeforeValidator(list_from_text)] | None = None
+    """Pull policies a run may ask for (Prefect's `image_pull_policy`); unset allows all three."""
     verify_host_view: bool = True
     """Refuse host paths and devices unless the agent checked it shares the daemon's mount namespace
     (a unix:// daemon); false only where the daemon's paths are known to be the agent's."""

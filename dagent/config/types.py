@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -131,6 +131,7 @@ EnvName = Annotated[str, AfterValidator(_check_env_name)]
 LabelKey = Annotated[str, AfterValidator(_check_label_key)]
 RegistryName = Annotated[str, AfterValidator(normalize_registry)]
 AbsPath = Annotated[str, AfterValidator(_check_abs_path)]
+PullPolicy = Literal["if-not-present", "always", "never"]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(list_from_text), AfterValidator(_check_words)]
 DeviceList = Annotated[list[Annotated[str, AfterValidator(check_device)]], NoDecode, BeforeValidator(list_from_text)]
 

@@ -38,9 +38,41 @@ FIELDS = (
     "ulimits", "cap_add", "auto_remove", "pulled", "final_state",
 )  # fmt: skip
 
+
 # Differences by design, field → (predicate on (worker value, dagent value), reason). Every entry is
 # also in docs/prefect.md, "Deliberate differences".
-DELIBERATE: dict[str, tuple[Callable[[Any, Any], bool], str]] = {}
+def _only(worker: Any, ours: Any, theirs: set[str] = frozenset(), mine: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+    """True when two tables differ only by keys the worker alone has (matching `theirs`) or dagent alone has."""
+    if not (isinstance(worker, dict) and isinstance(ours, dict)):
+        return False
+    changed = {k for k in worker.keys() & ours.keys() if worker[k] != ours[k]}
+    extra_worker = {k for k in worker.keys() - ours.keys()}
+    extra_ours = {k for k in ours.keys() - worker.keys()}
+    return (
+        changed <= theirs | mine
+        and all(any(k.startswith(p) for p in theirs) for k in extra_worker)
+        and all(any(k.startswith(p) for p in mine) for k in extra_ours)
+    )
+
+
+# The worker passes its own PREFECT_* settings; dagent passes the API URL and key, the run's ids.
+_WORKER_ENV = {"PREFECT_HOME", "PREFECT_SERVER_", "PREFECT_WORKER_", "PREFECT__WORKER_ID", "PREFECT_LOGGING_"}
+DELIBERATE: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "env": (
+        lambda w, d: _only(w, d, theirs=_WORKER_ENV, mine={"DAGENT_RUN_ID"}),
+        "the worker copies its own PREFECT_* settings (and its backend id) into each container; dagent passes "
+        "only the API URL and key and adds DAGENT_RUN_ID",
+    ),
+    "labels": (
+        lambda w, d: _only(w, d, theirs={"io.prefect.version"}, mine={"dagent.", "io.prefect.version"}),
+        "dagent adds its own dagent.* labels (ownership, restarts) and stamps io.prefect.version dagent-<version>",
+    ),
+    "final_state": (
+        lambda w, d: w == "PENDING" and d == "CRASHED",
+        "a container that exits 0 without the flow engine's final state: the worker leaves the run PENDING, "
+        "dagent sets it CRASHED with why",
+    ),
+}
 
 
 @dataclass
@@ -164,6 +196,9 @@ class Conformance:
         for side in (self.worker, self.dagent):
             self._prefect("work-pool", "create", side.pool, "--type", "docker", "--base-job-template", str(template))
         self.flow_id = self.api.call("POST", "/flows/", {"name": "conformance"})["id"]
+        self.pool_ids = {
+            side.pool: self.api.call("GET", f"/work_pools/{side.pool}")["id"] for side in (self.worker, self.dagent)
+        }
 
     def _env(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DAGENT_"))}
@@ -233,6 +268,8 @@ class Conformance:
         names = {
             run_id: "<run-id>", str(flow_run.get("name")): "<run-name>", deployment["id"]: "<deployment-id>",
             deployment["name"]: "<deployment-name>", side.pool: "<pool>", self.flow_id: "<flow-id>",
+            "conformance-worker": "<worker>", "conformance-dagent": "<worker>",
+            str(self.pool_ids.get(side.pool, "-")): "<pool-id>",
         }  # fmt: skip
         return container, self._pulls() > pulls_before, str((flow_run.get("state") or {}).get("type")), names
 
@@ -269,6 +306,14 @@ class Conformance:
         return result
 
 
+def _shown(worker: Any, ours: Any) -> tuple[Any, Any]:
+    """For two tables, only what differs: the worker's side and dagent's side of each differing key."""
+    if isinstance(worker, dict) and isinstance(ours, dict):
+        keys = sorted(k for k in worker.keys() | ours.keys() if worker.get(k) != ours.get(k))
+        return {k: worker.get(k) for k in keys if k in worker}, {k: ours.get(k) for k in keys if k in ours}
+    return worker, ours
+
+
 def _cell(value: Any) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     text = text.replace("|", "\\|")
@@ -286,17 +331,11 @@ def table(results: list[Result]) -> tuple[str, int]:
             continue
         for name, worker, ours, reason in result.differences():
             undocumented += reason is None
-            lines.append(f"| {result.case.name} | {name} | {_cell(worker)} | {_cell(ours)} | {reason or '**no**'} |")
+            shown_worker, shown_ours = _shown(worker, ours)
+            lines.append(
+                f"| {result.case.name} | {name} | {_cell(shown_worker)} | {_cell(shown_ours)} | {reason or '**no**'} |"
+            )
     return "\n".join(lines), undocumented
-
-
-def _dict_diff(worker: Any, ours: Any) -> Any:
-    if isinstance(worker, dict) and isinstance(ours, dict):
-        return {
-            "only in worker": {k: v for k, v in worker.items() if ours.get(k) != v},
-            "only in dagent": {k: v for k, v in ours.items() if worker.get(k) != v},
-        }
-    return None
 
 
 def main() -> int:

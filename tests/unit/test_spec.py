@@ -91,10 +91,12 @@ def test_agent_labels_cannot_override_dagent_labels() -> None:
 @pytest.mark.parametrize(
     ("platform", "network", "interface", "expected"),
     [("linux", None, True, {"host.docker.internal": "host-gateway"}), ("linux", "flows", True, {"host.docker.internal": "host-gateway"}),
-     ("linux", "host", True, {}), ("linux", None, False, {}), ("darwin", None, True, {}), ("win32", None, True, {})],
+     ("linux", "host", True, {"host.docker.internal": "host-gateway"}), ("linux", "container:x", True, {}),
+     ("linux", None, False, {}), ("darwin", None, True, {}), ("win32", None, True, {})],
 )  # fmt: skip
 def test_docker_interface(platform: str, network: str | None, interface: bool, expected: dict[str, str]) -> None:
-    """host.docker.internal maps to the host gateway on Linux, unless host networking or turned off."""
+    """host.docker.internal maps to the host gateway on Linux (as Prefect's worker does, host network
+    included), unless another container's network namespace is shared or it is turned off."""
     docker = {"docker_interface": interface, "allow_host_network": True}
     spec = _build({"network": network} if network else {}, docker, platform=platform)
     assert spec.extra_hosts == expected

@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,6 +14,7 @@ from pydantic import SecretStr
 
 from dagent import __version__
 from dagent.errors import RunFileError
+from dagent.images import parse_image
 from dagent.runs import RunRequest, parse_run
 from dagent.spec import Origin
 
@@ -92,12 +94,42 @@ def container_labels(variables: Mapping[str, Any], origin: str) -> dict[str, str
     for key, value in labels.items():
         if not isinstance(key, str) or not key.strip() or not isinstance(value, (str, int, float, bool)):
             raise RunFileError(f"{origin}: labels: {str(key)[:60]!r} must be a non-empty name with a text value")
-        if key.startswith("dagent."):
-            raise RunFileError(f"{origin}: labels.{key}: the dagent.* prefix is reserved for the agent's own labels")
         if "\0" in key or "\0" in str(value):
             raise RunFileError(f"{origin}: labels: {key[:60]!r} holds a NUL byte")
-        found[key] = str(value)
+        name = docker_label(key)
+        if name.startswith("dagent."):
+            raise RunFileError(f"{origin}: labels.{key}: the dagent.* prefix is reserved for the agent's own labels")
+        found[name] = str(value)
     return found
+
+
+def docker_label(key: str) -> str:
+    """A `namespace/key` label as Prefect's Docker worker writes it: `example.com/x` → `com.example.x`."""
+    if "/" not in key:
+        return key
+    namespace, name = key.split("/", 1)
+    return ".".join(reversed(namespace.split("."))) + "." + name
+
+
+# Prefect's image_pull_policy → dagent's; IfPossible (pull, but run what is there if that fails) is
+# the nearest of dagent's three: pull when missing.
+PULL_POLICIES = {"IfNotPresent": "if-not-present", "Always": "always", "Never": "never", "IfPossible": "if-not-present"}
+
+
+def _pull_policy(given: Any, image: Any, origin: str, prefect_rule: bool) -> str | None:
+    """The run's pull policy: the one asked for, else Prefect's rule (always for `latest` or no tag)."""
+    if given is not None:
+        if not isinstance(given, str) or given not in PULL_POLICIES:
+            allowed = ", ".join(sorted(PULL_POLICIES))
+            raise RunFileError(f"{origin}: image_pull_policy: {str(given)[:40]!r} is not one of {allowed}")
+        return PULL_POLICIES[given]
+    if not prefect_rule or not isinstance(image, str):
+        return None
+    try:
+        ref = parse_image(image)
+    except ValueError:
+        return None  # the run's own validation says what is wrong with it
+    return "always" if ref.digest is None and ref.tag in (None, "latest") else None
 
 
 def _blank(value: Any) -> bool:
@@ -128,13 +160,31 @@ def merge(*layers: Any) -> dict[str, Any]:
     return merged
 
 
-def run_request(run_id: str, variables: Mapping[str, Any], default_image: str | None = None) -> RunRequest:
-    """Job variables → RunRequest, through the same validation as a run file; RunFileError if bad."""
+def run_request(
+    run_id: str,
+    variables: Mapping[str, Any],
+    default_image: str | None = None,
+    implicit_host: bool = False,
+    prefect_rule: bool = True,
+) -> RunRequest:
+    """A rendered job configuration → RunRequest, through the same validation as a run file; RunFileError if bad.
+
+    `implicit_host`: Prefect's worker puts a run on the host's network when its API is on localhost
+    and the run names no network; the source says when that applies (and the policy allows it).
+    `prefect_rule`: with no image_pull_policy, pull `latest` and untagged images always (Prefect's
+    rule); off where the agent's docker.pull is `never`.
+    """
     origin = f"flow run {run_id} job_variables"
     data: dict[str, Any] = {"id": run_id}
     for key in _DIRECT:
         if variables.get(key) not in (None, [], {}):
             data[key] = variables[key]
+    pull = _pull_policy(variables.get("image_pull_policy"), data.get("image"), origin, prefect_rule)
+    if pull is not None:
+        data["pull"] = pull
+    if isinstance(data.get("env"), dict):
+        # As Prefect: values become text, and a null removes the key.
+        data["env"] = {k: v if isinstance(v, str) else str(v) for k, v in data["env"].items() if v is not None}
     data.setdefault("image", default_image)
     if data["image"] is None:
         raise RunFileError(f"{origin}: image: not set (set the job variable `image`, or api.default_image)")
@@ -152,6 +202,8 @@ def run_request(run_id: str, variables: Mapping[str, Any], default_image: str | 
         data["network"] = networks[0]
         if len(networks) > 1:
             log.warning("flow run %s: joining network %s only, not %s", run_id, networks[0], networks[1:])
+    elif implicit_host:
+        data["network"] = "host"
     if variables.get("container_create_kwargs"):
         # Raw docker-py arguments would go around every policy rule.
         raise RunFileError(f"{origin}: container_create_kwargs: not supported; use dagent's job variables")
@@ -185,25 +237,38 @@ def container_origin(
     container_url: str | None,
     docker_interface: bool,
     work_pool: str,
+    work_pool_id: str,
     worker: str,
     token: SecretStr | None,
     auth_string: SecretStr | None,
+    implicit_host: bool = False,
 ) -> Origin:
     """What the container must carry: how to reach the API, which run it is, Prefect's labels."""
-    host_network = variables.get("network_mode") == "host"
+    mode = variables.get("network_mode")
+    host_network = mode == "host" or (not mode and not variables.get("networks") and implicit_host)
     if container_url:
         url = container_url
     elif host_network or not docker_interface:
         url = api_url
     else:
         url = for_container(api_url)
-    env = {"PREFECT_API_URL": url, "PREFECT__FLOW_RUN_ID": run_id}
+    flow_run, deployment = context.flow_run, context.deployment or {}
+    # Prefect's worker sets these too; the run's own env may change them, as there.
+    attribution = {
+        "PREFECT_API_URL": url,
+        "PREFECT__WORKER_NAME": worker,
+        "PREFECT__FLOW_ID": str(flow_run.get("flow_id") or ""),
+        "PREFECT__FLOW_NAME": context.flow_name or "",
+        "PREFECT__DEPLOYMENT_ID": str(flow_run.get("deployment_id") or ""),
+        "PREFECT__DEPLOYMENT_NAME": str(deployment.get("name") or ""),
+    }
+    base_env = {k: v for k, v in attribution.items() if v}
+    env = {"PREFECT__FLOW_RUN_ID": run_id}
     secret_env = {}
     if token is not None:
         secret_env["PREFECT_API_KEY"] = token
     elif auth_string is not None:
         secret_env["PREFECT_API_AUTH_STRING"] = auth_string
-    flow_run, deployment = context.flow_run, context.deployment or {}
     labels = {
         "io.prefect.flow-run-id": run_id,
         "io.prefect.flow-run-name": str(flow_run.get("name") or ""),
@@ -212,8 +277,22 @@ def container_origin(
         "io.prefect.flow-id": str(flow_run.get("flow_id") or ""),
         "io.prefect.flow-name": context.flow_name or "",
         "io.prefect.work-pool-name": work_pool,
+        "io.prefect.work-pool-id": work_pool_id,
         "io.prefect.worker-name": worker,
         "io.prefect.version": "dagent-" + __version__,
     }
+    updated = _utc(deployment.get("updated"))
+    if updated:
+        labels["io.prefect.deployment-updated"] = updated
     run_labels = container_labels(variables, f"flow run {run_id} job_variables")
-    return Origin(source="prefect", env=env, secret_env=secret_env, labels=labels, run_labels=run_labels)
+    return Origin(
+        source="prefect", env=env, secret_env=secret_env, labels=labels, run_labels=run_labels, base_env=base_env
+    )
+
+
+def _utc(stamp: Any) -> str | None:
+    """An API timestamp as Python's UTC isoformat (what Prefect's worker puts in a label)."""
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).astimezone(timezone.utc).isoformat()
+    except ValueError:
+        return None

@@ -9,6 +9,7 @@ request: each method copies what it needs, asks the API, then takes the lock aga
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -16,12 +17,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import RunFileError, SourceError
 from dagent.runs import RunRequest
-from dagent.sources.prefect import jobvars
+from dagent.sources.prefect import jobvars, template
 from dagent.sources.prefect.claims import FINAL_STATES
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.events import StateEventWatcher
@@ -63,7 +65,8 @@ class PrefectSource:
         self.labels = frozenset(config.labels)
         self.hostname = socket.gethostname()
         self.worker = config.name
-        self.pool_defaults: dict[str, Any] = {}
+        self.pool_template: dict[str, Any] = base_job_template()  # until connect() reads the pool's
+        self.pool_id = ""
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
         self._runs = FlowRuns(self.client, self._claim_note)
         self._watcher: StateEventWatcher | None = None
@@ -103,8 +106,9 @@ class PrefectSource:
             raise SourceError(f"Prefect API: GET /work_pools/{pool_name}: unexpected answer")
         if pool.get("type") != "docker":
             raise SourceError(f"api.work_pool {pool_name!r} is a {pool.get('type')!r} pool; dagent serves docker pools")
-        properties = ((pool.get("base_job_template") or {}).get("variables") or {}).get("properties") or {}
-        self.pool_defaults = {k: v["default"] for k, v in properties.items() if isinstance(v, dict) and "default" in v}
+        given = pool.get("base_job_template")
+        if isinstance(given, dict) and isinstance(given.get("job_configuration"), dict):
+            self.pool_template = given
         self.pool_id = str(pool.get("id") or "")
         log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
 
@@ -185,7 +189,14 @@ class PrefectSource:
     def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
         run_id = flow_run["id"]
         deployment = self._deployment(flow_run.get("deployment_id"))
-        variables = self._job_variables(flow_run, deployment)
+        try:
+            variables = self._job_variables(flow_run, deployment)
+        except RunFileError as e:
+            # Its job configuration cannot be made (a missing variable or block): whoever claims it says why.
+            if self._claim(run_id, listed_at=self._scheduled.listed_at):
+                claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
+                self.refuse(claim, str(e))
+            return None
         required = variables.get("required_labels") or []
         if not isinstance(required, list) or not set(map(str, required)) <= self.labels:
             log.debug("leaving flow run %s: needs labels %s", run_id, required)
@@ -247,17 +258,57 @@ class PrefectSource:
         return name
 
     def _job_variables(self, flow_run: Mapping[str, Any], deployment: Mapping[str, Any] | None) -> dict[str, Any]:
-        return jobvars.merge(self.pool_defaults, (deployment or {}).get("job_variables"), flow_run.get("job_variables"))
+        """The run's job configuration, rendered from the pool's base job template as Prefect renders it."""
+        values = template.job_variables((deployment or {}).get("job_variables"), flow_run.get("job_variables"))
+        config = template.render(self.pool_template, values, os.environ)
+        if template.references(config):
+            config = template.resolve(config, self._reference)
+        if "required_labels" in values and "required_labels" not in config:
+            config["required_labels"] = values["required_labels"]  # dagent's routing, on any pool's template
+        return config
+
+    def _reference(self, name: str) -> Any:
+        """A `prefect.variables.NAME` or `prefect.blocks.TYPE.NAME[.KEY…]` placeholder's value, from the API."""
+        origin = f"job configuration: {{{{ {name} }}}}"
+        if name.startswith(template.VARIABLE_PREFIX):
+            variable = self.client.call("GET", f"/variables/name/{name.removeprefix(template.VARIABLE_PREFIX)}",
+                                        allow=(404,))  # fmt: skip
+            if not isinstance(variable, dict) or "value" not in variable:
+                raise RunFileError(f"{origin}: no such Prefect variable")
+            return variable["value"]
+        block_type, _, rest = name.removeprefix(template.BLOCK_PREFIX).partition(".")
+        block_name, _, path = rest.partition(".")
+        document = self.client.call(
+            "GET", f"/block_types/slug/{block_type}/block_documents/name/{block_name}?include_secrets=true",
+            allow=(404,),
+        )  # fmt: skip
+        if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
+            raise RunFileError(f"{origin}: no such Prefect block")
+        value = template.lookup(document["data"], path) if path else document["data"]
+        if value is template.NOT_SET:
+            raise RunFileError(f"{origin}: the block has no {path!r}")
+        return value
 
     def _run_request(self, run_id: str, variables: Mapping[str, Any]) -> RunRequest:
-        return jobvars.run_request(run_id, variables, self.api.default_image)
+        never = self.config.docker.pull == "never"  # the operator's word over Prefect's default rule
+        return jobvars.run_request(run_id, variables, self.api.default_image, self._implicit_host(), not never)
+
+    def _implicit_host(self) -> bool:
+        """Prefect's rule: a run that names no network gets the host's when the API is on localhost.
+
+        dagent follows it only where its policy allows the host's network; elsewhere such a run
+        stays on the default bridge and reaches the API through host.docker.internal.
+        """
+        host = (urlsplit(self.api.container_url or self.client.url).hostname or "").lower()
+        return self.config.docker.allow_host_network and host in ("127.0.0.1", "localhost")
 
     def _origin(self, run_id: str, context: FlowRunContext, variables: Mapping[str, Any]) -> Origin:
         api = self.api
         return jobvars.container_origin(
             run_id, context, variables, api_url=self.client.url, container_url=api.container_url,
-            docker_interface=self.config.docker.docker_interface, work_pool=api.work_pool, worker=self.worker,
-            token=api.token, auth_string=api.auth_string,
+            docker_interface=self.config.docker.docker_interface, work_pool=api.work_pool,
+            work_pool_id=self.pool_id, worker=self.worker, token=api.token,
+            auth_string=api.auth_string, implicit_host=self._implicit_host(),
         )  # fmt: skip
 
     # --- a run's life ----------------------------------------------------------------------------
