@@ -101,8 +101,9 @@ def test_docker_interface(platform: str, network: str | None, interface: bool, e
     spec = _build({"network": network} if network else {}, docker, platform=platform)
     assert spec.extra_hosts == expected
     kwargs = spec.to_docker_kwargs()
-    assert kwargs.get("network_mode") == ("host" if network == "host" else None)
-    assert kwargs.get("network") == (network if network not in (None, "host") else None)
+    mode = network if network in ("host", "container:x") else None
+    assert kwargs.get("network_mode") == mode
+    assert kwargs.get("network") == (network if network is not None and mode is None else None)
 
 
 def test_agent_network_and_volumes_are_trusted() -> None:
