@@ -156,15 +156,19 @@ def _device(spec: str, config: DockerConfig, facts: HostFacts) -> str | None:
 
 
 def _network(config: DockerConfig, run: RunRequest, facts: HostFacts) -> Iterator[str]:
-    if run.network is None:
-        return
-    kind = network_kind(run.network, facts)
-    if kind in ("host", "container") and not config.allow_host_network:
-        yield f"docker.allow_host_network: network = {run.network!r}"
-        return
     allowed = allowed_networks(config)
-    if kind == "network" and allowed is not None and run.network not in allowed:
-        yield f"docker.allowed_networks: network = {run.network!r} is not in {list(allowed)}"
+    if run.network is not None:
+        kind = network_kind(run.network, facts)
+        if kind in ("host", "container") and not config.allow_host_network:
+            yield f"docker.allow_host_network: network = {run.network!r}"
+        elif kind == "network" and allowed is not None and run.network not in allowed:
+            yield f"docker.allowed_networks: network = {run.network!r} is not in {list(allowed)}"
+    for extra in run.networks:
+        # Joined after create: only ordinary networks can be, and each is judged as `network` is.
+        if network_kind(extra, facts) != "network":
+            yield f"docker.allowed_networks: networks = {extra!r} (only ordinary networks can be joined too)"
+        elif allowed is not None and extra not in allowed:
+            yield f"docker.allowed_networks: networks = {extra!r} is not in {list(allowed)}"
 
 
 def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> Iterator[str]:
@@ -215,6 +219,10 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
     memory = run.memory if run.memory is not None else config.max_memory
     if memory is not None and run.shm_size is not None and run.shm_size > memory:
         yield f"docker.max_memory: shm_size = {run.shm_size} bytes is over the memory limit {memory}"
+    # Swap is memory too: with a maximum set, no unlimited swap and at most as much again.
+    swap, most = run.memory_swap, config.max_memory
+    if swap is not None and most is not None and (swap == -1 or swap > 2 * most):
+        yield f"docker.max_memory: memory_swap = {run.memory_swap} is over twice {config.max_memory}"
 
 
 def check(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> None:

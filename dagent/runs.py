@@ -86,6 +86,25 @@ def _nul_paths(value: object, path: str = "") -> Iterator[str]:
 
 Command = Annotated[tuple[str, ...], BeforeValidator(_split_command)]
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+
+
+def _swap(value: Any) -> Any:
+    """-1 (unlimited swap) or a size."""
+    if value in (-1, "-1"):
+        return -1
+    return parse_bytes(value)
+
+
+class Ulimit(BaseModel):
+    """One resource limit, as Docker's --ulimit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z]+$")
+    soft: int = Field(ge=-1, le=2**63 - 1)
+    hard: int = Field(ge=-1, le=2**63 - 1)
+
+
 Memory = Annotated[int, BeforeValidator(parse_bytes), Field(ge=MIN_MEMORY)]
 
 
@@ -138,6 +157,22 @@ class RunRequest(BaseModel):
     """IPC mode; "host" needs docker.allow_host_network."""
     pull: Literal["if-not-present", "always", "never"] | None = None
     """When to pull the image; unset uses docker.pull (each must be in docker.allowed_pull_policies)."""
+    memory_swap: Annotated[int, BeforeValidator(_swap)] | None = None
+    """Memory plus swap, e.g. 1g (at least `memory`), or -1 for unlimited swap; unset is Docker's (twice `memory`)."""
+    networks: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    """More Docker networks to join after `network` (each judged as `network` is)."""
+    init: bool | None = None
+    """Run an init process (tini) as PID 1."""
+    hostname: str | None = Field(default=None, min_length=1, max_length=253)
+    """The container's host name."""
+    extra_hosts: dict[Annotated[str, Field(min_length=1)], str] = {}
+    """More /etc/hosts entries, name = address."""
+    dns: tuple[str, ...] = ()
+    """DNS servers."""
+    ulimits: tuple[Ulimit, ...] = ()
+    """Resource limits, e.g. {name = "nofile", soft = 1024, hard = 2048}."""
+    stop_signal: str | None = Field(default=None, min_length=1)
+    """The signal that stops the container (e.g. SIGINT); unset is the image's."""
 
     @model_validator(mode="before")
     @classmethod

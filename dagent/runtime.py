@@ -212,6 +212,11 @@ class DockerRuntime:
             )
 
         container, adopted = self._call(f"create {spec.name}", create_or_adopt)
+        if not adopted:
+            # Only one network can be given at create; the others are joined before the start.
+            for network in spec.networks:
+                self._call(f"connect {spec.name} to {network}", partial(self.client.api.connect_container_to_network,
+                                                                         container.id, network))  # fmt: skip
         if adopted:
             log.info("run %s: adopted existing container %s", spec.run_id, container.short_id)
         return container, adopted

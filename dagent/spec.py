@@ -81,6 +81,13 @@ class ContainerSpec(BaseModel):
     ipc_mode: str | None = None
     working_dir: str | None = None
     user: str | None = None
+    memory_swap: int | None = None
+    networks: tuple[str, ...] = ()
+    init: bool | None = None
+    hostname: str | None = None
+    dns: tuple[str, ...] = ()
+    ulimits: tuple[dict[str, Any], ...] = ()
+    stop_signal: str | None = None
     timeout: float
     stop_grace: float
     keep: Literal["never", "on-failure", "always"]
@@ -114,6 +121,12 @@ class ContainerSpec(BaseModel):
             "ipc_mode": self.ipc_mode,
             "working_dir": self.working_dir,
             "user": self.user,
+            "memswap_limit": self.memory_swap,
+            "init": self.init,
+            "hostname": self.hostname,
+            "dns": list(self.dns) or None,
+            "ulimits": [dict(u) for u in self.ulimits] or None,
+            "stop_signal": self.stop_signal,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         return kwargs
@@ -218,7 +231,7 @@ def build(
         mounts=(*docker.volumes, *(_resolved_mount(m, facts) for m in run.volumes)),
         network=network,
         network_mode=network_mode,
-        extra_hosts={"host.docker.internal": "host-gateway"} if interface else {},
+        extra_hosts={**({"host.docker.internal": "host-gateway"} if interface else {}), **run.extra_hosts},
         # An agent maximum is also the limit of a run that asks for nothing: no run is unbounded.
         cpus=run.cpus if run.cpus is not None else docker.max_cpus,
         memory=run.memory if run.memory is not None else docker.max_memory,
@@ -232,6 +245,13 @@ def build(
         ipc_mode=run.ipc,
         working_dir=run.working_dir,
         user=run.user,
+        memory_swap=run.memory_swap,
+        networks=run.networks,
+        init=run.init,
+        hostname=run.hostname,
+        dns=run.dns,
+        ulimits=tuple(u.model_dump() for u in run.ulimits),
+        stop_signal=run.stop_signal,
         timeout=run.timeout if run.timeout is not None else docker.run_timeout,
         stop_grace=docker.stop_grace,
         keep=docker.keep_containers,

@@ -192,8 +192,13 @@ def _job_variables() -> list[Case]:
         ("no image and no default", {}, "image"),
         ("image bad", {"image": "Not An Image"}, "image"),
         (
-            "create kwargs",
-            {"image": "busybox", "container_create_kwargs": {"privileged": True}},
+            "create kwargs dagent cannot judge",
+            {"image": "busybox", "container_create_kwargs": {"security_opt": ["seccomp=unconfined"]}},
+            "container_create_kwargs.security_opt",
+        ),
+        (
+            "create kwargs not a table",
+            {"image": "busybox", "container_create_kwargs": ["x"]},
             "container_create_kwargs",
         ),
         ("env not mapping", {"image": "busybox", "env": "A=1"}, "env"),
@@ -509,6 +514,14 @@ def _attempts(root: Path) -> list[Attempt]:
         Attempt("jv socket", {"image": img, "volumes": ["/var/run/docker.sock:/s"]}, via="job-variables", config={"allowed_host_paths": ["/"]}),
         Attempt("jv symlink", {"image": img, "volumes": [f"{root}/sock:/s"]}, via="job-variables", config=allowed),
         Attempt("jv create kwargs", {"image": img, "container_create_kwargs": {"privileged": True}}, via="job-variables"),
+        Attempt("jv create kwargs caps", {"image": img, "container_create_kwargs": {"cap_add": ["SYS_ADMIN"]}}, via="job-variables"),
+        Attempt("jv create kwargs devices", {"image": img, "container_create_kwargs": {"devices": ["/dev/kmsg"]}}, via="job-variables"),
+        Attempt("jv create kwargs pid", {"image": img, "container_create_kwargs": {"pid_mode": "host"}}, via="job-variables"),
+        Attempt("jv create kwargs sysctls", {"image": img, "container_create_kwargs": {"sysctls": {"net.ipv4.ip_forward": "1"}}}, via="job-variables"),
+        Attempt("jv create kwargs runtime", {"image": img, "container_create_kwargs": {"runtime": "runc-privileged"}}, via="job-variables"),
+        Attempt("jv create kwargs volumes", {"image": img, "container_create_kwargs": {"volumes": ["/:/host"]}}, via="job-variables"),
+        Attempt("jv networks list host second", {"image": img, "networks": ["flows", "host"]}, via="job-variables"),
+        Attempt("jv memswap unlimited", {"image": img, "mem_limit": "64m", "memswap_limit": "-1"}, via="job-variables", config={"max_memory": "1g"}),
         Attempt("jv mem limit", {"image": img, "mem_limit": "64g"}, via="job-variables", config={"max_memory": "1g"}),
         Attempt("jv gpus", {"image": img, "gpus": 1}, via="job-variables"),
         Attempt("jv pid", {"image": img, "pid": "host"}, via="job-variables"),
@@ -644,6 +657,7 @@ def granted_beyond_defaults(docker: Any, body: dict[str, Any]) -> list[str]:
         ("no memory limit", docker.max_memory is not None and not memory),
         ("memory over the maximum", docker.max_memory is not None and (memory or 0) > docker.max_memory),
         ("shm over the memory limit", memory and (host.get("ShmSize") or 0) > memory),
+        ("unlimited swap", docker.max_memory is not None and host.get("MemorySwap") == -1),
         ("the agent's labels", labels.get(LABEL_AGENT) != "chaos" or labels.get(LABEL_RUN_ID) != "bypass-1"
          or any(k.startswith("dagent.") and labels[k] != v for k, v in _AGENT_LABELS.items())
          or any(labels.get(k) != v for k, v in docker.labels.items())),

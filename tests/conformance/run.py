@@ -75,6 +75,10 @@ DELIBERATE: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
 }
 
 
+class NoContainer(Exception):
+    """A side ran the case without a container (it refused the run, or never took it)."""
+
+
 @dataclass
 class Side:
     """One system under comparison: a pool, and how to start its worker."""
@@ -284,8 +288,12 @@ class Conformance:
             found = self.client.containers.list(all=True, filters={"label": f"io.prefect.flow-run-id={run_id}"})
             if found:
                 return found[0]
+            state = self.api.flow_run(run_id).get("state") or {}
+            if state.get("type") in ("CRASHED", "FAILED", "CANCELLED", "COMPLETED"):
+                message = str(state.get("message") or "").splitlines()[0][:160]
+                raise NoContainer(f"{side.name} made no container: {state.get('type')} ({message})")
             time.sleep(0.3)
-        raise TimeoutError(f"{side.name} made no container for flow run {run_id} in {timeout:.0f} s")
+        raise NoContainer(f"{side.name} made no container for flow run {run_id} in {timeout:.0f} s")
 
     def run(self, case: Case) -> Result:
         result = Result(case)
@@ -298,7 +306,7 @@ class Conformance:
                 finally:
                     with contextlib.suppress(docker.errors.APIError):
                         container.remove(force=True)
-        except (TimeoutError, docker.errors.APIError, OSError) as e:
+        except (NoContainer, docker.errors.APIError, OSError) as e:
             result.error = str(e).splitlines()[0]
             return result
         worker, ours = found[self.worker.name], found[self.dagent.name]

@@ -132,6 +132,49 @@ def _pull_policy(given: Any, image: Any, origin: str, prefect_rule: bool) -> str
     return "always" if ref.digest is None and ref.tag in (None, "latest") else None
 
 
+# docker-py arguments of container_create_kwargs that become run fields: those that grant nothing,
+# and those the policy judges as it judges the run's own fields.
+_CREATE_KWARGS = {
+    "shm_size": "shm_size", "init": "init", "user": "user", "working_dir": "working_dir", "hostname": "hostname",
+    "extra_hosts": "extra_hosts", "dns": "dns", "ulimits": "ulimits", "stop_signal": "stop_signal",
+    "cap_add": "cap_add", "devices": "devices", "pid_mode": "pid", "ipc_mode": "ipc",
+}  # fmt: skip
+# Keys Prefect's worker itself drops from container_create_kwargs: its own job variables win.
+_WORKER_FIELDS = frozenset(
+    {"command", "env", "labels", "name", "image", "registry_credentials", "image_pull_policy", "networks",
+     "network_mode", "auto_remove", "volumes", "stream_output", "mem_limit", "memswap_limit", "privileged",
+     "container_create_kwargs"}
+)  # fmt: skip
+
+
+def _create_kwargs(kwargs: Any, data: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """container_create_kwargs → run fields; a key dagent cannot judge is refused by name."""
+    if kwargs in (None, {}):
+        return {}
+    where = f"{origin}: container_create_kwargs"
+    if not isinstance(kwargs, dict):
+        raise RunFileError(f"{where}: expected a table of docker-py arguments, not {type(kwargs).__name__}")
+    fields: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _WORKER_FIELDS:
+            log.debug("%s.%s: ignored, as Prefect's worker ignores it (the job variable of that name wins)", where, key)
+        elif key in _CREATE_KWARGS:
+            fields[_CREATE_KWARGS[key]] = _extra_hosts(value, where) if key == "extra_hosts" else value
+        else:
+            raise RunFileError(f"{where}.{str(key)[:40]}: not supported (dagent cannot judge what it would grant)")
+    return {k: v for k, v in fields.items() if k not in data or data[k] in (None, [], {})}
+
+
+def _extra_hosts(value: Any, where: str) -> Any:
+    """extra_hosts as docker-py takes it: a table, or a list of `host:address`."""
+    if isinstance(value, list):
+        pairs = [str(item).split(":", 1) for item in value]
+        if not all(len(pair) == 2 for pair in pairs):
+            raise RunFileError(f"{where}.extra_hosts: each entry must be host:address")
+        return dict(pairs)
+    return value
+
+
 def _blank(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
@@ -193,20 +236,18 @@ def run_request(
     data["command"] = command if command and not _blank(command) else list(DEFAULT_COMMAND)
     if variables.get("mem_limit") is not None:
         data["memory"] = variables["mem_limit"]
+    if variables.get("memswap_limit") is not None:
+        data["memory_swap"] = variables["memswap_limit"]
     if variables.get("required_labels"):
         data["labels"] = variables["required_labels"]
     network_mode, networks = variables.get("network_mode"), variables.get("networks") or []
     if network_mode:
         data["network"] = network_mode
     elif isinstance(networks, list) and networks:
-        data["network"] = networks[0]
-        if len(networks) > 1:
-            log.warning("flow run %s: joining network %s only, not %s", run_id, networks[0], networks[1:])
+        data["network"], data["networks"] = networks[0], networks[1:]  # the rest are joined after create
     elif implicit_host:
         data["network"] = "host"
-    if variables.get("container_create_kwargs"):
-        # Raw docker-py arguments would go around every policy rule.
-        raise RunFileError(f"{origin}: container_create_kwargs: not supported; use dagent's job variables")
+    data.update(_create_kwargs(variables.get("container_create_kwargs"), data, origin))
     container_labels(variables, origin)
     unknown = set(variables) - set(_DIRECT) - _IGNORED - _MAPPED
     if unknown:
@@ -215,7 +256,16 @@ def run_request(
 
 
 _MAPPED = frozenset(
-    {"command", "mem_limit", "required_labels", "network_mode", "networks", "labels", "container_create_kwargs"}
+    {
+        "command",
+        "mem_limit",
+        "memswap_limit",
+        "required_labels",
+        "network_mode",
+        "networks",
+        "labels",
+        "container_create_kwargs",
+    }
 )
 
 
