@@ -61,10 +61,22 @@ CONFIG_FLAGS: tuple[Flag, ...] = (
 )
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+# `dagent worker start`: the flags of `prefect worker start`, for teams switching from Prefect's worker.
+WORKER_FLAGS: tuple[Flag, ...] = (
+    Flag(("--pool", "-p"), "api.work_pool", "str", "work pool to serve", "POOL"),
+    Flag(("--name", "-n"), "name", "str", "worker name"),
+    Flag(("--limit", "-l"), "concurrency", "int", "most flow runs at once", "N"),
+    Flag(("--work-queue", "-q"), "api.work_queues", "list", "work queue (repeat)", "QUEUE"),
+    Flag(("--prefetch-seconds",), "api.prefetch", "float", "take runs scheduled this far ahead", "SECONDS"),
+    Flag(("--base-job-template",), "api.base_job_template", "str", "JSON: the pool's template if created", "FILE"),
+    Flag(("--log-level",), "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...] = CONFIG_FLAGS) -> None:
     parser.add_argument("--config", "-c", metavar="FILE", help="agent.toml to read (else $DAGENT_CONFIG, ./agent.toml)")
     group = parser.add_argument_group("configuration (override environment and file)")
-    for flag in CONFIG_FLAGS:
+    for flag in flags:
         common: dict[str, Any] = {"dest": flag.key, "default": argparse.SUPPRESS, "help": flag.help}
         if flag.kind in ("true", "false", "never"):
             const = {"true": True, "false": False, "never": "never"}[flag.kind]
@@ -79,7 +91,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The nested config dict the given flags set (init kwargs, the highest source)."""
     given = vars(args)
     result: dict[str, Any] = {}
-    for flag in CONFIG_FLAGS:
+    for flag in getattr(args, "flags", CONFIG_FLAGS):
         if flag.key not in given:
             continue
         value = given[flag.key]
@@ -151,11 +163,15 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     """Run the agent until SIGINT/SIGTERM or max_polls."""
+    return _start(_load(args))
+
+
+def _start(loaded: Any) -> int:
+    """Run the agent of a loaded configuration until SIGINT/SIGTERM or max_polls."""
     import signal
 
     from dagent import logs
 
-    loaded = _load(args)
     config = loaded.config
     logs.setup(config.log_format, config.log_level)
     # The source's first request (what a control plane sees of a starting agent) goes out before
@@ -195,6 +211,23 @@ def cmd_start(args: argparse.Namespace) -> int:
         agent.source.close()
         runtime.close()
     return 0
+
+
+def cmd_worker_start(args: argparse.Namespace) -> int:
+    """`prefect worker start --type docker`, served by dagent: Prefect's flags, a Prefect source."""
+    if args.type != "docker":
+        raise InputError(f"command line: --type {args.type!r}: dagent is a worker of docker pools only")
+    overrides = cli_overrides(args)
+    overrides["source"] = "prefect"
+    if args.run_once:
+        overrides["max_polls"] = 1
+    if args.with_healthcheck:
+        host = os.environ.get("PREFECT_WORKER_WEBSERVER_HOST") or "127.0.0.1"
+        port = os.environ.get("PREFECT_WORKER_WEBSERVER_PORT") or "8080"
+        overrides.setdefault("health", {})["address"] = f"{host}:{port}"
+    from dagent.config import load_config
+
+    return _start(load_config(overrides, args.config))
 
 
 def make_source(config: Any) -> Any:
@@ -378,6 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", help="run the agent until SIGINT/SIGTERM or max_polls")
     _add_config_flags(start)
     start.set_defaults(func=cmd_start)
+
+    worker = commands.add_parser("worker", help="Prefect's `worker start` command line, served by dagent")
+    worker_commands = worker.add_subparsers(dest="worker_command", required=True, metavar="COMMAND")
+    worker_start = worker_commands.add_parser("start", help="as `prefect worker start --type docker`")
+    _add_config_flags(worker_start, WORKER_FLAGS)
+    worker_start.add_argument("--type", "-t", default="docker", help="worker type: docker (the only one)")
+    worker_start.add_argument("--run-once", action="store_true", help="take the runs there are once, then exit")
+    worker_start.add_argument("--with-healthcheck", action="store_true",
+                              help="serve /health on PREFECT_WORKER_WEBSERVER_HOST:PORT (127.0.0.1:8080)")  # fmt: skip
+    worker_start.set_defaults(func=cmd_worker_start, flags=WORKER_FLAGS)
 
     config = commands.add_parser("config", help="validate, show or describe the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")

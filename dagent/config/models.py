@@ -69,6 +69,8 @@ class ApiConfig(Section):
     """Work pool to serve; created as a `docker` pool when missing."""
     work_queues: StrList = []
     """Work queues of the pool to take runs from; empty means all."""
+    base_job_template: LocalPath | None = None
+    """JSON file: the base job template of the work pool when dagent creates it (else dagent's own)."""
     default_image: str | None = None
     """Image for flow runs whose job variables name none (Prefect's own worker picks prefecthq/prefect)."""
     send_agent_logs: bool = True

@@ -33,6 +33,9 @@ COMPAT_ENV: Mapping[str, str] = {
     "PREFECT_API_URL": "api.url",
     "PREFECT_API_AUTH_STRING": "api.auth_string",
     "DOCKER_HOST": "docker.base_url",
+    "PREFECT_WORKER_HEARTBEAT_SECONDS": "api.heartbeat_interval",
+    "PREFECT_WORKER_QUERY_SECONDS": "poll_interval",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "api.prefetch",
 }
 # Tables that merge key by key across sources; every other list or table replaces.
 TABLE_KEYS = (("docker", "env"), ("docker", "labels"))

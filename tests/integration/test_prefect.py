@@ -307,3 +307,33 @@ def test_event_stream_wakes_the_agent_between_polls(
         assert time.monotonic() - created < 10
         api.wait_state(run_id, "COMPLETED", 120)
         agent.signal()
+
+
+def test_prefect_worker_command_line(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """`dagent worker start --pool P --type docker --limit 1 --name N --run-once --base-job-template F`, as
+    `prefect worker start`: creates the pool from the template, serves it, takes the runs there are, exits 0."""
+    import json
+
+    template = dagent.workdir / "template.json"
+    template.write_text(json.dumps({
+        "job_configuration": {"image": "{{ image }}", "command": "{{ command }}", "network_mode": "host",
+                              "labels": {"pinned": "yes"}},
+        "variables": {"type": "object", "properties": {"image": {"type": "string", "default": flow_image},
+                                                        "command": {"type": "string", "default": "true"}}},
+    }))  # fmt: skip
+    config = dagent.config(allow_host_network=True, keep_containers="always")
+    env = {"PREFECT_API_URL": prefect_server.api_url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    first = dagent("worker", "start", "-p", pool, "-t", "docker", "-n", dagent.name, "-l", "1", "--run-once",
+                   "--base-job-template", str(template), "-c", str(config), env=env)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert api.pool(pool)["base_job_template"]["job_configuration"]["labels"] == {"pinned": "yes"}  # type: ignore[index]
+    run_id = api.run(api.deployment(pool, "flows.py:hello", {}))
+    second = dagent("worker", "start", "--pool", pool, "--name", dagent.name, "--run-once", "-c", str(config), env=env)
+    assert second.returncode == 0, second.stderr
+    [container] = dagent.containers(run_id)
+    assert container.labels["pinned"] == "yes" and container.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert container.attrs["Config"]["Cmd"] == ["true"]
+    wrong = dagent("worker", "start", "--pool", pool, "--type", "kubernetes", env=env)
+    assert wrong.returncode == 2 and "docker pools only" in wrong.stderr

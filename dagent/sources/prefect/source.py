@@ -8,6 +8,7 @@ request: each method copies what it needs, asks the API, then takes the lock aga
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
-from dagent.errors import RunFileError, SourceError
+from dagent.errors import ConfigError, RunFileError, SourceError, one_line
 from dagent.runs import RunRequest
 from dagent.sources.prefect import jobvars, template
 from dagent.sources.prefect.claims import FINAL_STATES
@@ -97,7 +98,7 @@ class PrefectSource:
             pool = self.client.call(
                 "POST",
                 "/work_pools/",
-                {"name": pool_name, "type": "docker", "base_job_template": base_job_template()},
+                {"name": pool_name, "type": "docker", "base_job_template": self._template_to_create()},
                 allow=(409,),
             )
             if pool is None:  # another agent created it meanwhile
@@ -111,6 +112,19 @@ class PrefectSource:
             self.pool_template = given
         self.pool_id = str(pool.get("id") or "")
         log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
+
+    def _template_to_create(self) -> dict[str, Any]:
+        """api.base_job_template (`--base-job-template`), else dagent's own template."""
+        path = self.api.base_job_template
+        if path is None:
+            return base_job_template()
+        try:
+            given = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"api.base_job_template {path}: not a readable JSON file ({one_line(e)})") from None
+        if not isinstance(given, dict) or not isinstance(given.get("job_configuration"), dict):
+            raise ConfigError(f"api.base_job_template {path}: needs job_configuration and variables tables")
+        return given
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Follow the pool's state changes on Prefect's event stream: wake the loop for new or cancelled runs.
