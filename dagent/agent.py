@@ -291,7 +291,9 @@ class Agent:
             self._tell_source(
                 claim, "INFO", f"dagent {self.config.name}: started container {container.short_id} ({spec.image})"
             )
-            on_line = self._flow_logger(run_id) if self.config.show_flow_logs else None
+            stream = claim.origin.stream_output
+            show = self.config.show_flow_logs if stream is None else stream
+            on_line = self._flow_logger(run_id) if show else None
             return self.runtime.watch(spec, container, handle, on_line)
         except PolicyError:
             raise

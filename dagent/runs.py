@@ -173,6 +173,8 @@ class RunRequest(BaseModel):
     """Resource limits, e.g. {name = "nofile", soft = 1024, hard = 2048}."""
     stop_signal: str | None = Field(default=None, min_length=1)
     """The signal that stops the container (e.g. SIGINT); unset is the image's."""
+    keep: Literal["never", "on-failure", "always"] | None = None
+    """Which finished container to keep for this run; unset uses docker.keep_containers."""
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,7 @@ class Origin:
     labels: Mapping[str, str] = field(default_factory=dict)
     run_labels: Mapping[str, str] = field(default_factory=dict)
     base_env: Mapping[str, str] = field(default_factory=dict)
+    stream_output: bool | None = None  # the run's output in the agent's log; None: show_flow_logs decides
 
 
 def container_name(run_id: str, agent: str | None = None) -> str:
@@ -209,7 +210,7 @@ def build(
         LABEL_AGENT: config.name,
         LABEL_RUN_ID: run.id,
         LABEL_SOURCE: origin.source,
-        LABEL_KEEP: docker.keep_containers,
+        LABEL_KEEP: run.keep or docker.keep_containers,
     }
     # host.docker.internal exists on Docker Desktop; on Linux it needs the host-gateway mapping.
     # As Prefect's worker: on the host's network too (Docker refuses it only beside container: mode).
@@ -254,5 +255,5 @@ def build(
         stop_signal=run.stop_signal,
         timeout=run.timeout if run.timeout is not None else docker.run_timeout,
         stop_grace=docker.stop_grace,
-        keep=docker.keep_containers,
+        keep=run.keep or docker.keep_containers,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -196,6 +198,12 @@ class RetryConfig(Section):
         return self
 
 
+def default_worker_name() -> str:
+    """agent-<host name>, cut to a valid agent name."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip("-.") or "host"
+    return f"agent-{host}"[:63]
+
+
 class AgentConfig(BaseSettings):
     """dagent's configuration."""
 
@@ -209,7 +217,7 @@ class AgentConfig(BaseSettings):
     )
 
     name: str = Field(default="agent", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    """Agent name (also PREFECT__CLOUD__AGENT__NAME)."""
+    """Agent name (also PREFECT__CLOUD__AGENT__NAME); with `source = "prefect"`, unset is agent-<host name>."""
     labels: StrList = []
     """Labels of this agent; it takes runs whose required labels are a subset."""
     source: Literal["inbox", "prefect"] = "inbox"
@@ -231,6 +239,14 @@ class AgentConfig(BaseSettings):
     health: HealthConfig = Field(default_factory=HealthConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _worker_name(cls, data: Any) -> Any:
+        # Prefect shows workers by name: hosts that all defaulted to "agent" would look like one worker.
+        if isinstance(data, dict) and "name" not in data and data.get("source") == "prefect":
+            return {**data, "name": default_worker_name()}
+        return data
 
     @field_validator("log_level", mode="before")
     @classmethod

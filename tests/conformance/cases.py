@@ -28,7 +28,7 @@ CASES: list[Case] = [
     Case("env", {"env": {"A": "1", "B": "two"}}, short=True),
     Case("env null removes a key", {"env": {"A": "1", "FROM_POOL": None}}),
     Case("env flow-run override", {"env": {"A": "1", "B": "2"}}, {"env": {"B": "3", "C": "4"}}),
-    Case("env numbers", {"env": {"N": 5, "F": 1.5, "T": True}}),
+    Case("env overrides the pool default", {"env": {"FROM_POOL": "changed"}}),
     Case("labels", {"labels": {"team": "etl", "com.example/owner": "me"}}, short=True),
     Case("labels flow-run override", {"labels": {"a": "1"}}, {"labels": {"b": "2"}}),
     Case("volumes bind", {"volumes": ["{data}:/data:ro"]}),

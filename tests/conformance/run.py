@@ -33,7 +33,7 @@ from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import PrefectAPI
 
 FIELDS = (
-    "image", "command", "entrypoint", "env", "labels", "network_mode", "networks", "mounts", "memory",
+    "name", "image", "command", "entrypoint", "env", "labels", "network_mode", "networks", "mounts", "memory",
     "memory_swap", "shm_size", "privileged", "init", "extra_hosts", "user", "working_dir", "hostname",
     "ulimits", "cap_add", "auto_remove", "pulled", "final_state",
 )  # fmt: skip
@@ -66,6 +66,11 @@ DELIBERATE: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "labels": (
         lambda w, d: _only(w, d, theirs={"io.prefect.version"}, mine={"dagent.", "io.prefect.version"}),
         "dagent adds its own dagent.* labels (ownership, restarts) and stamps io.prefect.version dagent-<version>",
+    ),
+    "name": (
+        lambda w, d: d == "dagent-<run-id>",
+        "dagent names a container dagent-<run id> (it finds and adopts it by that after a restart); "
+        "Prefect's worker names it after the flow run, or the `name` job variable",
     ),
     "final_state": (
         lambda w, d: w == "PENDING" and d == "CRASHED",
@@ -142,12 +147,16 @@ def _fields(container: Any, pulled: bool, state: str, names: dict[str, str], ima
         (m.get("Type"), m.get("Name") or m.get("Source"), m.get("Destination"), m.get("RW")) for m in attrs["Mounts"]
     )
     hostname = config.get("Hostname")
+    labels = dict(config.get("Labels") or {})
+    if "io.prefect.deployment-updated" in labels:  # each side has a deployment of its own, made moments apart
+        labels["io.prefect.deployment-updated"] = "<when the deployment was updated>"
     values = {
+        "name": container.name,
         "image": config.get("Image"),
         "command": config.get("Cmd"),
         "entrypoint": config.get("Entrypoint"),
         "env": env,
-        "labels": config.get("Labels") or {},
+        "labels": labels,
         "network_mode": host.get("NetworkMode"),
         "networks": sorted(attrs["NetworkSettings"]["Networks"]),
         "mounts": [list(m) for m in mounts],

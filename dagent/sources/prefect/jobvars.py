@@ -38,10 +38,9 @@ _DIRECT = (
     "cap_add",
     "entrypoint",
 )
-# Prefect docker-pool variables dagent decides itself (names, removal, streaming) and so ignores.
-_IGNORED = frozenset(
-    {"name", "auto_remove", "stream_output", "image_pull_policy", "registry_credentials", "memswap_limit"}
-)
+# Prefect docker-pool variables dagent does not take: container names are dagent's, and registry
+# credentials come from docker.registry_auth.
+_IGNORED = frozenset({"name", "registry_credentials"})
 
 
 def base_job_template() -> dict[str, Any]:
@@ -248,6 +247,8 @@ def run_request(
     elif implicit_host:
         data["network"] = "host"
     data.update(_create_kwargs(variables.get("container_create_kwargs"), data, origin))
+    if variables.get("auto_remove") is True:
+        data["keep"] = "never"  # dagent reads the exit code first, then removes it (not Docker's AutoRemove)
     container_labels(variables, origin)
     unknown = set(variables) - set(_DIRECT) - _IGNORED - _MAPPED
     if unknown:
@@ -265,6 +266,9 @@ _MAPPED = frozenset(
         "networks",
         "labels",
         "container_create_kwargs",
+        "auto_remove",
+        "stream_output",
+        "image_pull_policy",
     }
 )
 
@@ -335,8 +339,15 @@ def container_origin(
     if updated:
         labels["io.prefect.deployment-updated"] = updated
     run_labels = container_labels(variables, f"flow run {run_id} job_variables")
+    stream = variables.get("stream_output")
     return Origin(
-        source="prefect", env=env, secret_env=secret_env, labels=labels, run_labels=run_labels, base_env=base_env
+        source="prefect",
+        env=env,
+        secret_env=secret_env,
+        labels=labels,
+        run_labels=run_labels,
+        base_env=base_env,
+        stream_output=stream if isinstance(stream, bool) else None,
     )
 
 

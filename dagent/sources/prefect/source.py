@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -68,6 +69,7 @@ class PrefectSource:
         self.worker = config.name
         self.pool_template: dict[str, Any] = base_job_template()  # until connect() reads the pool's
         self.pool_id = ""
+        self.server_version: str | None = None
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
         self._runs = FlowRuns(self.client, self._claim_note)
         self._watcher: StateEventWatcher | None = None
@@ -91,6 +93,7 @@ class PrefectSource:
     def connect(self) -> None:
         """Check the API answers and the credentials work; read (or create) the work pool."""
         version = self.client.call("GET", "/admin/version")
+        self.server_version = str(version) if isinstance(version, str) else None
         pool_name = self.api.work_pool
         pool = self.client.call("GET", f"/work_pools/{pool_name}", allow=(404,))
         if pool is None:
@@ -305,7 +308,13 @@ class PrefectSource:
 
     def _run_request(self, run_id: str, variables: Mapping[str, Any]) -> RunRequest:
         never = self.config.docker.pull == "never"  # the operator's word over Prefect's default rule
-        return jobvars.run_request(run_id, variables, self.api.default_image, self._implicit_host(), not never)
+        return jobvars.run_request(run_id, variables, self._default_image(), self._implicit_host(), not never)
+
+    def _default_image(self) -> str | None:
+        """api.default_image, else the image Prefect's worker picks: the server's Prefect on this Python."""
+        if self.api.default_image or not self.server_version:
+            return self.api.default_image
+        return f"prefecthq/prefect:{self.server_version}-python{sys.version_info.major}.{sys.version_info.minor}"
 
     def _implicit_host(self) -> bool:
         """Prefect's rule: a run that names no network gets the host's when the API is on localhost.

@@ -1,0 +1,92 @@
+"""A rendered job configuration → RunRequest and Origin, as Prefect's Docker worker reads each variable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dagent.config import load_config
+from dagent.errors import PolicyError, RunFileError
+from dagent.policy import check
+from dagent.sources.prefect.jobvars import FlowRunContext, container_origin, docker_label, run_request
+from tests.helpers import lexical_facts
+
+
+def _run(**variables: Any) -> Any:
+    return run_request("r1", {"image": "busybox:1", **variables})
+
+
+@pytest.mark.parametrize(
+    ("image", "policy", "pull"),
+    [("busybox:1", None, None), ("busybox", None, "always"), ("busybox:latest", None, "always"),
+     ("busybox:1", "Always", "always"), ("busybox:latest", "Never", "never"), ("busybox", "IfNotPresent", "if-not-present"),
+     ("busybox:1", "IfPossible", "if-not-present")],
+)  # fmt: skip
+def test_image_pull_policy_and_prefects_default_rule(image: str, policy: str | None, pull: str | None) -> None:
+    assert _run(image=image, image_pull_policy=policy).pull == pull
+
+
+def test_the_agents_never_overrides_prefects_default_rule_and_the_cap_refuses() -> None:
+    assert run_request("r1", {"image": "busybox"}, prefect_rule=False).pull is None
+    config = load_config({"docker": {"allowed_pull_policies": ["if-not-present", "never"]}}, environ={}).config
+    run = _run(image_pull_policy="Always")
+    with pytest.raises(PolicyError, match="allowed_pull_policies"):
+        check(config.docker, run, lexical_facts(config.docker, run))
+    with pytest.raises(RunFileError, match="image_pull_policy"):
+        _run(image_pull_policy={"x": 1})
+
+
+def test_env_values_become_text_and_nulls_remove_keys() -> None:
+    assert dict(_run(env={"A": "1", "B": None, "C": "x"}).env) == {"A": "1", "C": "x"}
+
+
+def test_every_network_is_joined_the_first_at_create() -> None:
+    run = _run(networks=["a", "b", "c"])
+    assert (run.network, run.networks) == ("a", ("b", "c"))
+
+
+def test_memswap_limit_and_auto_remove() -> None:
+    run = _run(mem_limit="64m", memswap_limit="128m", auto_remove=True)
+    assert (run.memory, run.memory_swap, run.keep) == (64 * 2**20, 128 * 2**20, "never")
+    assert _run(mem_limit="64m", memswap_limit="-1").memory_swap == -1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "value"),
+    [({"shm_size": "32m"}, "shm_size", 32 * 2**20), ({"init": True}, "init", True), ({"user": "1000"}, "user", "1000"),
+     ({"working_dir": "/w"}, "working_dir", "/w"), ({"hostname": "h"}, "hostname", "h"),
+     ({"extra_hosts": {"db": "127.0.0.1"}}, "extra_hosts", {"db": "127.0.0.1"}),
+     ({"extra_hosts": ["db:127.0.0.1"]}, "extra_hosts", {"db": "127.0.0.1"}), ({"dns": ["1.1.1.1"]}, "dns", ("1.1.1.1",)),
+     ({"stop_signal": "SIGINT"}, "stop_signal", "SIGINT"), ({"cap_add": ["NET_ADMIN"]}, "cap_add", ("NET_ADMIN",)),
+     ({"pid_mode": "host"}, "pid", "host")],
+)  # fmt: skip
+def test_create_kwargs_become_run_fields(kwargs: dict[str, Any], field: str, value: Any) -> None:
+    got = getattr(_run(container_create_kwargs=kwargs), field)
+    assert (dict(got) if isinstance(got, dict) else got) == value
+
+
+def test_create_kwargs_the_worker_ignores_are_ignored_and_the_rest_refused_by_name() -> None:
+    run = _run(container_create_kwargs={"privileged": True, "labels": {"x": "1"}, "volumes": ["/:/h"]})
+    assert run.privileged is False and run.volumes == ()
+    for key in ("security_opt", "sysctls", "runtime", "device_requests", "cgroup_parent"):
+        with pytest.raises(RunFileError, match=f"container_create_kwargs.{key}"):
+            _run(container_create_kwargs={key: "x"})
+
+
+def test_origin_env_labels_and_stream_output() -> None:
+    context = FlowRunContext(
+        {"name": "n", "flow_id": "f", "deployment_id": "d"}, {"name": "dep", "updated": "2026-12-02T02:12:47Z"}, "flow"
+    )
+    origin = container_origin(
+        "r1", context, {"labels": {"example.com/owner": "me"}, "stream_output": False},
+        api_url="http://127.0.0.1:4200/api", container_url=None, docker_interface=True, work_pool="p",
+        work_pool_id="pid", worker="w", token=None, auth_string=None,
+    )  # fmt: skip
+    assert origin.base_env["PREFECT_API_URL"] == "http://host.docker.internal:4200/api"
+    assert origin.base_env["PREFECT__FLOW_NAME"] == "flow" and origin.base_env["PREFECT__DEPLOYMENT_NAME"] == "dep"
+    assert origin.env == {"PREFECT__FLOW_RUN_ID": "r1"} and origin.stream_output is False
+    assert origin.run_labels == {"com.example.owner": "me"}
+    assert origin.labels["io.prefect.deployment-updated"] == "2026-12-02T02:12:47+00:00"
+    assert origin.labels["io.prefect.work-pool-id"] == "pid"
+    assert docker_label("plain") == "plain" and docker_label("a.b.c/k") == "c.b.a.k"
