@@ -15,6 +15,7 @@ from dagent.config.types import normalize_capability
 from dagent.errors import PolicyError
 from dagent.images import parse_image
 from dagent.runs import RunRequest
+from dagent.units import parse_bytes
 
 # Host paths that give a container the host itself. Mounting one, one inside one, or a parent of
 # one needs an allowed root at or inside it, and then grants that root and what is under it only:
@@ -219,10 +220,27 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
     memory = run.memory if run.memory is not None else config.max_memory
     if memory is not None and run.shm_size is not None and run.shm_size > memory:
         yield f"docker.max_memory: shm_size = {run.shm_size} bytes is over the memory limit {memory}"
+    for path, options in run.tmpfs.items():
+        # A tmpfs is memory: with a maximum set, each states a size within the run's limit.
+        size = _tmpfs_size(options)
+        if memory is not None and (size is None or size > memory):
+            yield f"docker.max_memory: tmpfs {path!r} needs size= within the memory limit {memory} ({options!r})"
     # Swap is memory too: with a maximum set, no unlimited swap and at most as much again.
     swap, most = run.memory_swap, config.max_memory
     if swap is not None and most is not None and (swap == -1 or swap > 2 * most):
         yield f"docker.max_memory: memory_swap = {run.memory_swap} is over twice {config.max_memory}"
+
+
+def _tmpfs_size(options: str) -> int | None:
+    """The size= of tmpfs options, in bytes; None when not given or not a size."""
+    for option in options.split(","):
+        key, _, value = option.partition("=")
+        if key.strip() == "size":
+            try:
+                return parse_bytes(value.strip())
+            except ValueError:
+                return None
+    return None
 
 
 def check(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> None:

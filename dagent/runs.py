@@ -95,6 +95,18 @@ def _swap(value: Any) -> Any:
     return parse_bytes(value)
 
 
+class Healthcheck(BaseModel):
+    """A container health check (docker-py's `healthcheck`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    test: list[str] | str
+    interval: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    timeout: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    retries: int | None = Field(default=None, ge=0, le=1000)
+    start_period: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
 class Ulimit(BaseModel):
     """One resource limit, as Docker's --ulimit."""
 
@@ -173,6 +185,10 @@ class RunRequest(BaseModel):
     """Resource limits, e.g. {name = "nofile", soft = 1024, hard = 2048}."""
     stop_signal: str | None = Field(default=None, min_length=1)
     """The signal that stops the container (e.g. SIGINT); unset is the image's."""
+    healthcheck: Healthcheck | None = None
+    """A health check, as docker-py takes it: test, interval, timeout, retries, start_period (nanoseconds)."""
+    tmpfs: dict[Annotated[str, AfterValidator(_check_abs)], str] = {}
+    """tmpfs mounts, path = options (e.g. "size=64m"); with docker.max_memory each needs a size within it."""
     keep: Literal["never", "on-failure", "always"] | None = None
     """Which finished container to keep for this run; unset uses docker.keep_containers."""
 

@@ -12,6 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import requests
+from pydantic import SecretStr
 
 from dagent import retry
 from dagent.config import AgentConfig
@@ -129,19 +130,19 @@ class DockerRuntime:
                     raise
                 present = False
         if spec.pull == "always" or (spec.pull == "if-not-present" and not present):
-            self.pull(spec.image)
+            self.pull(spec.image, spec.registry_login)
         elif not present:
             reason = "docker.pull is never" if self.config.docker.pull == "never" else "its registry is not allowed"
             raise DaemonError(f"image {spec.image} is not present and is not pulled ({reason})")
 
-    def pull(self, image: str) -> float:
+    def pull(self, image: str, login: tuple[str, str, SecretStr] | None = None) -> float:
         """Pull an image, logging progress; returns seconds taken."""
         ref = parse_image(image)
         if ref.digest:
             repository, tag = f"{ref.repository}@{ref.digest}", None
         else:
             repository, tag = ref.repository, ref.tag or "latest"
-        auth = self._auth_for(ref.registry)
+        auth = self._auth_for(ref.registry, login)
         started = time.monotonic()
         log.info("pulling %s", image)
 
@@ -160,8 +161,11 @@ class DockerRuntime:
         log.info("pulled %s in %.1fs", image, took)
         return took
 
-    def _auth_for(self, registry: str) -> dict[str, str] | None:
-        # None lets docker-py use ~/.docker/config.json, as the docker CLI would.
+    def _auth_for(self, registry: str, login: tuple[str, str, SecretStr] | None = None) -> dict[str, str] | None:
+        # The run's own credentials (Prefect's registry_credentials) first, read for each pull; then
+        # docker.registry_auth; None lets docker-py use ~/.docker/config.json, as the docker CLI would.
+        if login is not None and login[0] == registry:
+            return {"username": login[1], "password": login[2].get_secret_value()}
         for entry in self.config.docker.registry_auth:
             if entry.registry == registry:
                 if entry.password is not None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr
 from dagent import policy
 from dagent.config import AgentConfig, Mount
 from dagent.config.types import normalize_capability
+from dagent.images import parse_image
 from dagent.runs import PORT_RE, RunRequest
 
 CONTAINER_PREFIX = "dagent-"
@@ -40,6 +41,16 @@ class Origin:
     run_labels: Mapping[str, str] = field(default_factory=dict)
     base_env: Mapping[str, str] = field(default_factory=dict)
     stream_output: bool | None = None  # the run's output in the agent's log; None: show_flow_logs decides
+    registry_auth: RegistryLogin | None = None  # Prefect's registry_credentials block: used for this run's pull
+
+
+@dataclass(frozen=True)
+class RegistryLogin:
+    """Credentials for one registry that came with a run (never shown: the password is a secret)."""
+
+    registry: str
+    username: str
+    password: SecretStr
 
 
 def container_name(run_id: str, agent: str | None = None) -> str:
@@ -89,6 +100,9 @@ class ContainerSpec(BaseModel):
     dns: tuple[str, ...] = ()
     ulimits: tuple[dict[str, Any], ...] = ()
     stop_signal: str | None = None
+    healthcheck: dict[str, Any] | None = None
+    tmpfs: dict[str, str] = {}
+    registry_login: tuple[str, str, SecretStr] | None = None
     timeout: float
     stop_grace: float
     keep: Literal["never", "on-failure", "always"]
@@ -128,6 +142,8 @@ class ContainerSpec(BaseModel):
             "dns": list(self.dns) or None,
             "ulimits": [dict(u) for u in self.ulimits] or None,
             "stop_signal": self.stop_signal,
+            "healthcheck": dict(self.healthcheck) if self.healthcheck else None,
+            "tmpfs": dict(self.tmpfs) or None,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         return kwargs
@@ -180,6 +196,13 @@ def _resolved_device(spec: str, facts: policy.HostFacts) -> str:
     host = facts.resolved[parts[0]]
     target = parts[1] if len(parts) > 1 else parts[0]
     return f"{host}:{target}:{policy.device_permissions(spec)}"
+
+
+def _login(login: RegistryLogin | None, image: str) -> tuple[str, str, SecretStr] | None:
+    """A run's own registry credentials, kept only for the registry its image is pulled from."""
+    if login is None or parse_image(image).registry != login.registry:
+        return None
+    return (login.registry, login.username, login.password)
 
 
 def build(
@@ -253,6 +276,9 @@ def build(
         dns=run.dns,
         ulimits=tuple(u.model_dump() for u in run.ulimits),
         stop_signal=run.stop_signal,
+        healthcheck=run.healthcheck.model_dump(exclude_none=True) if run.healthcheck else None,
+        tmpfs=dict(run.tmpfs),
+        registry_login=_login(origin.registry_auth, run.image),
         timeout=run.timeout if run.timeout is not None else docker.run_timeout,
         stop_grace=docker.stop_grace,
         keep=run.keep or docker.keep_containers,

@@ -61,6 +61,11 @@ CASES: list[Case] = [
     ),
     Case("create kwargs labels", {"container_create_kwargs": {"labels": {"extra": "x"}}}),
     Case("create kwargs cap_add", {"container_create_kwargs": {"cap_add": ["NET_ADMIN"]}}),
+    Case(
+        "create kwargs healthcheck",
+        {"container_create_kwargs": {"healthcheck": {"test": ["CMD", "true"], "interval": 10**9}}},
+    ),
+    Case("create kwargs tmpfs", {"container_create_kwargs": {"tmpfs": {"/scratch": "size=16m"}}}, short=True),
     Case("null values", {"command": None, "mem_limit": None, "network_mode": None}),
     Case("unknown variable", {"not_a_variable": "x"}),
     Case("flow-run overrides image and command", {"command": EXIT_0}, {"command": "sh -c 'exit 0 # run'"}),

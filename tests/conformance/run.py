@@ -35,7 +35,7 @@ from tests.integration.prefect_api import PrefectAPI
 FIELDS = (
     "name", "image", "command", "entrypoint", "env", "labels", "network_mode", "networks", "mounts", "memory",
     "memory_swap", "shm_size", "privileged", "init", "extra_hosts", "user", "working_dir", "hostname",
-    "ulimits", "cap_add", "auto_remove", "pulled", "final_state",
+    "ulimits", "cap_add", "healthcheck", "tmpfs", "auto_remove", "pulled", "final_state",
 )  # fmt: skip
 
 
@@ -171,6 +171,8 @@ def _fields(container: Any, pulled: bool, state: str, names: dict[str, str], ima
         "hostname": "<container id>" if hostname and container.id.startswith(hostname) else hostname,
         "ulimits": host.get("Ulimits"),
         "cap_add": host.get("CapAdd"),
+        "healthcheck": config.get("Healthcheck"),
+        "tmpfs": host.get("Tmpfs"),
         "auto_remove": host.get("AutoRemove"),
         "pulled": pulled,
         "final_state": state,

@@ -177,9 +177,9 @@ def test_pool_made_by_prefect_cli_with_its_defaults(
 def test_bad_job_variables_are_crashed_with_the_reason(
     agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str
 ) -> None:
-    """Job variables dagent refuses (raw create kwargs, a relative volume, privileged) → CRASHED saying why."""
+    """Job variables dagent refuses (create kwargs it cannot judge, a relative volume, privileged) → CRASHED saying why."""
     cases = {
-        "container_create_kwargs": {"container_create_kwargs": {"privileged": True}},
+        "container_create_kwargs.security_opt": {"container_create_kwargs": {"security_opt": ["seccomp=unconfined"]}},
         "volumes.0": {"volumes": ["relative:x"]},
         "docker.allow_privileged": {"privileged": True},
     }

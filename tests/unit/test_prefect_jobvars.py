@@ -90,3 +90,36 @@ def test_origin_env_labels_and_stream_output() -> None:
     assert origin.labels["io.prefect.deployment-updated"] == "2026-12-02T02:12:47+00:00"
     assert origin.labels["io.prefect.work-pool-id"] == "pid"
     assert docker_label("plain") == "plain" and docker_label("a.b.c/k") == "c.b.a.k"
+
+
+def test_registry_credentials_block_is_a_secret_login_for_that_registry_only() -> None:
+    from dagent.sources.prefect.jobvars import registry_login
+    from dagent.spec import build
+
+    login = registry_login({"username": "ci", "password": "s3cret", "registry_url": "https://127.0.0.1:5000/"}, "o")
+    assert login is not None and (login.registry, login.username) == ("127.0.0.1:5000", "ci")
+    config = load_config({"name": "a"}, environ={}).config
+    from dagent.spec import Origin
+
+    for image, kept in (("127.0.0.1:5000/x:1", True), ("busybox:1", False)):
+        spec = build(config, run_request("r1", {"image": image}), Origin("prefect", registry_auth=login))
+        assert (spec.registry_login is not None) is kept
+        assert "s3cret" not in str(spec.model_dump(mode="json")) and "s3cret" not in str(spec.to_docker_kwargs())
+    with pytest.raises(RunFileError, match="registry_credentials"):
+        registry_login({"username": "ci"}, "o")
+
+
+def test_healthcheck_and_tmpfs_from_create_kwargs_and_tmpfs_within_the_memory_limit() -> None:
+    run = _run(container_create_kwargs={"healthcheck": {"test": ["CMD", "true"], "interval": 10**9},
+                                        "tmpfs": {"/scratch": "size=64m"}})  # fmt: skip
+    assert (
+        run.healthcheck is not None
+        and run.healthcheck.interval == 10**9
+        and dict(run.tmpfs) == {"/scratch": "size=64m"}
+    )
+    config = load_config({"docker": {"max_memory": "128m"}}, environ={}).config
+    check(config.docker, run, lexical_facts(config.docker, run))
+    for options in ("size=1g", "mode=1777"):
+        unbounded = _run(container_create_kwargs={"tmpfs": {"/scratch": options}})
+        with pytest.raises(PolicyError, match="tmpfs"):
+            check(config.docker, unbounded, lexical_facts(config.docker, unbounded))

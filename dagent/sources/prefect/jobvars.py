@@ -14,9 +14,9 @@ from pydantic import SecretStr
 
 from dagent import __version__
 from dagent.errors import RunFileError
-from dagent.images import parse_image
+from dagent.images import normalize_registry, parse_image
 from dagent.runs import RunRequest, parse_run
-from dagent.spec import Origin
+from dagent.spec import Origin, RegistryLogin
 
 log = logging.getLogger("dagent.prefect")
 
@@ -38,9 +38,8 @@ _DIRECT = (
     "cap_add",
     "entrypoint",
 )
-# Prefect docker-pool variables dagent does not take: container names are dagent's, and registry
-# credentials come from docker.registry_auth.
-_IGNORED = frozenset({"name", "registry_credentials"})
+# Prefect docker-pool variables dagent does not take: a container's name is dagent's (dagent-<run id>).
+_IGNORED = frozenset({"name"})
 
 
 def base_job_template() -> dict[str, Any]:
@@ -137,6 +136,7 @@ _CREATE_KWARGS = {
     "shm_size": "shm_size", "init": "init", "user": "user", "working_dir": "working_dir", "hostname": "hostname",
     "extra_hosts": "extra_hosts", "dns": "dns", "ulimits": "ulimits", "stop_signal": "stop_signal",
     "cap_add": "cap_add", "devices": "devices", "pid_mode": "pid", "ipc_mode": "ipc",
+    "healthcheck": "healthcheck", "tmpfs": "tmpfs",
 }  # fmt: skip
 # Keys Prefect's worker itself drops from container_create_kwargs: its own job variables win.
 _WORKER_FIELDS = frozenset(
@@ -269,6 +269,7 @@ _MAPPED = frozenset(
         "auto_remove",
         "stream_output",
         "image_pull_policy",
+        "registry_credentials",
     }
 )
 
@@ -340,7 +341,9 @@ def container_origin(
         labels["io.prefect.deployment-updated"] = updated
     run_labels = container_labels(variables, f"flow run {run_id} job_variables")
     stream = variables.get("stream_output")
+    registry_auth = registry_login(variables.get("registry_credentials"), f"flow run {run_id} job_variables")
     return Origin(
+        registry_auth=registry_auth,
         source="prefect",
         env=env,
         secret_env=secret_env,
@@ -349,6 +352,20 @@ def container_origin(
         base_env=base_env,
         stream_output=stream if isinstance(stream, bool) else None,
     )
+
+
+def registry_login(block: Any, origin: str) -> RegistryLogin | None:
+    """Prefect's `registry_credentials` (a docker-registry-credentials block's data) → a RegistryLogin."""
+    if block in (None, {}):
+        return None
+    if not isinstance(block, dict) or not all(isinstance(block.get(k), str) for k in ("username", "password")):
+        raise RunFileError(f"{origin}: registry_credentials: needs a docker-registry-credentials block's data")
+    address = str(block.get("registry_url") or "docker.io").split("://")[-1].rstrip("/")
+    try:
+        registry = normalize_registry(address)
+    except ValueError as e:
+        raise RunFileError(f"{origin}: registry_credentials.registry_url: {e}") from None
+    return RegistryLogin(registry, block["username"], SecretStr(block["password"]))
 
 
 def _utc(stamp: Any) -> str | None:
