@@ -44,6 +44,7 @@ def resolve(path: str) -> str:
     """
     if "\0" in path:
         raise Unresolvable("the path holds a NUL byte")
+    _utf8(path)
     if not path.startswith("/"):
         raise Unresolvable("the path is not absolute")
     pending = list(reversed(path.split("/")))
@@ -78,6 +79,7 @@ def resolve(path: str) -> str:
                 target = os.readlink(candidate)
             except OSError as e:
                 raise Unresolvable(f"cannot read the link {candidate}: {_strerror(e)}") from None
+            _utf8(target)
             if target.startswith("/"):
                 resolved = "/"
             pending.extend(reversed(target.split("/")))
@@ -86,6 +88,15 @@ def resolve(path: str) -> str:
             raise Unresolvable(f"{candidate} is not a directory")
         resolved = candidate
     return resolved
+
+
+def _utf8(text: str) -> None:
+    """Refuse what is not UTF-8: the daemon reads paths as JSON text, and an undecodable byte
+    (Python's surrogate escape) arrives there as U+FFFD, another name than the one checked."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unresolvable(f"{text.encode('utf-8', 'backslashreplace').decode()!r} is not UTF-8") from None
 
 
 def _strerror(error: OSError) -> str:
@@ -186,11 +197,13 @@ class HostView:
         daemon: Callable[[], DaemonFacts] | DaemonFacts,
         own_files: Iterable[Path | str] = (),
         network_driver: Callable[[str], str | None] = lambda _name: None,
+        volume_device: Callable[[str], str | None] = lambda _name: None,
     ) -> None:
         self.config = config
         self._daemon = daemon
         self.own_files = tuple(os.path.abspath(str(p)) for p in own_files)
         self._network_driver = network_driver
+        self._volume_device = volume_device
 
     @property
     def daemon(self) -> DaemonFacts:
@@ -205,6 +218,9 @@ class HostView:
         daemon = self.daemon
         paths: list[str] = [*SENSITIVE_PATHS, *DAEMON_PATHS, *self.own_files]
         paths += [p for p in (daemon.data_root, daemon.socket_path) if p]
+        # The agent's own Docker credentials and TLS keys (docker-py reads them).
+        paths += [os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")]
+        paths += [p for p in (os.environ.get("DOCKER_CERT_PATH"),) if p]
         paths.append(str(self.config.inbox.path))
         if self.config.api.token_file is not None:
             paths.append(str(self.config.api.token_file))
@@ -219,10 +235,16 @@ class HostView:
     def facts(self, run: RunRequest) -> HostFacts:
         """Everything the policy needs to judge `run` on this host, looked up now."""
         docker = self.config.docker
-        if not run_host_paths(run):
+        volumes = {}
+        if docker.allow_named_volumes:
+            for mount in run.volumes:
+                device = None if mount.is_bind else self._volume_device(mount.source)
+                if device is not None:
+                    volumes[mount.source] = device
+        if not run_host_paths(run) and not volumes:
             # Nothing of the host's filesystem is asked for: no lookups, no daemon question.
             return HostFacts(network_drivers=self._networks(run))
-        wanted = [*run_host_paths(run), *(device_host(d) for d in docker.allowed_devices)]
+        wanted = [*run_host_paths(run), *volumes.values(), *(device_host(d) for d in docker.allowed_devices)]
         resolved: dict[str, str] = {}
         unresolved: dict[str, str] = {}
         for path in wanted:
@@ -241,6 +263,7 @@ class HostView:
             protected=self.protected(),
             view_error=self.daemon.view_error,
             network_drivers=self._networks(run),
+            volume_devices=volumes,
         )
 
     def _networks(self, run: RunRequest) -> dict[str, str]:

@@ -33,7 +33,22 @@ SENSITIVE_PATHS = (
     "/boot",
     "/etc",
     "/root",
+    # The host's system and its services: write access there is the host's root.
+    "/run",
+    "/var/run",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/home",
+    "/var/spool",
 )
+# Resource limits that raise a process's priority (real-time scheduling is not bound by the CPU
+# quota) or pin memory: privileges, not limits.
+PRIVILEGED_ULIMITS = frozenset({"rtprio", "rttime", "nice", "memlock"})
 # Network modes Docker reads itself rather than as a network's name. Docker matches them
 # case-sensitively today; judging every spelling as the mode is the side that cannot be wrong.
 HOST_NETWORKS = ("host",)
@@ -60,6 +75,8 @@ class HostFacts:
     """Why the agent cannot vouch it sees the daemon's filesystem; None when it checked that it does."""
     network_drivers: Mapping[str, str] = field(default_factory=dict)
     """The run's network → the driver the daemon resolves it to (a name, an id or an id prefix)."""
+    volume_devices: Mapping[str, str] = field(default_factory=dict)
+    """Each named volume that is a bind of a host directory (local driver, o=bind) → that directory."""
 
 
 def _under(path: str, root: str) -> bool:
@@ -183,6 +200,11 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
         if not mount.is_bind:
             if not config.allow_named_volumes:
                 yield f"docker.allow_named_volumes: volume {mount.source!r} (named volumes are off)"
+            elif mount.source in facts.volume_devices:
+                # A volume made with `-o o=bind -o device=DIR` mounts DIR: judged as a bind of DIR.
+                problem = _bind(facts.volume_devices[mount.source], facts)
+                if problem:
+                    yield f"{problem} (volume {mount.source!r} binds it)"
             continue
         problem = _bind(mount.source, facts)
         if problem:
@@ -209,6 +231,9 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
         and run.pull not in config.allowed_pull_policies
     ):
         yield f"docker.allowed_pull_policies: pull = {run.pull!r} is not in {config.allowed_pull_policies}"
+    for ulimit in run.ulimits:
+        if ulimit.name in PRIVILEGED_ULIMITS and not config.allow_privileged:
+            yield f"docker.allow_privileged: ulimit {ulimit.name!r} raises priority or pins memory"
     if run.gpus is not None and not config.allow_gpus:
         yield f"docker.allow_gpus: gpus = {run.gpus!r}"
     if run.ports and not config.allow_ports:
@@ -232,15 +257,16 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
 
 
 def _tmpfs_size(options: str) -> int | None:
-    """The size= of tmpfs options, in bytes; None when not given or not a size."""
-    for option in options.split(","):
-        key, _, value = option.partition("=")
-        if key.strip() == "size":
-            try:
-                return parse_bytes(value.strip())
-            except ValueError:
-                return None
-    return None
+    """The one size= of tmpfs options, in bytes; None when absent, repeated, not a size, or another
+    option sizes it too (the daemon keeps the last size=, the kernel also reads nr_blocks=)."""
+    pairs = [(key.strip(), value.strip()) for key, _, value in (o.partition("=") for o in options.split(","))]
+    sizes = [value for key, value in pairs if key == "size"]
+    if len(sizes) != 1 or any(key == "nr_blocks" for key, _ in pairs):
+        return None
+    try:
+        return parse_bytes(sizes[0])
+    except ValueError:
+        return None
 
 
 def check(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> None:

@@ -110,6 +110,21 @@ class DockerRuntime:
         driver = network.get("Driver") if isinstance(network, dict) else None
         return str(driver) if driver else None
 
+    def volume_device(self, name: str) -> str | None:
+        """The host directory a named volume binds (local driver, o=bind), or None."""
+        import docker.errors
+
+        try:
+            volume = self._call(f"inspect volume {name!r}", partial(self.client.api.inspect_volume, name))
+        except DaemonError as e:
+            if isinstance(e.__cause__, docker.errors.NotFound):
+                return None  # it does not exist yet: Docker makes an empty one
+            raise
+        options = (volume.get("Options") or {}) if isinstance(volume, dict) else {}
+        binds = "bind" in {o.strip() for o in str(options.get("o") or "").split(",")}
+        device = options.get("device")
+        return str(device) if binds and device else None
+
     def close(self) -> None:
         """Close the connection pool."""
         if self._client is not None:

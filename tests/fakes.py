@@ -64,6 +64,9 @@ class FakeRuntime:
     def network_driver(self, name: str) -> str | None:
         return None
 
+    def volume_device(self, name: str) -> str | None:
+        return None
+
     def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]:
         self._call("managed")
         return [c for c in self.containers if agent is None or c.labels.get("dagent.agent") == agent]

@@ -504,6 +504,17 @@ def _attempts(root: Path) -> list[Attempt]:
         Attempt("device rw over r", {"devices": ["/dev/null:/dev/null:rw"]}, config={"allowed_devices": ["/dev/null:/dev/null:r"]}),
         Attempt("device default rwm over r", {"devices": ["/dev/null"]}, config={"allowed_devices": ["/dev/null:/dev/null:r"]}),
         Attempt("registry with newline", {"image": "127.0.0.1:5000\n/x"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
+        # Found by attacking policy v2: undecodable names, tmpfs sizes, priority ulimits, system dirs, volume binds.
+        Attempt("link to a name that is not UTF-8", {"volumes": [f"{root}/notutf8:/x"]}, config=allowed),
+        Attempt("tmpfs size twice", {"tmpfs": {"/t": "size=1m,size=0"}}, config={"max_memory": "256m"}),
+        Attempt("tmpfs nr_blocks", {"tmpfs": {"/t": "size=1m,nr_blocks=10000000"}}, config={"max_memory": "256m"}),
+        Attempt("tmpfs no size", {"tmpfs": {"/t": "mode=1777"}}, config={"max_memory": "256m"}),
+        Attempt("ulimit rtprio", {"ulimits": [{"name": "rtprio", "soft": 99, "hard": 99}]}),
+        Attempt("ulimit memlock", {"ulimits": [{"name": "memlock", "soft": -1, "hard": -1}]}),
+        Attempt("usr with / allowed", {"volumes": ["/usr:/u"]}, config={"allowed_host_paths": ["/"]}),
+        Attempt("dbus socket with / allowed", {"volumes": ["/run/dbus:/d"]}, config={"allowed_host_paths": ["/"]}),
+        Attempt("home with / allowed", {"volumes": ["/home:/h"]}, config={"allowed_host_paths": ["/"]}),
+        Attempt("named volume binding /etc", {"volumes": ["etc-bind:/e"]}, config={"allow_named_volumes": True}),
         Attempt("registry port trick 2", {"image": "127.0.0.1:5000.evil.net/x"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
         # The same through Prefect job variables.
         Attempt("jv privileged", {"image": img, "privileged": True}, via="job-variables"),
@@ -570,6 +581,8 @@ def bypass_sandbox() -> Iterator[Path]:
         (root / "token").chmod(0o600)
         (root / "inbox" / "new").mkdir(parents=True)
         (root / "inbox-link").symlink_to(root / "inbox")
+        os.symlink(b"\xff", os.path.join(os.fsencode(root), b"notutf8"))
+        os.symlink(b"/etc", os.path.join(os.fsencode(root), "\ufffd".encode()))
         (root / "chain0").mkdir()
         for i in range(1, 46):
             (root / f"chain{i}").symlink_to(root / f"chain{i - 1}")
@@ -607,7 +620,10 @@ def try_bypass(attempt: Attempt, root: Path) -> str | None:
         inbox={"path": str(root / "inbox")},
         api={"url": "http://127.0.0.1:9/api", "work_pool": "chaos", "token_file": str(root / "token")},
     )
-    view = HostView(config, _daemon(attempt.daemon, root), [root / "agent.toml"], _network_driver)
+    view = HostView(
+        config, _daemon(attempt.daemon, root), [root / "agent.toml"], _network_driver,
+        volume_device={"etc-bind": "/etc"}.get,
+    )  # fmt: skip
     try:
         if attempt.via == "job-variables":
             source = PrefectSource(config)
@@ -658,6 +674,8 @@ def granted_beyond_defaults(docker: Any, body: dict[str, Any]) -> list[str]:
         ("memory over the maximum", docker.max_memory is not None and (memory or 0) > docker.max_memory),
         ("shm over the memory limit", memory and (host.get("ShmSize") or 0) > memory),
         ("unlimited swap", docker.max_memory is not None and host.get("MemorySwap") == -1),
+        ("a tmpfs beyond the memory limit", docker.max_memory is not None and host.get("Tmpfs")),
+        ("a priority ulimit", any(u.get("Name") in ("rtprio", "rttime", "nice", "memlock") for u in host.get("Ulimits") or [])),
         ("the agent's labels", labels.get(LABEL_AGENT) != "chaos" or labels.get(LABEL_RUN_ID) != "bypass-1"
          or any(k.startswith("dagent.") and labels[k] != v for k, v in _AGENT_LABELS.items())
          or any(labels.get(k) != v for k, v in docker.labels.items())),

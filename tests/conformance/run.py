@@ -1,5 +1,6 @@
-"""Conformance: the same deployments run under Prefect's own Docker worker (prefect-docker) and under
-dagent, their containers compared field by field with `docker inspect`.
+"""Conformance: the same deployments run under Prefect's own Docker worker (prefect-docker), started
+with `prefect worker start --type docker`, and under dagent, started with `dagent worker start` and
+the same flags; their containers compared field by field with `docker inspect`.
 
 One Prefect server, two pools made by Prefect's CLI from one customised docker base job template
 (changed variable defaults, a value pinned in `job_configuration`), a local registry so a pull can be
@@ -232,16 +233,16 @@ class Conformance:
             stdout=self.worker.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         config = self.root / "agent.toml"
+        # Prefect's own command line (what a team switching would run), plus the policy in agent.toml.
         config.write_text(
-            f'name = "conformance-dagent"\nsource = "prefect"\npoll_interval = 1\n'
-            f'[api]\nurl = "{self.server.api_url}"\nwork_pool = "{self.dagent.pool}"\n'
             f'[docker]\nkeep_containers = "always"\nallowed_host_paths = ["{self.data}"]\nallow_named_volumes = true\n'
             f'allow_privileged = true\nallow_host_network = true\nallowed_capabilities = ["NET_ADMIN"]\n'
         )
         self.dagent.log = self.root / "dagent.log"
         self.dagent.process = subprocess.Popen(
-            [sys.executable, "-m", "dagent", "start", "-c", str(config)],
-            env={**self._env(), "PYTHONPATH": str(REPO)}, cwd=self.root,
+            [sys.executable, "-m", "dagent", "worker", "start", "--pool", self.dagent.pool, "--type", "docker",
+             "--name", "conformance-dagent", "-c", str(config)],
+            env={**self._env(), "PYTHONPATH": str(REPO), "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=self.root,
             stdout=self.dagent.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         for side in (self.worker, self.dagent):

@@ -494,3 +494,55 @@ def test_a_poisoned_prefect_run_is_crashed_at_recovery_not_resumed_forever(varia
     [(_, _, body)] = [r for r in api.requests if r[1].endswith("/set_state")]
     assert body["state"]["type"] == "CRASHED"
     assert "refused" in body["state"]["message"] and next(iter(variables)).split("_")[0] in body["state"]["message"]
+
+
+# --- found by attacking policy v2 (each failed before its fix) -------------------------------------
+
+
+def test_a_path_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    """`a` → b"\\xff" (missing) and b"\\xef\\xbf\\xbd" → outside: the daemon reads \\udcff as U+FFFD."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (tmp_path / "outside").mkdir()
+    os.symlink(b"\xff", os.path.join(os.fsencode(allowed), b"a"))
+    os.symlink(os.fsencode(tmp_path / "outside"), os.path.join(os.fsencode(allowed), "\ufffd".encode()))
+    with pytest.raises(Unresolvable, match="not UTF-8"):
+        resolve(f"{allowed}/a")
+    _refused(_config(allowed_host_paths=[str(allowed)]), _run(volumes=[f"{allowed}/a:/x:ro"]), "not UTF-8")
+
+
+@pytest.mark.parametrize("options", ["size=1m,size=0", "size=1m,size=100g", "size=1m,nr_blocks=10000000", "size=0"])
+def test_a_tmpfs_has_one_size_within_the_limit(options: str) -> None:
+    """The daemon keeps the last size=, and the kernel also sizes a tmpfs by nr_blocks=."""
+    _refused(_config(max_memory="256m"), _run(tmpfs={"/t": options}), "tmpfs")
+
+
+@pytest.mark.parametrize("name", ["rtprio", "rttime", "nice", "memlock"])
+def test_ulimits_that_raise_priority_are_privileges(name: str) -> None:
+    """Real-time scheduling is not bound by the CPU quota: such a ulimit needs docker.allow_privileged."""
+    _refused(_config(), _run(ulimits=[{"name": name, "soft": 99, "hard": 99}]), "allow_privileged")
+    _judge(_config(), _run(ulimits=[{"name": "nofile", "soft": 1024, "hard": 2048}]))
+
+
+@pytest.mark.parametrize(
+    "path", ["/usr", "/usr/bin", "/lib/modules", "/home", "/var/spool/cron", "/run/user", "/run/dbus", "/bin"]
+)
+def test_the_hosts_system_directories_are_protected(path: str) -> None:
+    _refused(_config(allowed_host_paths=["/"]), _run(volumes=[f"{path}:/x"]), "exposes")
+
+
+def test_the_agents_docker_credentials_are_protected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "home" / ".docker").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    _refused(_config(allowed_host_paths=[str(tmp_path)]), _run(volumes=[f"{tmp_path}/home/.docker:/d"]), "exposes")
+
+
+def test_a_named_volume_that_binds_a_host_directory_is_judged_as_that_bind(tmp_path: Path) -> None:
+    """`docker volume create -o type=none -o o=bind -o device=/etc x`: allowing named volumes is not allowing /etc."""
+    (tmp_path / "data").mkdir()
+    config = _config(allow_named_volumes=True, allowed_host_paths=[str(tmp_path / "data")])
+    devices = {"etc": "/etc", "ok": str(tmp_path / "data")}
+    view = {"volume_device": devices.get}
+    _refused(config, _run(volumes=["etc:/e"]), "volume .etc. binds it", **view)
+    assert _judge(config, _run(volumes=["ok:/o", "plain:/p"]), **view).mounts[0].source == "ok"

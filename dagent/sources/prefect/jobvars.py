@@ -74,6 +74,21 @@ def base_job_template() -> dict[str, Any]:
         "timeout": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
         "working_dir": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
         "user": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        # Prefect's docker variables, read as Prefect's Docker worker reads them.
+        "name": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "image_pull_policy": {
+            "anyOf": [{"enum": ["IfNotPresent", "Always", "IfPossible", "Never"], "type": "string"}, {"type": "null"}],
+            "default": None,
+        },
+        "auto_remove": {"type": "boolean", "default": False},
+        "stream_output": {
+            "anyOf": [{"type": "boolean"}, {"type": "null"}],
+            "default": None,
+            "description": "The container's output in the agent's log; unset: the agent's show_flow_logs",
+        },
+        "memswap_limit": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "container_create_kwargs": {"anyOf": [{"type": "object"}, {"type": "null"}], "default": None},
+        "registry_credentials": {"anyOf": [{"type": "object"}, {"type": "null"}], "default": None},
     }
     return {
         "job_configuration": {name: "{{ " + name + " }}" for name in properties},

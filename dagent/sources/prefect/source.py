@@ -357,17 +357,15 @@ class PrefectSource:
         return True
 
     def started(self, claim: Claim, container_id: str) -> None:
-        """Record where the run is (`infrastructure_pid` = host:container) and which worker runs it.
+        """Record where the run is: `infrastructure_pid` = host:container.
 
-        The labels are the ones Prefect's worker gives a flow run; Prefect's API takes them only in a
-        request of their own.
+        Prefect's worker also gives the run `prefect.worker.*` labels; the API takes them only in a
+        request (and a database write) of their own per run, which a busy server feels, so dagent
+        leaves them out: the container's io.prefect.worker-name label and infrastructure_pid say it.
         """
         self.client.call(
             "PATCH", f"/flow_runs/{claim.handle}", {"infrastructure_pid": f"{self.hostname}:{container_id}"}
         )
-        labels = {"prefect.worker.name": self.worker, "prefect.worker.type": "docker",
-                  "prefect.work-pool.name": self.api.work_pool, "prefect.work-pool.id": self.pool_id}  # fmt: skip
-        self.client.call("PATCH", f"/flow_runs/{claim.handle}/labels", labels, allow=(404, 405, 422))
 
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
