@@ -36,6 +36,7 @@ CASES: list[Case] = [
     Case("network_mode host", {"network_mode": "host"}, short=True),
     Case("network_mode none", {"network_mode": "none"}),
     Case("networks one", {"networks": ["{network}"]}),
+    Case("networks two", {"networks": ["{network}", "bridge"]}),
     Case("networks flow-run override", {}, {"networks": ["{network}"]}),
     Case("mem_limit", {"mem_limit": "64m"}, short=True),
     Case("mem_limit and memswap_limit", {"mem_limit": "64m", "memswap_limit": "128m"}),

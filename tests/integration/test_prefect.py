@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -59,7 +60,8 @@ def prefect_config(
         f'source = "prefect"\npoll_interval = 0.5\nconcurrency = 4\nlabels = {json.dumps(labels or [])}\n{extra}\n'
         f'[api]\nurl = "{api_url}"\nwork_pool = "{pool}"\nheartbeat_interval = 5\n'
     )
-    return dagent.config(head, allow_host_network=True, keep_containers="never", stop_grace=2, **docker_keys)
+    settings: dict[str, object] = {"allow_host_network": True, "keep_containers": "never", "stop_grace": 2}
+    return dagent.config(head, **{**settings, **docker_keys})
 
 
 def _deploy(api: PrefectAPI, pool: str, image: str, entrypoint: str, **job_variables: object) -> str:
@@ -337,3 +339,50 @@ def test_prefect_worker_command_line(
     assert container.attrs["Config"]["Cmd"] == ["true"]
     wrong = dagent("worker", "start", "--pool", pool, "--type", "kubernetes", env=env)
     assert wrong.returncode == 2 and "docker pools only" in wrong.stderr
+
+
+def test_registry_credentials_block_and_a_prefect_variable_are_resolved(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, image: str,
+    auth_registry: infra.Registry,
+) -> None:  # fmt: skip
+    """`registry_credentials: {{ prefect.blocks.docker-registry-credentials.NAME }}` logs in for the pull;
+    `{{ prefect.variables.NAME }}` fills a job configuration value; the password shows nowhere."""
+    import subprocess
+
+    subprocess.run(
+        [str(prefect_infra.prefect_venv() / "bin" / "prefect"), "block", "register", "-m", "prefect_docker"],
+        env={**os.environ, "PREFECT_API_URL": prefect_server.api_url}, capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    block_type = api.call("GET", "/block_types/slug/docker-registry-credentials")
+    schema = api.call(
+        "POST", "/block_schemas/filter", {"block_schemas": {"block_type_id": {"any_": [block_type["id"]]}}}
+    )[0]
+    block = api.call("POST", "/block_documents/", {
+        "name": "ci", "block_type_id": block_type["id"], "block_schema_id": schema["id"],
+        "data": {"username": "ci", "password": "pa55-word", "registry_url": auth_registry.address, "reauth": True},
+    })  # fmt: skip
+    api.call("POST", "/variables/", {"name": "flow_command", "value": "true"})
+    remote = auth_registry.push(image, f"private/bb-{uuid.uuid4().hex[:6]}:1")
+    dagent.client.images.remove(remote, force=True)
+    # The block chosen for the pool's registry_credentials (the `$ref` form Prefect's UI writes), and a
+    # Prefect variable in a deployment's job variables.
+    from dagent.sources.prefect import base_job_template
+
+    template = base_job_template()
+    template["variables"]["properties"]["registry_credentials"]["default"] = {
+        "$ref": {"block_document_id": block["id"]}
+    }
+    api.call("POST", "/work_pools/", {"name": pool, "type": "docker", "base_job_template": template})
+    config = prefect_config(dagent, prefect_server.api_url, pool, keep_containers="always")
+    with AgentProcess(dagent, config) as process:
+        deployment = api.deployment(
+            pool, "flows.py:hello",
+            {"image": remote, "network_mode": "host", "command": "{{ prefect.variables.flow_command }}"},
+        )  # fmt: skip
+        run_id = api.run(deployment)
+        wait_for(lambda: len(dagent.containers(run_id)) == 1, 60, "the run's container (pulled with the block's login)")
+        process.signal()
+        log = process.log
+    [container] = dagent.containers(run_id)
+    assert container.attrs["Config"]["Cmd"] == ["true"] and container.attrs["Config"]["Image"] == remote
+    assert "pa55-word" not in log and "pa55-word" not in json.dumps(container.attrs)

@@ -87,3 +87,14 @@ def test_variable_and_block_references_are_left_for_the_api_then_resolved() -> N
 @pytest.mark.parametrize("bad", [None, [], "x", 5])
 def test_odd_layers_are_no_layers(bad: Any) -> None:
     assert job_variables(bad, bad) == {}
+
+
+def test_a_block_chosen_in_prefects_ui_is_a_reference_too() -> None:
+    """`{"$ref": {"block_document_id": ID}}` in a variable's default is looked up like a placeholder."""
+    template = {"job_configuration": {"registry_credentials": "{{ registry_credentials }}"},
+                "variables": {"properties": {"registry_credentials": {"default": {"$ref": {"block_document_id": "b1"}}}}}}  # fmt: skip
+    config = render(template, {}, {})
+    assert references(config) == {"prefect.block-document-id.b1"}
+    assert resolve(config, {"prefect.block-document-id.b1": {"username": "u"}}.__getitem__) == {
+        "registry_credentials": {"username": "u"}
+    }

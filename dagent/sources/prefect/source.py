@@ -287,6 +287,12 @@ class PrefectSource:
     def _reference(self, name: str) -> Any:
         """A `prefect.variables.NAME` or `prefect.blocks.TYPE.NAME[.KEY…]` placeholder's value, from the API."""
         origin = f"job configuration: {{{{ {name} }}}}"
+        if name.startswith(template.BLOCK_ID_PREFIX):
+            block_id = name.removeprefix(template.BLOCK_ID_PREFIX)
+            document = self.client.call("GET", f"/block_documents/{block_id}?include_secrets=true", allow=(404,))
+            if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
+                raise RunFileError(f"job configuration: block document {block_id}: no such Prefect block")
+            return document["data"]
         if name.startswith(template.VARIABLE_PREFIX):
             variable = self.client.call("GET", f"/variables/name/{name.removeprefix(template.VARIABLE_PREFIX)}",
                                         allow=(404,))  # fmt: skip

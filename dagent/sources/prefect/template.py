@@ -116,8 +116,23 @@ def lookup(values: Mapping[str, Any], path: str) -> Any:
     return node
 
 
+BLOCK_ID_PREFIX = "prefect.block-document-id."
+
+
+def _block_ref(value: Any) -> str | None:
+    """`{"$ref": {"block_document_id": ID}}`, the form Prefect's UI writes for a chosen block → a name for it."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("$ref"), dict):
+        block_id = value["$ref"].get("block_document_id")
+        if isinstance(block_id, str):
+            return BLOCK_ID_PREFIX + block_id
+    return None
+
+
 def references(config: Any) -> set[str]:
-    """Every `prefect.variables.*` and `prefect.blocks.*` placeholder left in a rendered configuration."""
+    """Every `prefect.variables.*` and `prefect.blocks.*` placeholder (and `$ref` to a block) left in a
+    rendered configuration."""
+    if (ref := _block_ref(config)) is not None:
+        return {ref}
     if isinstance(config, str):
         return {name for _, name in PLACEHOLDER_RE.findall(config) if name.startswith((BLOCK_PREFIX, VARIABLE_PREFIX))}
     if isinstance(config, dict):
@@ -129,6 +144,8 @@ def references(config: Any) -> set[str]:
 
 def resolve(config: Any, found: Callable[[str], Any]) -> Any:
     """Replace the references `found(name)` knows: a lone one by its value, others by its text."""
+    if (ref := _block_ref(config)) is not None:
+        return found(ref)
     if isinstance(config, str):
         matches = [(w, n) for w, n in PLACEHOLDER_RE.findall(config) if n.startswith((BLOCK_PREFIX, VARIABLE_PREFIX))]
         if len(matches) == 1 and matches[0][0] == config:
