@@ -79,6 +79,9 @@ class Agent:
         self.last_poll_ok: float | None = None
         self._errors_in_a_row = 0
         self._last_heartbeat = 0.0
+        # Containers of reported runs that were still running at start-up (a flow engine reports its
+        # run's end a moment before its process exits): cleaned once they have exited.
+        self._leftovers: set[str] = set()
         self._daemon_up = True
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class Agent:
         while not self.stopping.is_set():
             self._cancel_requested()
             self._heartbeat()
+            self._clean_leftovers()
             filled = self._poll()
             if self.config.max_polls is not None and self.polls >= self.config.max_polls:
                 break
@@ -348,6 +352,22 @@ class Agent:
         except DagentError as e:
             log.warning("could not stop %s: %s", getattr(container, "name", container), one_line(e))
 
+    def _clean_leftovers(self) -> None:
+        """Apply keep_containers to leftovers that have exited since (one list request a poll, while any)."""
+        if not self._leftovers:
+            return
+        try:
+            containers = {c.id: c for c in self.runtime.managed(self.config.name)}
+        except DagentError as e:
+            log.debug("could not look at leftover containers: %s", one_line(e))
+            return
+        for container_id in list(self._leftovers):
+            info = containers.get(container_id)
+            if info is None or info.state not in ("running", "restarting", "paused"):
+                self._leftovers.discard(container_id)
+                if info is not None:
+                    self._clean_orphan(info)
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat < self.config.api.heartbeat_interval:
@@ -373,9 +393,8 @@ class Agent:
     def _clean_orphan(self, info: ContainerInfo) -> None:
         """A container whose run was already reported: apply keep_containers to it."""
         if info.state in ("running", "restarting", "paused"):
-            log.warning(
-                "container %s runs but its run %s is not claimed by this agent; leaving it", info.name, info.run_id
-            )
+            log.info("container %s of reported run %s still runs; cleaning it up once it exits", info.name, info.run_id)
+            self._leftovers.add(info.id)
             return
         outcome = "succeeded" if info.exit_code == 0 else "failed"
         keep = info.labels.get(LABEL_KEEP, self.config.docker.keep_containers)

@@ -40,6 +40,11 @@ class PrefectAPI:
                 if e.code not in (429, 502, 503) or attempt == 9:
                     raise
                 time.sleep(0.3 * (attempt + 1))
+            except (TimeoutError, urllib.error.URLError) as e:
+                # A SQLite server stalls for tens of seconds under load: a client asks again.
+                if attempt >= 3 or not isinstance(getattr(e, "reason", e), TimeoutError):
+                    raise
+                time.sleep(1.0)
         raise AssertionError("unreachable")
 
     def deployment(self, pool: str, entrypoint: str, job_variables: dict[str, Any]) -> str:

@@ -124,3 +124,25 @@ def test_recovered_claims_are_resumed_and_other_containers_are_left_alone() -> N
     runtime = FakeRuntime(containers=[others])
     _agent(source, runtime, max_polls=1).run()
     assert [r.run_id for r in source.reports] == ["r"] and runtime.removed == []
+
+
+def test_a_reported_runs_container_still_running_at_start_is_removed_once_it_exits() -> None:
+    """A flow engine reports its run's end a moment before its process exits: at a restart that
+    container still runs; it is cleaned up once it has exited, not left behind."""
+    from dagent.contracts import ContainerInfo
+
+    labels = {"dagent.agent": "unit", "dagent.run-id": "done", "dagent.keep": "never"}
+    running = ContainerInfo("c1", "dagent-done", "done", "busybox", "running", None, "", None, labels)
+    runtime = FakeRuntime(containers=[running])
+    agent = _agent(FakeSource(), runtime, max_polls=3)
+    exited = ContainerInfo("c1", "dagent-done", "done", "busybox", "exited", 0, "", None, labels)
+    original = runtime.managed
+
+    def managed(agent_name: str | None = None, run_id: str | None = None) -> list[ContainerInfo]:
+        found = original(agent_name, run_id)
+        runtime.containers = [exited]  # it exits after the first look
+        return found
+
+    runtime.managed = managed  # type: ignore[method-assign]
+    agent.run()
+    assert runtime.removed == ["c1"]
