@@ -41,8 +41,10 @@ class PrefectAPI:
                     raise
                 time.sleep(0.3 * (attempt + 1))
             except (TimeoutError, urllib.error.URLError) as e:
-                # A SQLite server stalls for tens of seconds under load: a client asks again.
-                if attempt >= 3 or not isinstance(getattr(e, "reason", e), TimeoutError):
+                # A SQLite server stalls for tens of seconds under load: a reader asks again (a write
+                # is not repeated: its first try may have gone through).
+                reads = method == "GET" or path.split("?")[0].endswith(("/filter", "/count"))
+                if attempt >= 3 or not reads or not isinstance(getattr(e, "reason", e), TimeoutError):
                     raise
                 time.sleep(1.0)
         raise AssertionError("unreachable")
