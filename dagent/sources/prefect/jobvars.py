@@ -236,15 +236,15 @@ def run_request(
     for key in _DIRECT:
         if variables.get(key) not in (None, [], {}):
             data[key] = variables[key]
-    pull = _pull_policy(variables.get("image_pull_policy"), data.get("image"), origin, prefect_rule)
-    if pull is not None:
-        data["pull"] = pull
     if isinstance(data.get("env"), dict):
         # As Prefect: values become text, and a null removes the key.
         data["env"] = {k: v if isinstance(v, str) else str(v) for k, v in data["env"].items() if v is not None}
     data.setdefault("image", default_image)
     if data["image"] is None:
         raise RunFileError(f"{origin}: image: not set (set the job variable `image`, or api.default_image)")
+    pull = _pull_policy(variables.get("image_pull_policy"), data["image"], origin, prefect_rule)
+    if pull is not None:
+        data["pull"] = pull
     command = variables.get("command")
     # A string is split by RunRequest itself, which reports an unbalanced quote as bad input.
     data["command"] = command if command and not _blank(command) else list(DEFAULT_COMMAND)
