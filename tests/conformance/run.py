@@ -284,7 +284,7 @@ class Conformance:
         names = {
             run_id: "<run-id>", str(flow_run.get("name")): "<run-name>", deployment["id"]: "<deployment-id>",
             deployment["name"]: "<deployment-name>", side.pool: "<pool>", self.flow_id: "<flow-id>",
-            "conformance-worker": "<worker>", "conformance-dagent": "<worker>",
+            "conformance-worker": "<worker>", "conformance-dagent": "<worker>", str(self.root): "<work dir>",
             str(self.pool_ids.get(side.pool, "-")): "<pool-id>",
         }  # fmt: skip
         return container, self._pulls() > pulls_before, str((flow_run.get("state") or {}).get("type")), names
@@ -362,6 +362,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="the cases marked short (CI)")
     parser.add_argument("--only", help="comma-separated case names")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE (docs/conformance.md)")
     args = parser.parse_args()
     cases = [c for c in CASES if not args.short or c.short]
     if args.only:
@@ -378,6 +379,13 @@ def main() -> int:
             results.append(suite.run(case))
     text, undocumented = table(results)
     print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(
+            "# Conformance with Prefect's Docker worker\n\n"
+            f"What `python -m tests.conformance` printed ({len(cases)} cases, {undocumented} undocumented "
+            "difference(s)): every field that differed between Prefect's worker and dagent, case by case. "
+            "[docs/prefect.md](prefect.md#differences-from-prefects-worker) says why each is so.\n\n" + text + "\n"
+        )
     print(
         f"\n{len(cases)} cases, {undocumented} undocumented difference(s), {time.monotonic() - started:.0f} s",
         file=sys.stderr,
