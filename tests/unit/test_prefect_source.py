@@ -15,7 +15,7 @@ import requests
 from dagent.config import load_config
 from dagent.contracts import Claim, RunResult
 from dagent.sources.prefect import PrefectSource
-from dagent.sources.prefect import source as source_module
+from dagent.sources.prefect import lookups as lookups_module
 from dagent.sources.prefect.client import PrefectClient
 from tests.fakes import RoutingTransport
 
@@ -147,7 +147,7 @@ def test_an_edited_deployment_is_seen_without_a_restart(monkeypatch: pytest.Monk
     source, _ = _source(world)
     [first] = source.poll(1)
     world.deployments["d1"]["job_variables"] = {"image": "busybox:2"}
-    monkeypatch.setattr(source_module, "DEPLOYMENT_TTL", 0.0)
+    monkeypatch.setattr(lookups_module, "DEPLOYMENT_TTL", 0.0)
     [second] = source.poll(1)
     assert (first.run.image, second.run.image) == ("busybox:1", "busybox:2")
 

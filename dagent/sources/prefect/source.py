@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from dagent.sources.prefect.flowruns import FlowRuns
 from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
 from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.logship import LogShipper
+from dagent.sources.prefect.lookups import Lookups
 from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
@@ -43,16 +43,8 @@ FRESH_CLAIM = 1.0
 CANCEL_CHECK_STREAMING = 60.0
 # How long a container that exited 0 waits for the engine's final state to be heard on the stream.
 ENGINE_EVENT_WAIT = 2.0
-# A deployment read this long ago is read again: an edited deployment is seen without a restart.
-DEPLOYMENT_TTL = 30.0
 _ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
 _LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
-
-
-@dataclass
-class _Cache:
-    deployments: dict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)  # id → (read at, it)
-    flows: dict[str, str | None] = field(default_factory=dict)  # a flow's name never changes
 
 
 class PrefectSource:
@@ -72,6 +64,7 @@ class PrefectSource:
         self.server_version: str | None = None
         self._claim_note = f"Claimed by dagent agent {config.name!r}"
         self._runs = FlowRuns(self.client, self._claim_note)
+        self._lookups = Lookups(self.client)
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
@@ -82,7 +75,6 @@ class PrefectSource:
         self._last_cancel_check = 0.0  # the loop thread's own
         # Shared by the loop, the run threads, the event stream and the timers: guarded by _lock.
         self._lock = threading.Condition()
-        self._cache = _Cache()
         self._mine: set[str] = set()
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
@@ -205,7 +197,7 @@ class PrefectSource:
 
     def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
         run_id = flow_run["id"]
-        deployment = self._deployment(flow_run.get("deployment_id"))
+        deployment = self._lookups.deployment(flow_run.get("deployment_id"))
         try:
             variables = self._job_variables(flow_run, deployment)
         except RunFileError as e:
@@ -233,7 +225,7 @@ class PrefectSource:
             claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
             self.refuse(claim, str(e))
             return None
-        context = FlowRunContext(flow_run, deployment, self._flow_name(flow_run.get("flow_id")))
+        context = FlowRunContext(flow_run, deployment, self._lookups.flow_name(flow_run.get("flow_id")))
         return Claim(run, self._origin(run_id, context, variables), run_id)
 
     def _claim(self, run_id: str, listed_at: float) -> bool:
@@ -248,69 +240,15 @@ class PrefectSource:
             self._scheduled.wake_at(datetime.now(timezone.utc) + timedelta(seconds=delay))
         return answer.ours
 
-    def _deployment(self, deployment_id: Any) -> dict[str, Any] | None:
-        """The run's deployment, read again when the copy kept is older than DEPLOYMENT_TTL."""
-        if not isinstance(deployment_id, str):
-            return None
-        with self._lock:
-            kept = self._cache.deployments.get(deployment_id)
-        if kept is not None and time.monotonic() - kept[0] < DEPLOYMENT_TTL:
-            return kept[1]
-        answer = self.client.call("GET", f"/deployments/{deployment_id}", allow=(404,))
-        deployment = answer if isinstance(answer, dict) else None
-        with self._lock:
-            self._cache.deployments[deployment_id] = (time.monotonic(), deployment)
-        return deployment
-
-    def _flow_name(self, flow_id: Any) -> str | None:
-        if not isinstance(flow_id, str):
-            return None
-        with self._lock:
-            if flow_id in self._cache.flows:
-                return self._cache.flows[flow_id]
-        flow = self.client.call("GET", f"/flows/{flow_id}", allow=(404,))
-        name = flow.get("name") if isinstance(flow, dict) else None
-        with self._lock:
-            self._cache.flows[flow_id] = name
-        return name
-
     def _job_variables(self, flow_run: Mapping[str, Any], deployment: Mapping[str, Any] | None) -> dict[str, Any]:
         """The run's job configuration, rendered from the pool's base job template as Prefect renders it."""
         values = template.job_variables((deployment or {}).get("job_variables"), flow_run.get("job_variables"))
         config = template.render(self.pool_template, values, os.environ)
         if template.references(config):
-            config = template.resolve(config, self._reference)
+            config = template.resolve(config, self._lookups.reference)
         if "required_labels" in values and "required_labels" not in config:
             config["required_labels"] = values["required_labels"]  # dagent's routing, on any pool's template
         return config
-
-    def _reference(self, name: str) -> Any:
-        """A `prefect.variables.NAME` or `prefect.blocks.TYPE.NAME[.KEY…]` placeholder's value, from the API."""
-        origin = f"job configuration: {{{{ {name} }}}}"
-        if name.startswith(template.BLOCK_ID_PREFIX):
-            block_id = name.removeprefix(template.BLOCK_ID_PREFIX)
-            document = self.client.call("GET", f"/block_documents/{block_id}?include_secrets=true", allow=(404,))
-            if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
-                raise RunFileError(f"job configuration: block document {block_id}: no such Prefect block")
-            return document["data"]
-        if name.startswith(template.VARIABLE_PREFIX):
-            variable = self.client.call("GET", f"/variables/name/{name.removeprefix(template.VARIABLE_PREFIX)}",
-                                        allow=(404,))  # fmt: skip
-            if not isinstance(variable, dict) or "value" not in variable:
-                raise RunFileError(f"{origin}: no such Prefect variable")
-            return variable["value"]
-        block_type, _, rest = name.removeprefix(template.BLOCK_PREFIX).partition(".")
-        block_name, _, path = rest.partition(".")
-        document = self.client.call(
-            "GET", f"/block_types/slug/{block_type}/block_documents/name/{block_name}?include_secrets=true",
-            allow=(404,),
-        )  # fmt: skip
-        if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
-            raise RunFileError(f"{origin}: no such Prefect block")
-        value = template.lookup(document["data"], path) if path else document["data"]
-        if value is template.NOT_SET:
-            raise RunFileError(f"{origin}: the block has no {path!r}")
-        return value
 
     def _run_request(self, run_id: str, variables: Mapping[str, Any]) -> RunRequest:
         never = self.config.docker.pull == "never"  # the operator's word over Prefect's default rule
@@ -495,7 +433,7 @@ class PrefectSource:
         return claims
 
     def _resume(self, flow_run: dict[str, Any]) -> Claim | None:
-        deployment = self._deployment(flow_run.get("deployment_id"))
+        deployment = self._lookups.deployment(flow_run.get("deployment_id"))
         # A run that cannot be resumed is CRASHED with why: never left PENDING to fail at every restart.
         claim = self._to_claim(flow_run, deployment, self._job_variables(flow_run, deployment))
         if claim is not None:
