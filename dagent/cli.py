@@ -8,12 +8,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dagent import __version__
 from dagent.config import MASK
 from dagent.errors import ConfigError, DaemonError, DagentError, InputError, PolicyError
+from dagent.flags import WORKER_FLAGS, add_config_flags, cli_overrides, toml_value
 
 # The one place errors become exit codes; the first matching class wins.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -21,94 +21,6 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (PolicyError, 2),
     (DagentError, 1),
 )
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A command-line flag that sets one configuration key."""
-
-    flags: tuple[str, ...]
-    key: str
-    kind: str  # str, int, float, true, false, never, list, kv
-    help: str
-    metavar: str | None = None
-
-
-# Every flag `start`, `config show` and `config validate` accept; seed flags keep their spelling.
-CONFIG_FLAGS: tuple[Flag, ...] = (
-    Flag(("--name", "-n"), "name", "str", "agent name"),
-    Flag(("--label", "-l"), "labels", "list", "agent label (repeat)", "LABEL"),
-    Flag(("--source",), "source", "str", "inbox or prefect"),
-    Flag(("--max-polls",), "max_polls", "int", "stop after N polls", "N"),
-    Flag(("--poll-interval",), "poll_interval", "float", "seconds between polls", "SECONDS"),
-    Flag(("--concurrency",), "concurrency", "int", "most runs in flight", "N"),
-    Flag(("--show-flow-logs",), "show_flow_logs", "true", "stream container output into the log"),
-    Flag(("--log-format",), "log_format", "str", "text or json"),
-    Flag(("--log-level",), "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
-    Flag(("--api-url",), "api.url", "str", "Prefect API URL", "URL"),
-    Flag(("--token", "-t"), "api.token", "str", "Prefect API key", "TOKEN"),
-    Flag(("--token-file",), "api.token_file", "str", "file holding the API key", "PATH"),
-    Flag(("--pool",), "api.work_pool", "str", "work pool name", "POOL"),
-    Flag(("--work-queue", "-q"), "api.work_queues", "list", "work queue (repeat)", "QUEUE"),
-    Flag(("--no-cloud-logs",), "api.send_agent_logs", "false", "do not send agent logs to the API"),
-    Flag(("--base-url",), "docker.base_url", "str", "Docker daemon URL", "URL"),
-    Flag(("--no-pull",), "docker.pull", "never", "never pull images"),
-    Flag(("--volume", "-v"), "docker.volumes", "list", "SRC:DST[:ro|rw] for every container (repeat)", "VOLUME"),
-    Flag(("--network",), "docker.network", "str", "Docker network for every container", "NETWORK"),
-    Flag(("--env", "-e"), "docker.env", "kv", "KEY=VALUE for every container (repeat)", "KEY=VALUE"),
-    Flag(("--agent-address",), "health.address", "str", "host:port for /health and /metrics", "HOST:PORT"),
-    Flag(("--inbox",), "inbox.path", "str", "inbox directory", "PATH"),
-)
-
-
-# `dagent worker start`: the flags of `prefect worker start`, for teams switching from Prefect's worker.
-WORKER_FLAGS: tuple[Flag, ...] = (
-    Flag(("--pool", "-p"), "api.work_pool", "str", "work pool to serve", "POOL"),
-    Flag(("--name", "-n"), "name", "str", "worker name"),
-    Flag(("--limit", "-l"), "concurrency", "int", "most flow runs at once", "N"),
-    Flag(("--work-queue", "-q"), "api.work_queues", "list", "work queue (repeat)", "QUEUE"),
-    Flag(("--prefetch-seconds",), "api.prefetch", "float", "take runs scheduled this far ahead", "SECONDS"),
-    Flag(("--base-job-template",), "api.base_job_template", "str", "JSON: the pool's template if created", "FILE"),
-    Flag(("--log-level",), "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
-)
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, flags: tuple[Flag, ...] = CONFIG_FLAGS) -> None:
-    parser.add_argument("--config", "-c", metavar="FILE", help="agent.toml to read (else $DAGENT_CONFIG, ./agent.toml)")
-    group = parser.add_argument_group("configuration (override environment and file)")
-    for flag in flags:
-        common: dict[str, Any] = {"dest": flag.key, "default": argparse.SUPPRESS, "help": flag.help}
-        if flag.kind in ("true", "false", "never"):
-            const = {"true": True, "false": False, "never": "never"}[flag.kind]
-            group.add_argument(*flag.flags, action="store_const", const=const, **common)
-        elif flag.kind in ("list", "kv"):
-            group.add_argument(*flag.flags, action="append", metavar=flag.metavar, **common)
-        else:
-            group.add_argument(*flag.flags, metavar=flag.metavar or flag.key.split(".")[-1].upper(), **common)
-
-
-def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The nested config dict the given flags set (init kwargs, the highest source)."""
-    given = vars(args)
-    result: dict[str, Any] = {}
-    for flag in getattr(args, "flags", CONFIG_FLAGS):
-        if flag.key not in given:
-            continue
-        value = given[flag.key]
-        if flag.kind == "kv":
-            table = {}
-            for item in value:
-                key, sep, val = item.partition("=")
-                if not sep:
-                    raise InputError(f"command line: {flag.flags[0]} {item!r}: expected KEY=VALUE")
-                table[key] = val
-            value = table
-        node = result
-        *parents, last = flag.key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return result
 
 
 def _load(args: argparse.Namespace, config_file: str | None = None) -> Any:
@@ -149,7 +61,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         if value is None:
             print(f"# {key} is unset  ({source})")
         else:
-            print(f"{key} = {_toml_value(value)}  # {source}")
+            print(f"{key} = {toml_value(value)}  # {source}")
     return 0
 
 
@@ -374,34 +286,6 @@ def parse_duration(text: str) -> float:
         raise InputError(f"command line: --older-than {text!r}: expected a duration such as 30m, 1h or 2d") from None
 
 
-def _toml_value(value: Any) -> str:
-    """A JSON value as TOML, so `config show` output is itself a valid agent.toml."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_str(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
-
-
-def _toml_str(text: str) -> str:
-    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-    out = []
-    for ch in text:
-        if ch in escapes:
-            out.append(escapes[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
 # --- parser and main ---------------------------------------------------------------------------
 
 
@@ -412,13 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = commands.add_parser("start", help="run the agent until SIGINT/SIGTERM or max_polls")
-    _add_config_flags(start)
+    add_config_flags(start)
     start.set_defaults(func=cmd_start)
 
     worker = commands.add_parser("worker", help="Prefect's `worker start` command line, served by dagent")
     worker_commands = worker.add_subparsers(dest="worker_command", required=True, metavar="COMMAND")
     worker_start = worker_commands.add_parser("start", help="as `prefect worker start --type docker`")
-    _add_config_flags(worker_start, WORKER_FLAGS)
+    add_config_flags(worker_start, WORKER_FLAGS)
     worker_start.add_argument("--type", "-t", default="docker", help="worker type: docker (the only one)")
     worker_start.add_argument("--run-once", action="store_true", help="take the runs there are once, then exit")
     worker_start.add_argument("--with-healthcheck", action="store_true",
@@ -429,32 +313,32 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     validate = config_commands.add_parser("validate", help="would this agent start? exit 0 or 2")
     validate.add_argument("files", nargs="*", metavar="FILE")
-    _add_config_flags(validate)
+    add_config_flags(validate)
     validate.set_defaults(func=cmd_config_validate)
     show = config_commands.add_parser("show", help="effective configuration and where each value came from")
     show.add_argument("--json", action="store_true", help='print {"config": ..., "sources": ...}')
-    _add_config_flags(show)
+    add_config_flags(show)
     show.set_defaults(func=cmd_config_show)
     schema = config_commands.add_parser("schema", help="print the JSON schema of agent.toml")
     schema.set_defaults(func=cmd_config_schema)
 
     plan = commands.add_parser("plan", help="print the ContainerSpec a run file becomes; creates nothing")
     plan.add_argument("run_file", metavar="RUN.toml")
-    _add_config_flags(plan)
+    add_config_flags(plan)
     plan.set_defaults(func=cmd_plan)
     run = commands.add_parser("run", help="apply one run file now; exit with the container's exit code")
     run.add_argument("run_file", metavar="RUN.toml")
     run.add_argument("--logs", action="store_true", help="stream the container's output (also show_flow_logs)")
-    _add_config_flags(run)
+    add_config_flags(run)
     run.set_defaults(func=cmd_run)
     ps = commands.add_parser("ps", help="list containers this agent manages")
     ps.add_argument("--all", action="store_true", help="containers of every dagent agent, not only this one")
     ps.add_argument("--json", action="store_true", help="print JSON")
-    _add_config_flags(ps)
+    add_config_flags(ps)
     ps.set_defaults(func=cmd_ps)
     gc = commands.add_parser("gc", help="remove this agent's finished containers past retention")
     gc.add_argument("--older-than", default="1h", metavar="AGE", help="finished at least this long ago (default 1h)")
-    _add_config_flags(gc)
+    add_config_flags(gc)
     gc.set_defaults(func=cmd_gc)
     return parser
 

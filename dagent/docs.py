@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dagent.cli import CONFIG_FLAGS, _toml_value
 from dagent.config import (
     COMPAT_ENV,
     TOKEN_ENV,
@@ -21,6 +20,8 @@ from dagent.config import (
     json_schema,
     leaf_keys,
 )
+from dagent.flags import CONFIG_FLAGS
+from dagent.flags import toml_value as _toml_value
 from dagent.runs import RunRequest
 
 describe_config()  # descriptions are read from the source only when documents are made

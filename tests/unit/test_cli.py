@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dagent import __version__
-from dagent.cli import CONFIG_FLAGS, build_parser, main
+from dagent.cli import build_parser, main
 from dagent.config import leaf_keys
+from dagent.flags import CONFIG_FLAGS
 from tests.conftest import REPO
 
 
@@ -78,7 +79,7 @@ def test_seed_flags_keep_their_spelling() -> None:
          "tcp://127.0.0.1:2375", "--no-pull", "--max-polls", "3", "--show-flow-logs", "--agent-address",
          "127.0.0.1:8080", "--no-cloud-logs", "-t", "tok"]
     )  # fmt: skip
-    from dagent.cli import cli_overrides
+    from dagent.flags import cli_overrides
 
     assert cli_overrides(args) == {
         "name": "a",
