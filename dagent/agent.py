@@ -63,9 +63,7 @@ class Agent:
         self.source = source
         self.runtime = runtime
         self.metrics = metrics or Metrics()
-        self.host = host or HostView(
-            config, runtime.daemon_facts, network_driver=runtime.network_driver, volume_device=runtime.volume_device
-        )
+        self.host = host or HostView.of(config, runtime)
         # (run id, line) for each line a container prints when show_flow_logs; the log by default.
         self.flow_output = flow_output or (
             lambda run_id, line: flow_log.info("[%s] %s", run_id, line, extra={"run_id": run_id})

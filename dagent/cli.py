@@ -159,10 +159,7 @@ def host_view(config: Any, runtime: Any, config_file: Any) -> Any:
     from dagent.hostview import HostView
 
     own = [p for p in (config_file, os.environ.get(ENV_CONFIG)) if p]
-    return HostView(
-        config, runtime.daemon_facts, own_files=own, network_driver=runtime.network_driver,
-        volume_device=runtime.volume_device,
-    )  # fmt: skip
+    return HostView.of(config, runtime, own)
 
 
 def _judge(loaded: Any, run: Any) -> Any:

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dagent.config import AgentConfig
 from dagent.policy import SENSITIVE_PATHS, HostFacts, device_host, run_host_paths
@@ -204,6 +205,11 @@ class HostView:
         self.own_files = tuple(os.path.abspath(str(p)) for p in own_files)
         self._network_driver = network_driver
         self._volume_device = volume_device
+
+    @classmethod
+    def of(cls, config: AgentConfig, runtime: Any, own_files: Iterable[Path | str] = ()) -> HostView:
+        """The view of the host a runtime's daemon has (its facts, network and volume lookups)."""
+        return cls(config, runtime.daemon_facts, own_files, runtime.network_driver, runtime.volume_device)
 
     @property
     def daemon(self) -> DaemonFacts:

@@ -12,7 +12,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import requests
-from pydantic import SecretStr
 
 from dagent import retry
 from dagent.config import AgentConfig
@@ -21,7 +20,7 @@ from dagent.daemon_faults import explain, is_transient, reason
 from dagent.errors import DaemonError
 from dagent.hostview import DaemonFacts, socket_path, view_error
 from dagent.images import parse_image
-from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, container_name
+from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, RegistryLogin, container_name
 
 if TYPE_CHECKING:
     import docker
@@ -150,7 +149,7 @@ class DockerRuntime:
             reason = "docker.pull is never" if self.config.docker.pull == "never" else "its registry is not allowed"
             raise DaemonError(f"image {spec.image} is not present and is not pulled ({reason})")
 
-    def pull(self, image: str, login: tuple[str, str, SecretStr] | None = None) -> float:
+    def pull(self, image: str, login: RegistryLogin | None = None) -> float:
         """Pull an image, logging progress; returns seconds taken."""
         ref = parse_image(image)
         if ref.digest:
@@ -176,11 +175,11 @@ class DockerRuntime:
         log.info("pulled %s in %.1fs", image, took)
         return took
 
-    def _auth_for(self, registry: str, login: tuple[str, str, SecretStr] | None = None) -> dict[str, str] | None:
+    def _auth_for(self, registry: str, login: RegistryLogin | None = None) -> dict[str, str] | None:
         # The run's own credentials (Prefect's registry_credentials) first, read for each pull; then
         # docker.registry_auth; None lets docker-py use ~/.docker/config.json, as the docker CLI would.
-        if login is not None and login[0] == registry:
-            return {"username": login[1], "password": login[2].get_secret_value()}
+        if login is not None and login.registry == registry:
+            return {"username": login.username, "password": login.password.get_secret_value()}
         for entry in self.config.docker.registry_auth:
             if entry.registry == registry:
                 if entry.password is not None:

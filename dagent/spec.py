@@ -102,7 +102,7 @@ class ContainerSpec(BaseModel):
     stop_signal: str | None = None
     healthcheck: dict[str, Any] | None = None
     tmpfs: dict[str, str] = {}
-    registry_login: tuple[str, str, SecretStr] | None = None
+    registry_login: RegistryLogin | None = None
     timeout: float
     stop_grace: float
     keep: Literal["never", "on-failure", "always"]
@@ -198,11 +198,9 @@ def _resolved_device(spec: str, facts: policy.HostFacts) -> str:
     return f"{host}:{target}:{policy.device_permissions(spec)}"
 
 
-def _login(login: RegistryLogin | None, image: str) -> tuple[str, str, SecretStr] | None:
+def _login(login: RegistryLogin | None, image: str) -> RegistryLogin | None:
     """A run's own registry credentials, kept only for the registry its image is pulled from."""
-    if login is None or parse_image(image).registry != login.registry:
-        return None
-    return (login.registry, login.username, login.password)
+    return login if login is not None and parse_image(image).registry == login.registry else None
 
 
 def build(

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +42,7 @@ FIELDS = (
 
 # Differences by design, field → (predicate on (worker value, dagent value), reason). Every entry is
 # also in docs/prefect.md, "Deliberate differences".
-def _only(worker: Any, ours: Any, theirs: set[str] = frozenset(), mine: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+def _only(worker: Any, ours: Any, theirs: Collection[str] = (), mine: Collection[str] = ()) -> bool:
     """True when two tables differ only by keys the worker alone has (matching `theirs`) or dagent alone has."""
     if not (isinstance(worker, dict) and isinstance(ours, dict)):
         return False
@@ -50,7 +50,7 @@ def _only(worker: Any, ours: Any, theirs: set[str] = frozenset(), mine: set[str]
     extra_worker = {k for k in worker.keys() - ours.keys()}
     extra_ours = {k for k in ours.keys() - worker.keys()}
     return (
-        changed <= theirs | mine
+        changed <= {*theirs, *mine}
         and all(any(k.startswith(p) for p in theirs) for k in extra_worker)
         and all(any(k.startswith(p) for p in mine) for k in extra_ours)
     )

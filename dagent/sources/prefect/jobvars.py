@@ -203,20 +203,6 @@ def for_container(url: str) -> str:
     return url
 
 
-def merge(*layers: Any) -> dict[str, Any]:
-    """Pool defaults ⊕ deployment ⊕ flow run; `env` merges key by key, other keys replace."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        if not isinstance(layer, dict):  # Prefect's API holds tables here; anything else is no layer
-            continue
-        for key, value in layer.items():
-            if key == "env" and isinstance(value, dict) and isinstance(merged.get("env"), dict):
-                merged["env"] = {**merged["env"], **value}
-            else:
-                merged[key] = value
-    return merged
-
-
 def run_request(
     run_id: str,
     variables: Mapping[str, Any],
