@@ -241,8 +241,12 @@ class AgentProcess:
                 cwd=dagent.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
-    def signal(self, signum: int = signal.SIGTERM, timeout: float = 15) -> int:
-        """Send a signal and wait for the process to end; its exit code."""
+    def signal(self, signum: int = signal.SIGTERM, timeout: float = 45) -> int:
+        """Send a signal and wait for the process to end; its exit code.
+
+        An agent stops after the API request in flight, which a stalled server answers only at
+        api.timeout (30 s): the wait is longer than that.
+        """
         self.process.send_signal(signum)
         return self.process.wait(timeout=timeout)
 

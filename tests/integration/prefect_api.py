@@ -41,9 +41,11 @@ class PrefectAPI:
                     raise
                 time.sleep(0.3 * (attempt + 1))
             except (TimeoutError, urllib.error.URLError) as e:
-                # A SQLite server stalls for tens of seconds under load: a reader asks again (a write
-                # is not repeated: its first try may have gone through).
-                reads = method == "GET" or path.split("?")[0].endswith(("/filter", "/count"))
+                # A SQLite server stalls for tens of seconds under load ("database is locked"): a reader
+                # asks again, and so does an upsert (a flow or a deployment by name); other writes are
+                # not repeated, as their first try may have gone through.
+                bare = path.split("?")[0]
+                reads = method == "GET" or bare.endswith(("/filter", "/count")) or bare in ("/flows/", "/deployments/")
                 if attempt >= 3 or not reads or not isinstance(getattr(e, "reason", e), TimeoutError):
                     raise
                 time.sleep(1.0)
