@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,13 +15,20 @@ import requests
 
 from dagent.config import load_config
 from dagent.contracts import Claim, RunResult
-from dagent.sources.prefect import PrefectSource
+from dagent.sources.prefect import PrefectSource, listing
 from dagent.sources.prefect import lookups as lookups_module
 from dagent.sources.prefect.client import PrefectClient
+from dagent.sources.prefect.listing import ScheduledRuns
 from tests.fakes import RoutingTransport
 
 NAME = "unit"
 NOTE = f"Claimed by dagent agent {NAME!r}"
+
+
+def _config() -> Any:
+    return load_config(
+        {"name": NAME, "source": "prefect", "api": {"url": "http://prefect.test/api"}}, environ={}
+    ).config
 
 
 def _source(handler: Callable[[str, str, Any], tuple[int, Any]], **api: Any) -> tuple[PrefectSource, RoutingTransport]:
@@ -86,8 +94,84 @@ def test_one_list_serves_several_polls() -> None:
     world = World([_flow_run(f"r{i}") for i in range(3)])
     source, transport = _source(world)
     taken = [c.run.id for _ in range(3) for c in source.poll(1)]
-    assert taken == ["r0", "r1", "r2"]
+    assert sorted(taken) == ["r0", "r1", "r2"]
     assert sum(1 for _, p, _ in transport.seen if p.endswith("get_scheduled_flow_runs")) == 1
+
+
+def test_agents_of_one_pool_start_their_backlogs_at_different_runs() -> None:
+    """Rendezvous ranking: a page of the pool's runs is tried in an order of each agent's own."""
+    ids = [str(uuid.UUID(int=i)) for i in range(10)]
+    firsts = {min(ids, key=lambda r: listing.rank(f"agent-{a}", r)) for a in range(20)}
+    assert len(firsts) >= 6  # 20 agents over 10 runs: with one shared order, every agent would pick the same
+    page = ScheduledRuns(PrefectClient(_config(), RoutingTransport(World([_flow_run(i) for i in ids]))),
+                         "agent-3", "pool", [], 0.0, 1.0, lambda: False, lambda: None)  # fmt: skip
+    page.begin()
+    order = [page.next(4)["id"] for _ in ids]  # type: ignore[index]
+    assert order == sorted(ids, key=lambda r: listing.rank("agent-3", r))
+
+
+def _scheduled(world: World, agent: str = "a") -> tuple[ScheduledRuns, threading.Event]:
+    woke = threading.Event()
+    client = PrefectClient(_config(), RoutingTransport(world))
+    return ScheduledRuns(client, agent, "pool", [], 0.0, 1.0, lambda: True, woke.set), woke
+
+
+def test_an_announced_run_is_listed_at_once_by_an_agent_alone() -> None:
+    runs, woke = _scheduled(World())
+    runs.listed_at = time.monotonic()
+    runs._due = False
+    runs.announced("r1")
+    assert woke.is_set() and runs._should_list()
+
+
+def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "SPREAD", 0.4)
+    runs, woke = _scheduled(World())
+    runs.listed_at, runs._due = time.monotonic(), False
+    runs.heard_taken("other", by_peer=True)
+    run_id = next(r for r in (f"r{i}" for i in range(100)) if listing.rank("a", r) > 0.5)  # a late turn
+    runs.announced(run_id)
+    assert not woke.is_set() and not runs._should_list()
+    assert woke.wait(2) and runs._should_list()  # its turn came: list
+
+
+def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "SPREAD", 0.4)
+    runs, woke = _scheduled(World())
+    runs.listed_at, runs._due = time.monotonic(), False
+    runs.heard_taken("other", by_peer=True)
+    run_id = next(r for r in (f"r{i}" for i in range(100)) if listing.rank("a", r) > 0.5)
+    runs.announced(run_id)
+    runs.heard_taken(run_id, by_peer=True)  # the best-ranked agent took it
+    assert not woke.wait(0.6) and not runs._should_list()  # no list, no claim
+    runs.close()
+
+
+def test_other_claimers_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet that shrank to one agent stops waiting for turns."""
+    runs, woke = _scheduled(World())
+    runs.heard_taken("other", by_peer=True)
+    runs._peer_seen -= listing.PEERS_FORGOTTEN + 1
+    runs.announced("r1")
+    assert woke.is_set()
+
+
+def test_a_claim_in_another_agents_words_counts_as_a_peer() -> None:
+    source, _ = _source(World())
+    source._on_state("PENDING", "r1", NOTE)
+    assert source._scheduled._peer_seen < 0
+    source._on_state("PENDING", "r2", "Claimed by dagent agent 'other'")
+    assert source._scheduled._peer_seen > 0
+
+
+def test_a_reconnected_event_stream_lists_at_once() -> None:
+    """Runs scheduled while the stream was down were announced to nobody."""
+    source, _ = _source(World())
+    woke = threading.Event()
+    source._wake = woke.set
+    source._scheduled.listed_at, source._scheduled._due = time.monotonic(), False
+    source._on_stream_connected()
+    assert woke.is_set() and source._scheduled._due
 
 
 def test_abort_after_a_lost_answer_is_ours_when_the_state_says_so() -> None:

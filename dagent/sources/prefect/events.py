@@ -20,17 +20,26 @@ _RUN_PREFIX = "prefect.flow-run."
 
 
 class StateEventWatcher:
-    """Calls `on_state(state_type, flow_run_id)` as a work pool's runs change state; reconnects, never raises.
+    """Calls `on_state(state_type, flow_run_id, message)` as a work pool's runs change state; reconnects, never raises.
 
-    Polling stays the source of truth: a missed event only means learning it at the next poll.
+    Polling stays the source of truth: a missed event only means learning it at the next poll, and
+    `on_connected` is called each time the stream is (re)established, as events may have been missed.
     `connected` says whether events are flowing now, so callers can poll less while they are.
     """
 
-    def __init__(self, api_url: str, pool_id: str, token: str | None, on_state: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        pool_id: str,
+        token: str | None,
+        on_state: Callable[[str, str, str], None],
+        on_connected: Callable[[], None] = lambda: None,
+    ) -> None:
         self.url = "ws" + api_url.removeprefix("http") + "/events/out"
         self.pool_id = pool_id
         self.token = token
         self.on_state = on_state
+        self.on_connected = on_connected
         self.connected = False
         self._stop = threading.Event()
         self._socket: object | None = None
@@ -92,6 +101,7 @@ class StateEventWatcher:
             log.debug("event stream: listening to flow-run states in pool %s", self.pool_id)
             sock.settimeout(None)
             self.connected = True
+            self.on_connected()
             while not self._stop.is_set():
                 message = sock.recv()
                 if not message:
@@ -111,6 +121,9 @@ class StateEventWatcher:
             return
         # State events are named after the state's name (Late, Suspended, ...); the type is in the
         # payload. Other flow-run events (heartbeats, pull steps) carry no state and are skipped.
-        state = ((event.get("payload") or {}).get("validated_state") or {}).get("type")
+        validated = (event.get("payload") or {}).get("validated_state") or {}
+        state, message = validated.get("type"), validated.get("message")
         if isinstance(state, str):
-            self.on_state(state.upper(), resource.removeprefix(_RUN_PREFIX))
+            self.on_state(
+                state.upper(), resource.removeprefix(_RUN_PREFIX), message if isinstance(message, str) else ""
+            )

@@ -1,12 +1,19 @@
 """Which scheduled runs are worth trying now: one list of the pool serves several polls (the backlog),
 lists are asked for only when something may have changed, and runs due later arm a wake-up.
 
-The loop thread lists and takes; the event stream and the wake-up timers mark a list due or a run
+Agents of one pool spread their claims. Each ranks a run by a hash of its own name and the run's id
+(rendezvous hashing): it tries its backlog best-ranked first, and once it has seen another claimer in
+the pool, a run announced on the event stream is offered to it after `rank * SPREAD` seconds. The
+best-ranked free agent takes the run first and the others hear it taken before their turn, so a run
+costs one list and one claim, not one per agent.
+
+The loop thread lists and takes; the event stream and the wake-up timer mark a list due or a run
 taken. Shared fields are guarded by one lock, never held across the request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -15,14 +22,25 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dagent.errors import SourceError
-from dagent.sources.prefect.claims import EPOCH, start_time
+from dagent.sources.prefect.claims import start_time
 from dagent.sources.prefect.client import PrefectClient
 
 log = logging.getLogger("dagent.prefect")
 
-# While the event stream is up, the longest time between two lists of scheduled runs; each list
-# also looks this far ahead, so a run scheduled for later is woken for on time.
-SAFETY_LIST = 30.0
+# While the event stream is up, the longest time between two lists of scheduled runs (it only
+# covers an event lost in a reconnect); each list also looks this far ahead, so a run scheduled for
+# later is woken for on time.
+SAFETY_LIST = 300.0
+# The longest an announced run waits for this agent's turn, once other claimers have been seen.
+SPREAD = 1.0
+# How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
+PEERS_FORGOTTEN = 600.0
+
+
+def rank(agent: str, run_id: str) -> float:
+    """This agent's place in the queue for a run, uniform in [0, 1): the lowest goes first."""
+    digest = hashlib.blake2b(f"{agent}\0{run_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 class ScheduledRuns:
@@ -31,6 +49,7 @@ class ScheduledRuns:
     def __init__(
         self,
         client: PrefectClient,
+        agent: str,
         work_pool: str,
         work_queues: list[str],
         prefetch: float,
@@ -39,6 +58,7 @@ class ScheduledRuns:
         wake: Callable[[], None],
     ) -> None:
         self.client = client
+        self.agent = agent
         self.work_pool = work_pool
         self.work_queues = work_queues
         self.prefetch = prefetch
@@ -55,18 +75,36 @@ class ScheduledRuns:
         self._listed: frozenset[str] = frozenset()  # ids of the last list
         self._taken: set[str] = set()  # of those, runs heard to have left SCHEDULED
         self._timer: threading.Timer | None = None
-        self._timer_at = EPOCH
+        self._timer_at = 0.0  # monotonic
+        self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
+        self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
+        self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
 
     def mark_due(self) -> None:
         """Something changed (a run was scheduled, a wake-up fell due): list at the next poll."""
         with self._lock:
             self._due = True
 
-    def heard_taken(self, run_id: str) -> None:
-        """The event stream says a listed run left SCHEDULED: not worth a claim."""
+    def heard_taken(self, run_id: str, by_peer: bool = False) -> None:
+        """The event stream says a run left SCHEDULED (`by_peer`: claimed by another agent): not worth a claim."""
         with self._lock:
+            self._offers.pop(run_id, None)
             if run_id in self._listed:
                 self._taken.add(run_id)
+            if by_peer:
+                self._peer_seen = time.monotonic()
+
+    def announced(self, run_id: str) -> None:
+        """The event stream says a run was scheduled: list now, or at this agent's turn when others claim too."""
+        now = time.monotonic()
+        with self._lock:
+            alone = now - self._peer_seen > PEERS_FORGOTTEN
+            if not alone:
+                self._offers[run_id] = now + SPREAD * rank(self.agent, run_id)
+                self._arm()
+        if alone:
+            self.mark_due()
+            self.wake()
 
     def begin(self) -> None:
         """Start of a poll: drop a backlog too old to trust, and allow one list."""
@@ -136,6 +174,8 @@ class ScheduledRuns:
                 runs.append(flow_run)
         if later:
             self.wake_at(min(later) - timedelta(seconds=self.prefetch))
+        # The page holds the pool's oldest runs; within it, each agent starts at its own best-ranked.
+        runs.sort(key=lambda r: rank(self.agent, r["id"]))
         with self._lock:
             self._taken = set()
             self._listed = frozenset(r["id"] for r in runs)
@@ -143,21 +183,41 @@ class ScheduledRuns:
 
     def wake_at(self, when: datetime) -> None:
         """List again (and wake the loop) at `when`; an earlier wake-up already armed covers it."""
+        at = time.monotonic() + max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        with self._lock:
+            if self._list_at is None or at < self._list_at:
+                self._list_at = at
+            self._arm()
 
-        def due() -> None:
+    def _arm(self) -> None:
+        """(Under the lock) one timer for the earliest wake-up or offer."""
+        times = [*self._offers.values(), *([self._list_at] if self._list_at is not None else [])]
+        if not times:
+            return
+        at = min(times)
+        if self._timer is not None and self._timer.is_alive():
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = threading.Timer(max(0.0, at - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._timer = None
+            due = self._list_at is not None and self._list_at <= now
+            if due:
+                self._list_at = None
+            ripe = [run_id for run_id, at in self._offers.items() if at <= now]
+            for run_id in ripe:
+                del self._offers[run_id]
+            self._arm()
+        if due or ripe:
             self.mark_due()
             self.wake()
-
-        with self._lock:
-            if self._timer is not None and self._timer.is_alive():
-                if self._timer_at <= when:
-                    return  # an earlier wake-up is armed; the list it brings re-arms this one
-                self._timer.cancel()
-            self._timer_at = when
-            delay = max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-            self._timer = threading.Timer(delay, due)
-            self._timer.daemon = True
-            self._timer.start()
 
     @property
     def wake_armed(self) -> bool:
