@@ -70,8 +70,9 @@ class Sizes:
 class Chaos:
     """Shared pieces: a work root, the daemon, the busybox image, and (lazily) a Prefect server."""
 
-    def __init__(self, sizes: Sizes, stack: ExitStack) -> None:
+    def __init__(self, sizes: Sizes, stack: ExitStack, backend: str) -> None:
         self.sizes = sizes
+        self.backend = backend
         self.stack = stack
         self.root = Path(tempfile.mkdtemp(prefix="dagent-chaos-"))
         self.client = docker.from_env()
@@ -102,7 +103,9 @@ class Chaos:
         if self._server is not None:
             self._server.stop()
         self._servers += 1
-        self._server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), self.root / f"prefect-{self._servers}")
+        self._server = prefect_infra.PrefectServer(
+            prefect_infra.prefect_venv(), self.root / f"prefect-{self._servers}", self.backend
+        )
         self.stack.callback(self._server.stop)
 
     @property
@@ -443,12 +446,15 @@ def many_inbox(chaos: Chaos, n: int) -> Row:
     return _inbox_row(row, inbox, ids, count, [agent, *fleet])
 
 
-def many_prefect(chaos: Chaos, n: int, engine: bool = False) -> Row:
+def many_prefect(chaos: Chaos, n: int, engine: bool = False, kills: int = 0) -> Row:
     """n agents on one work pool; without the engine each container exits 0 at once (CRASHED, fast),
-    with it each runs a real flow (COMPLETED)."""
+    with it each runs a real flow (COMPLETED). `kills`: that many kill -9s of random agents of the
+    fleet while the runs arrive, each agent started again at once."""
     chaos.fresh_server()
-    row = Row(f"{n} agents, one Prefect pool" + (", real flows" if engine else ""))
-    agent = chaos.agent(f"pool-{n}{'-flows' if engine else ''}")
+    row = Row(
+        f"{n} agents, one Prefect pool" + (", real flows" if engine else "") + (f", {kills} kill -9s" if kills else "")
+    )
+    agent = chaos.agent(f"pool-{n}{'-flows' if engine else ''}{'-kills' if kills else ''}")
     count = agent.workdir / "count"
     count.mkdir()
     pool = f"chaos-many-{uuid.uuid4().hex[:6]}"
@@ -458,18 +464,32 @@ def many_prefect(chaos: Chaos, n: int, engine: bool = False) -> Row:
     fleet = _fleet(chaos, agent, n)
     total = chaos.sizes.runs if engine else chaos.sizes.many  # a real flow costs seconds of CPU each
     ids: list[str] = []
-    # In batches of 40, each made before the agents start (as Prefect's own 50-run test pattern):
-    # 200 runs made at once turn Late together and the server's Late marking locks its SQLite
-    # database for minutes, and runs arriving while several agents claim make the same server
-    # stall for 30 s at a time. Both are the SQLite server's limits; a Postgres one has neither.
-    while len(ids) < total:
-        batch = [chaos.api.run(deployment) for _ in range(min(40, total - len(ids)))]
-        ids += batch
-        with _agents(agent, config, fleet):
-            _wait(lambda batch=batch: _all_final(chaos, batch), 300)  # type: ignore[misc]
-            # A real flow's engine sets the final state before its container exits: the agents must
-            # stay up until they have removed the containers (a stopped agent leaves them to its restart).
-            _wait(lambda: not _orphans(fleet), 60)
+    if chaos.backend == "sqlite":
+        # In batches of 40, each made before the agents start (as Prefect's own 50-run test pattern):
+        # 200 runs made at once turn Late together and the server's Late marking locks its SQLite
+        # database for minutes, and runs arriving while several agents claim make the same server
+        # stall for 30 s at a time. Both are the SQLite server's limits; Postgres has neither.
+        while len(ids) < total:
+            batch = [chaos.api.run(deployment) for _ in range(min(40, total - len(ids)))]
+            ids += batch
+            with _agents(agent, config, fleet):
+                _wait(lambda batch=batch: _all_final(chaos, batch), 300)  # type: ignore[misc]
+                # A real flow's engine sets the final state before its container exits: the agents must
+                # stay up until they have removed the containers (a stopped agent leaves them to its restart).
+                _wait(lambda: not _orphans(fleet), 60)
+        return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED" if engine else "CRASHED")
+    # Postgres: every run arrives while the whole fleet is up and claiming, and agents die under it.
+    with _agents(agent, config, fleet) as processes:
+        kill_at = sorted(chaos.random.sample(range(1, total), min(kills, total - 1)))
+        for i in range(total):
+            ids.append(chaos.api.run(deployment))
+            while kill_at and kill_at[0] == i:
+                kill_at.pop(0)
+                victim = chaos.random.randrange(n)
+                processes[victim].signal(signal.SIGKILL)
+                processes[victim] = AgentProcess(agent, config, name=fleet[victim].name)
+        _wait(lambda: _all_final(chaos, ids), 600)
+        _wait(lambda: not _orphans(fleet), 60)
     return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED" if engine else "CRASHED")
 
 
@@ -549,7 +569,12 @@ SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
     "api-faults": api_faults,
     "socket-faults": socket_faults,
     "many-inbox": lambda c: [many_inbox(c, 2), many_inbox(c, 3)],
-    "many-prefect": lambda c: [many_prefect(c, 2), many_prefect(c, 3), many_prefect(c, 2, engine=True)],
+    "many-prefect": lambda c: [
+        many_prefect(c, 2),
+        many_prefect(c, 3),
+        *([many_prefect(c, 5, kills=c.sizes.kills)] if c.backend == "postgres" else []),
+        many_prefect(c, 2, engine=True),
+    ],
     "corpus": lambda c: [bad_inputs(c), bypasses(c)],
     "secrets": secrets,  # last: it reads what the others wrote
 }
@@ -572,6 +597,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="a few of everything (CI)")
     parser.add_argument("--only", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
+    parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default=prefect_infra.default_backend(),
+                        help="the Prefect server's database (default: DAGENT_TEST_BACKEND, else postgres)")  # fmt: skip
     args = parser.parse_args()
     sizes = Sizes(kills=3, runs=8, many=20) if args.short else Sizes(kills=20, runs=30, many=200)
     chosen = args.only.split(",") if args.only else list(SCENARIOS)
@@ -583,7 +610,7 @@ def main() -> int:
     rows: list[Row] = []
     started = time.monotonic()
     with infra.docker_engine(), ExitStack() as stack:
-        chaos = Chaos(sizes, stack)
+        chaos = Chaos(sizes, stack, args.backend)
         for name in chosen:
             print(f"chaos: {name} ...", file=sys.stderr, flush=True)
             t = time.monotonic()
@@ -595,7 +622,10 @@ def main() -> int:
                 row.notes.append(f"{time.monotonic() - t:.0f} s")
                 rows.append(row)
     print(table(rows))
-    print(f"\n{'short' if args.short else 'full'} suite, {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print(
+        f"\n{'short' if args.short else 'full'} suite on {args.backend}, {time.monotonic() - started:.0f} s",
+        file=sys.stderr,
+    )
     return 0 if all(r.ok for r in rows) else 1
 
 

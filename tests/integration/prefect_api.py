@@ -137,6 +137,7 @@ class FaultyHTTPProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
+        self.claims: list[tuple[str, str]] = []  # (flow run id, the answer's status) of each PENDING proposed
         self.faults: dict[str, int] = {"503": 0, "429": 0, "reset": 0, "slow": 0}
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -187,8 +188,11 @@ class FaultyHTTPProxy:
                 )
                 try:
                     with urllib.request.urlopen(request, timeout=60) as response:
+                        answer = response.read()
+                        if (from_dagent or proxy.count_all) and self.path.endswith("/set_state") and body:
+                            proxy._note_claim(self.path, body, answer)
                         return self._reply(
-                            response.status, response.read(), {"Content-Type": response.headers.get("Content-Type", "")}
+                            response.status, answer, {"Content-Type": response.headers.get("Content-Type", "")}
                         )
                 except urllib.error.HTTPError as e:
                     return self._reply(e.code, e.read(), {"Content-Type": e.headers.get("Content-Type", "")})
@@ -222,6 +226,13 @@ class FaultyHTTPProxy:
                 pass
 
         return Handler
+
+    def _note_claim(self, path: str, body: bytes, answer: bytes) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            if json.loads(body)["state"]["type"] == "PENDING":
+                status = str(json.loads(answer).get("status"))
+                with self.lock:
+                    self.claims.append((path.split("/")[-2], status))
 
     def stop(self) -> None:
         self.server.shutdown()
