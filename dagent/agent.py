@@ -18,6 +18,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from dagent import reload
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, Runtime, Source, owned_by, should_remove
 from dagent.errors import DagentError, PolicyError, one_line
@@ -69,6 +70,10 @@ class Agent:
             lambda run_id, line: flow_log.info("[%s] %s", run_id, line, extra={"run_id": run_id})
         )
         self.stopping = threading.Event()
+        self.draining = threading.Event()
+        # Set by the CLI: loads the configuration again (SIGHUP); None where there is no file to read.
+        self.reloader: Callable[[], AgentConfig] | None = None
+        self._reload_asked = threading.Event()
         self._wake = threading.Event()
         self._poll_now = threading.Event()
         self._lock = threading.Lock()
@@ -77,10 +82,12 @@ class Agent:
         self.last_poll_ok: float | None = None
         self._errors_in_a_row = 0
         self._last_heartbeat = 0.0
+        self._last_expiry = time.monotonic()  # the first sweep a while after start-up, not during it
         # Containers of reported runs that were still running at start-up (a flow engine reports its
         # run's end a moment before its process exits): cleaned once they have exited.
         self._leftovers: set[str] = set()
         self._daemon_up = True
+        self.metrics.concurrency_limit.set(config.concurrency)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -92,6 +99,16 @@ class Agent:
     def stop(self) -> None:
         """Stop polling and return soon; containers in flight keep running (adopted at restart)."""
         self.stopping.set()
+        self._wake.set()
+
+    def drain(self) -> None:
+        """Take no more runs; return once the runs in flight have ended and are reported (SIGQUIT)."""
+        self.draining.set()
+        self._wake.set()
+
+    def reload(self) -> None:
+        """Read the configuration again at the next turn of the loop (SIGHUP); safe from a signal handler."""
+        self._reload_asked.set()
         self._wake.set()
 
     def run(self, connect: bool = True, reconcile: bool = True) -> None:
@@ -112,27 +129,33 @@ class Agent:
         )  # fmt: skip
         if reconcile:
             self._reconcile()
-        interval = self.config.effective_poll_interval
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not self.draining.is_set():
             self._cancel_requested()
             self._heartbeat()
             self._clean_leftovers()
+            self._expire_kept()
             filled = self._poll()
             if self.config.max_polls is not None and self.polls >= self.config.max_polls:
                 break
+            interval = self.config.effective_poll_interval
             if filled:
                 # Every free slot was filled, so more work may be waiting: look again as soon as
                 # a slot frees rather than a whole interval later.
-                self._wait_until(lambda: self._free_slots() > 0, timeout=None)
+                self._wait_until(lambda: self._free_slots() > 0 or self.draining.is_set(), timeout=None)
             else:
                 backoff = min(interval * 2**self._errors_in_a_row, MAX_BACKOFF) if self._errors_in_a_row else interval
-                self._wait_until(self._poll_now.is_set, timeout=backoff)
+                self._wait_until(lambda: self._poll_now.is_set() or self.draining.is_set(), timeout=backoff)
             self._poll_now.clear()
-        if not self.stopping.is_set():
-            log.info("max_polls (%d) reached; waiting for %d run(s) in flight", self.polls, len(self._in_flight))
-            self._wait_until(lambda: not self._in_flight, timeout=None)
-        else:
+        if self.stopping.is_set():
             log.info("stopping; %d run(s) left running, to be adopted at the next start", len(self._in_flight))
+            return
+        why = "draining" if self.draining.is_set() else f"max_polls ({self.polls}) reached"
+        log.info("%s: taking no more runs; waiting for %d run(s) in flight", why, len(self._in_flight))
+        while self._in_flight and not self.stopping.is_set():
+            self._heartbeat()  # still serving: the runs in flight are this agent's
+            self._wait_until(lambda: not self._in_flight, timeout=self.config.effective_poll_interval)
+        if self.draining.is_set() and not self.stopping.is_set():
+            log.info("drained: every run in flight has ended and is reported")
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> None:
         """Sleep until `done()`, the timeout or a stop, still honouring cancellations meanwhile."""
@@ -144,6 +167,31 @@ class Agent:
             self._wake.wait(remaining)
             self._wake.clear()
             self._cancel_requested()
+            self._apply_reload()
+
+    def _apply_reload(self) -> None:
+        """Apply a reload asked for: the live keys now, the rest at the next restart; a bad file changes nothing."""
+        if not self._reload_asked.is_set() or self.reloader is None:
+            return
+        self._reload_asked.clear()
+        try:
+            new = self.reloader()
+        except DagentError as e:
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("reload: %s; the configuration in use stays", one_line(e))
+            return
+        effective, waiting = reload.merge(self.config, new)
+        for key in waiting:
+            log.warning("reload: %s changed; that takes a restart, the value in use stays", key)
+        applied = reload.changed(self.config, effective)
+        self.host = HostView.of(effective, self.runtime, self.host.own_files)
+        self.config = effective  # the runs in flight keep the spec they were judged by
+        self.source.reconfigure(effective)
+        logging.getLogger("dagent").setLevel(effective.log_level)
+        self.metrics.concurrency_limit.set(effective.concurrency)
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("reload: applied %s", ", ".join(applied) if applied else "no changes")
+        self._wake.set()  # more slots, perhaps: poll
 
     # --- polling ---------------------------------------------------------------------------------
 
@@ -298,7 +346,10 @@ class Agent:
             stream = claim.origin.stream_output
             show = self.config.show_flow_logs if stream is None else stream
             on_line = self._flow_logger(run_id) if show else None
-            return self.runtime.watch(spec, container, handle, on_line)
+            launched = time.monotonic()
+            result = self.runtime.watch(spec, container, handle, on_line)
+            self.metrics.run_duration.labels(result.outcome).observe(time.monotonic() - launched)
+            return result
         except PolicyError:
             raise
         except DagentError as e:
@@ -366,6 +417,23 @@ class Agent:
                 if info is not None:
                     self._clean_orphan(info)
 
+    def _expire_kept(self) -> None:
+        """docker.keep_for: remove kept containers that ended longer ago than that (a minute's sweep at most)."""
+        keep_for = self.config.docker.keep_for
+        now = time.monotonic()
+        if keep_for is None or now - self._last_expiry < min(60.0, max(1.0, keep_for / 4)):
+            return
+        self._last_expiry = now
+        with self._lock:
+            busy = set(self._in_flight)
+        try:
+            for info in self.runtime.gc(self.config.name, keep_for, busy):
+                self.metrics.containers_expired.inc()
+                log.info("removed kept container %s of run %s: ended over %s ago (docker.keep_for)",
+                         info.name, info.run_id, _age(keep_for))  # fmt: skip
+        except DagentError as e:
+            log.warning("could not remove expired containers: %s", one_line(e))
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat < self.config.api.heartbeat_interval:
@@ -416,3 +484,10 @@ class Agent:
             "runs_in_flight": in_flight,
         }
         return polling and daemon, details
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

@@ -75,11 +75,14 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     """Run the agent until SIGINT/SIGTERM or max_polls."""
-    return _start(_load(args))
+    return _start(_load(args), lambda: _load(args))
 
 
-def _start(loaded: Any) -> int:
-    """Run the agent of a loaded configuration until SIGINT/SIGTERM or max_polls."""
+def _start(loaded: Any, load: Any) -> int:
+    """Run the agent of a loaded configuration until SIGINT/SIGTERM, a drain (SIGQUIT) or max_polls.
+
+    `load()` reads the configuration again, the same way, for SIGHUP.
+    """
     import signal
 
     from dagent import logs
@@ -104,10 +107,12 @@ def _start(loaded: Any) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         logging.getLogger("dagent").info("received %s", signal.Signals(signum).name)
-        agent.stop()
+        actions: dict[int, Callable[[], None]] = {signal.SIGQUIT: agent.drain, signal.SIGHUP: agent.reload}
+        actions.get(signum, agent.stop)()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    agent.reloader = lambda: load().config
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     health = None
     if config.health.address:
         try:
@@ -139,7 +144,7 @@ def cmd_worker_start(args: argparse.Namespace) -> int:
         overrides.setdefault("health", {})["address"] = f"{host}:{port}"
     from dagent.config import load_config
 
-    return _start(load_config(overrides, args.config))
+    return _start(load_config(overrides, args.config), lambda: load_config(overrides, args.config))
 
 
 def make_source(config: Any) -> Any:
@@ -273,12 +278,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def parse_duration(text: str) -> float:
     """Seconds from `90`, `90s`, `15m`, `1h`, `2d`."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    value = text.strip().lower()
+    from dagent.units import parse_duration as seconds
+
     try:
-        if value and value[-1] in units:
-            return float(value[:-1]) * units[value[-1]]
-        return float(value)
+        return seconds(text)
     except ValueError:
         raise InputError(f"command line: --older-than {text!r}: expected a duration such as 30m, 1h or 2d") from None
 

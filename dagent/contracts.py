@@ -5,14 +5,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from dagent.hostview import DaemonFacts
 from dagent.runs import RunRequest
 from dagent.spec import LABEL_AGENT, ContainerSpec, Origin
+
+if TYPE_CHECKING:
+    from dagent.config import AgentConfig
 
 Outcome = Literal["succeeded", "failed", "timed-out", "cancelled", "crashed"]
 
@@ -118,6 +121,9 @@ class Source(Protocol):
     def connect(self) -> None:
         """Check the control plane is there and usable; raise SourceError in one line if not."""
 
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Take a reloaded configuration's live keys (labels, docker.*): for runs claimed from now on."""
+
     def recover(self, containers: Mapping[str, ContainerInfo], live: Collection[str]) -> Sequence[Claim]:
         """At start: the runs this agent had claimed that must go on (their containers are adopted).
 
@@ -175,3 +181,4 @@ class Runtime(Protocol):
     def finish(self, spec: ContainerSpec, result: RunResult) -> None: ...
     def stop(self, container: Any, grace: float) -> None: ...
     def remove_id(self, container_id: str) -> None: ...
+    def gc(self, agent: str, older_than: float, busy: Collection[str] = ()) -> Iterable[ContainerInfo]: ...

@@ -64,8 +64,22 @@ def explain(error: Any) -> str:
     return f"{text} (HTTP {status})" if status else text
 
 
+# TLS failures as OpenSSL words them, and what to look at.
+_TLS_REASONS = (
+    ("CERTIFICATE_VERIFY_FAILED", "TLS: the daemon's certificate is not signed by docker.tls.ca_cert"),
+    ("certificate required", "TLS: the daemon wants a client certificate (docker.tls.client_cert)"),
+    ("unknown ca", "TLS: the daemon does not trust docker.tls.client_cert"),
+    ("bad certificate", "TLS: the daemon refused docker.tls.client_cert"),
+    ("WRONG_VERSION_NUMBER", "TLS: the daemon does not speak TLS at this address"),
+    ("wrong version number", "TLS: the daemon does not speak TLS at this address"),
+)
+
+
 def reason(error: BaseException) -> str:
     text = str(error)
+    for marker, meaning in _TLS_REASONS:
+        if marker in text:
+            return meaning
     for marker in ("Connection refused", "No such file or directory", "Name or service not known", "timed out"):
         if marker in text:
             return marker.lower()

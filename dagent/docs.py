@@ -42,6 +42,11 @@ EXAMPLES: dict[str, Any] = {
     "docker.max_cpus": 2.0,
     "docker.max_memory": "4g",
     "health.address": "127.0.0.1:8080",
+    "docker.tls.enabled": True,
+    "docker.tls.ca_cert": "/etc/dagent/docker/ca.pem",
+    "docker.tls.client_cert": "/etc/dagent/docker/cert.pem",
+    "docker.tls.client_key": "/etc/dagent/docker/key.pem",
+    "docker.tls.cert_path": "/etc/dagent/docker",
 }
 # Seed `DockerAgent` arguments (Prefect 1) and where each lives now.
 SEED_ARGUMENTS: tuple[tuple[str, str], ...] = (
@@ -135,7 +140,11 @@ def reference_toml() -> str:
         "# Relative paths in this file are relative to this file. Check it with `dagent config validate`.",
     ]
     section = ""
-    for dotted in leaf_keys():
+    keys = leaf_keys()
+    tops = list(dict.fromkeys(k.split(".")[0] if "." in k else "" for k in keys))
+    # A table's own keys before its sub-tables ([docker] before [docker.tls]): TOML allows no return.
+    keys.sort(key=lambda k: (tops.index(k.split(".")[0] if "." in k else ""), k.count(".")))
+    for dotted in keys:
         current = dotted.rsplit(".", 1)[0] if "." in dotted else ""
         if current != section:
             section = current

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from dagent import __version__
 
 log = logging.getLogger("dagent.health")
 
@@ -33,6 +46,24 @@ class Metrics:
             "dagent_pull_duration_seconds", "Time spent making a run's image present", registry=self.registry,
             buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900),
         )  # fmt: skip
+        self.run_duration = Histogram(
+            "dagent_run_duration_seconds", "Container start to end, by outcome", ["outcome"], registry=self.registry,
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+        )  # fmt: skip
+        self.concurrency_limit = Gauge(
+            "dagent_concurrency_limit", "Runs this agent takes at once (concurrency)", registry=self.registry
+        )
+        self.config_reloads = Counter(
+            "dagent_config_reloads", "Configuration reloads (SIGHUP), by result", ["result"], registry=self.registry
+        )
+        self.containers_expired = Counter(
+            "dagent_containers_expired", "Kept containers removed after docker.keep_for", registry=self.registry
+        )
+        Info("dagent_build", "dagent's version and Python's", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)
 
 
 class HealthServer:

@@ -227,6 +227,8 @@ class HostView:
         # The agent's own Docker credentials and TLS keys (docker-py reads them).
         paths += [os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")]
         paths += [p for p in (os.environ.get("DOCKER_CERT_PATH"),) if p]
+        tls = docker.tls
+        paths += [str(p) for p in (tls.cert_path, tls.ca_cert, tls.client_cert, tls.client_key) if p is not None]
         paths.append(str(self.config.inbox.path))
         if self.config.api.token_file is not None:
             paths.append(str(self.config.api.token_file))

@@ -1,9 +1,10 @@
-"""Registry names and image references, parsed by Docker's reference grammar (pure)."""
+"""Registry names and image references, parsed by Docker's reference grammar, and a pull's progress (pure)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 DOCKER_HUB = "docker.io"
 # Docker Hub answers to several names; one canonical name keeps allow-lists honest.
@@ -82,3 +83,38 @@ def parse_image(reference: str) -> ImageRef:
     if not _PATH_RE.fullmatch(path):
         raise ValueError(f"image {reference!r}: repository {path!r} is not a valid name")
     return ImageRef(registry=registry, path=path, tag=tag, digest=digest, explicit_registry=explicit)
+
+
+class PullProgress:
+    """A pull's progress over all its layers, from the daemon's stream of per-layer events."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, str] = {}  # layer id → its latest status
+        self.current: dict[str, int] = {}  # layer id → bytes downloaded
+        self.total: dict[str, int] = {}  # layer id → its size, once known
+
+    def add(self, event: dict[str, Any]) -> None:
+        """Take one event of the pull's stream."""
+        layer, status = event.get("id"), str(event.get("status") or "")
+        if not isinstance(layer, str) or not status or status.startswith(("Pulling from", "Digest", "Status")):
+            return
+        self.layers[layer] = status
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading" and isinstance(detail, dict):
+            if isinstance(detail.get("current"), int):
+                self.current[layer] = detail["current"]
+            if isinstance(detail.get("total"), int):
+                self.total[layer] = detail["total"]
+        elif status in ("Download complete", "Pull complete", "Already exists") and layer in self.total:
+            self.current[layer] = self.total[layer]
+
+    def __str__(self) -> str:
+        done = sum(1 for s in self.layers.values() if s in ("Pull complete", "Already exists"))
+        text = f"{done}/{len(self.layers)} layers"
+        if self.total:
+            text += f", {_mb(sum(self.current.values()))} of {_mb(sum(self.total.values()))} MB downloaded"
+        return text
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f}"

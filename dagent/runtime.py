@@ -6,20 +6,20 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import requests
 
-from dagent import retry
+from dagent import dockerclient, retry
 from dagent.config import AgentConfig
 from dagent.contracts import ContainerInfo, Outcome, RunHandle, RunResult, should_remove, utc_now
 from dagent.daemon_faults import explain, is_transient, reason
 from dagent.errors import DaemonError
 from dagent.hostview import DaemonFacts, socket_path, view_error
-from dagent.images import parse_image
+from dagent.images import PullProgress, parse_image
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, RegistryLogin, container_name
 
 if TYPE_CHECKING:
@@ -36,6 +36,10 @@ WAIT_SLICE = 30.0
 def _container_time(container: Container, key: str) -> str | None:
     value = (container.attrs or {}).get("State", {}).get(key)
     return None if not value or value.startswith("0001-") else _parse_time(value).isoformat(timespec="milliseconds")
+
+
+# Seconds between two progress lines of one pull.
+PULL_PROGRESS_EVERY = 5.0
 
 
 class DockerRuntime:
@@ -71,12 +75,7 @@ class DockerRuntime:
         """The docker-py client, created on first use with the daemon's API version."""
         with self._lock:
             if self._client is None:
-                import docker
-
-                self._client = self._call(
-                    "connect",
-                    lambda: docker.DockerClient(base_url=self.base_url, version="auto", timeout=60),
-                )
+                self._client = self._call("connect", lambda: dockerclient.client(self.config))
             return self._client
 
     def verify(self) -> dict[str, Any]:
@@ -161,14 +160,17 @@ class DockerRuntime:
         log.info("pulling %s", image)
 
         def pull_once() -> None:
-            last = 0.0
+            if auth is None:
+                # A `docker login` (or a rotated credential helper token) since the last pull counts.
+                self.client.api.reload_config()
+            progress, last = PullProgress(), time.monotonic()
             for event in self.client.api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
                 if "error" in event:
                     raise DaemonError(f"docker: pull {image}: {event['error']}")
-                now = time.monotonic()
-                if now - last >= 2.0 or "Digest" in str(event.get("status", "")):
-                    last = now
-                    log.info("pull %s: %s %s", image, event.get("status", ""), event.get("progress", ""))
+                progress.add(event)
+                if time.monotonic() - last >= PULL_PROGRESS_EVERY:
+                    last = time.monotonic()
+                    log.info("pull %s: %s", image, progress)
 
         self._call(f"pull {image}", pull_once)
         took = time.monotonic() - started
@@ -371,14 +373,10 @@ class DockerRuntime:
 
     def ping(self) -> bool:
         """True when the daemon answers a ping now: one try, 2 s at most (for health checks)."""
-        import docker
-
         with self._health_lock:
             try:
                 if self._health is None:
-                    self._health = docker.APIClient(
-                        base_url=self.base_url, version=self.client.api.api_version, timeout=2
-                    )
+                    self._health = dockerclient.api_client(self.config, self.client.api.api_version, timeout=2)
                 return bool(self._health.ping())
             except Exception:
                 return False
@@ -423,11 +421,14 @@ class DockerRuntime:
         raw = self._call("list containers", lambda: self.client.api.containers(all=True, quiet=True))
         return frozenset(str(item["Id"]) for item in raw)
 
-    def gc(self, agent: str, older_than: float) -> Iterator[ContainerInfo]:
-        """Remove this agent's finished containers that finished more than `older_than` seconds ago."""
+    def gc(self, agent: str, older_than: float, busy: Collection[str] = ()) -> Iterator[ContainerInfo]:
+        """Remove this agent's finished containers that finished more than `older_than` seconds ago.
+
+        `busy`: run ids still being reported, whose containers are not yet the agent's to remove.
+        """
         now = datetime.now(timezone.utc)
         for info in self.managed(agent):
-            if info.state not in ("exited", "dead"):
+            if info.state not in ("exited", "dead") or info.run_id in busy:
                 continue
             finished = _parse_time(info.finished_at) if info.finished_at else now
             if (now - finished).total_seconds() >= older_than:

@@ -104,6 +104,14 @@ class FakeRuntime:
         self._call("remove_id")
         self.removed.append(container_id)
 
+    def gc(self, agent: str, older_than: float, busy: Any = ()) -> list[ContainerInfo]:
+        self._call("gc")
+        gone = [c for c in self.managed(agent) if c.state == "exited" and c.run_id not in busy]
+        for c in gone:
+            self.containers.remove(c)
+            self.removed.append(c.id)
+        return gone
+
 
 @dataclass
 class FakeSource:
@@ -118,6 +126,7 @@ class FakeSource:
     fail: dict[str, list[BaseException]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    config: Any = None  # the last configuration a reload gave it
 
     def _call(self, name: str) -> None:
         with self.lock:
@@ -125,6 +134,9 @@ class FakeSource:
             errors = self.fail.get(name)
             if errors:
                 raise errors.pop(0)
+
+    def reconfigure(self, config: Any) -> None:
+        self.config = config
 
     def connect(self) -> None:
         self._call("connect")

@@ -132,21 +132,29 @@ def _error_lines(
     compat = pending.compat
     lines = []
     layers = list(_layers(cli, pending))
+    leaves = set(leaf_keys())
     for item in error.errors(include_url=False):
         loc = tuple(str(p) for p in item["loc"])
         dotted, message = describe_error(item, AgentConfig)
         # List indices and dict-key markers are not keys; the first part always is (even "0").
         key_loc = loc[:1] + tuple(p for p in loc[1:] if not p.isdigit() and p != "[key]")
+        # The setting is the longest prefix that is a key (docker.tls.verify; docker.env of docker.env.X).
+        key_loc = next((key_loc[:n] for n in (3, 2) if ".".join(key_loc[:n]) in leaves), key_loc[:2])
         origin = "defaults"
         for name, layer in layers:
-            if get_path(layer, key_loc[:2]) is not None:
-                origin = {
-                    "cli": "command line",
-                    "env": f"env {env_name('.'.join(key_loc[:2]))}",
-                    "compat": f"env {compat.env_names.get('.'.join(key_loc[:2]), '')}".rstrip(),
-                    "toml": str(path),
-                }[name]
-                break
+            if get_path(layer, key_loc) is None:
+                continue
+            if ".".join(key_loc) not in leaves:  # a whole table's rule (docker.tls): name a key set in it
+                inner = sorted(k for k in leaves if k.startswith(".".join(key_loc) + "."))
+                set_in_layer = [tuple(k.split(".")) for k in inner if get_path(layer, tuple(k.split("."))) is not None]
+                key_loc = set_in_layer[0] if set_in_layer else key_loc
+            origin = {
+                "cli": "command line",
+                "env": f"env {env_name('.'.join(key_loc))}",
+                "compat": f"env {compat.env_names.get('.'.join(key_loc), '')}".rstrip(),
+                "toml": str(path),
+            }[name]
+            break
         lines.append(f"{origin}: {dotted}: {message}")
     return lines
 

@@ -43,7 +43,7 @@ from dagent.config.types import (
     list_from_text,
     normalize_capability,
 )
-from dagent.units import MAX_CPUS, MAX_SECONDS, MIN_CPUS, MIN_MEMORY, parse_bytes
+from dagent.units import MAX_CPUS, MAX_SECONDS, MIN_CPUS, MIN_MEMORY, parse_bytes, parse_duration
 
 # --- the model ---------------------------------------------------------------------------------
 
@@ -79,8 +79,8 @@ class ApiConfig(Section):
     """Send the agent's own lines about a run to the Prefect API (seed `--no-cloud-logs` inverts)."""
     event_stream: bool = True
     """Listen to Prefect's event stream to poll as soon as a run is scheduled (polls stay the truth)."""
-    heartbeat_interval: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
-    """Seconds between worker heartbeats."""
+    heartbeat_interval: float = Field(default=120.0, gt=0, le=MAX_SECONDS)
+    """Seconds between worker heartbeats; Prefect marks the agent OFFLINE after three missed (its worker: 30)."""
     prefetch: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
     """Take runs scheduled up to this many seconds ahead."""
     timeout: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
@@ -106,11 +106,45 @@ class RegistryAuth(Section):
         return self
 
 
+class DockerTLS(Section):
+    """TLS to a daemon on tcp:// or https://, as the Docker CLI's `--tlsverify`; its CA wins over REQUESTS_CA_BUNDLE."""
+
+    enabled: bool | None = None
+    """Use TLS; unset: for https:// or when a certificate is given (DOCKER_TLS_VERIFY turns it on)."""
+    verify: bool = True
+    """Check the daemon's certificate against `ca_cert` (else the system's CAs); false only for tests."""
+    ca_cert: LocalPath | None = None
+    """CA certificate the daemon's must chain to (default: `cert_path`/ca.pem)."""
+    client_cert: LocalPath | None = None
+    """Client certificate shown to the daemon (default: `cert_path`/cert.pem)."""
+    client_key: LocalPath | None = None
+    """The client certificate's key (default: `cert_path`/key.pem)."""
+    cert_path: LocalPath | None = None
+    """Directory with ca.pem, cert.pem and key.pem (also DOCKER_CERT_PATH; default when enabled: ~/.docker)."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> DockerTLS:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("give both client_cert and client_key, or neither")
+        return self
+
+    @property
+    def on(self) -> bool:
+        """Whether TLS is wanted (the URL's scheme aside)."""
+        if self.enabled is not None:
+            return self.enabled
+        return any(p is not None for p in (self.ca_cert, self.client_cert, self.cert_path))
+
+
 class DockerConfig(Section):
     """How runs become containers, and what runs may ask for."""
 
     base_url: Annotated[str, AfterValidator(check_base_url)] = Field(default_factory=default_base_url)
-    """Docker daemon URL: unix://, npipe://, tcp://, http(s):// or ssh:// (also DOCKER_HOST)."""
+    """Docker daemon URL: unix://, npipe://, tcp://, http(s):// or ssh://user@host (also DOCKER_HOST)."""
+    tls: DockerTLS = DockerTLS()
+    """TLS to a remote daemon."""
+    timeout: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
+    """Seconds before one daemon request times out (also DOCKER_CLIENT_TIMEOUT); waits on a run are not bound by it."""
     pull: PullPolicy = "if-not-present"
     """When to pull a run's image (seed `--no-pull` is `never`)."""
     registry_allow_list: Annotated[list[RegistryName], NoDecode, BeforeValidator(list_from_text)] | None = None
@@ -129,6 +163,8 @@ class DockerConfig(Section):
     """Map host.docker.internal to the host gateway in containers (Linux, non-host networks)."""
     keep_containers: Literal["never", "on-failure", "always"] = "on-failure"
     """Which finished containers to keep for inspection (`dagent gc` removes them later)."""
+    keep_for: Annotated[float, BeforeValidator(parse_duration)] | None = None
+    """Remove kept containers this long after they ended (`24h`, `30m`, seconds), in the loop; unset: kept."""
     stop_grace: float = Field(default=10.0, ge=0, le=86400)
     """Seconds between SIGTERM and SIGKILL when a run is stopped."""
     run_timeout: float = Field(default=86400.0, gt=0, le=MAX_SECONDS)

@@ -16,6 +16,7 @@ from dagent.config.models import (
     AgentConfig,
     ApiConfig,
     DockerConfig,
+    DockerTLS,
     HealthConfig,
     InboxConfig,
     RegistryAuth,
@@ -58,7 +59,7 @@ def describe(*models: type[BaseModel]) -> None:
 
 def describe_config() -> None:
     """Field descriptions on the configuration models (sections first: the agent's schema is built from theirs)."""
-    describe(ApiConfig, RegistryAuth, DockerConfig, HealthConfig, InboxConfig, RetryConfig, AgentConfig)
+    describe(ApiConfig, RegistryAuth, DockerTLS, DockerConfig, HealthConfig, InboxConfig, RetryConfig, AgentConfig)
 
 
 def json_schema() -> dict[str, Any]:

@@ -42,6 +42,10 @@ class InboxSource:
         # new/ files left for agents with other labels, by mtime, so they are not re-read every poll.
         self._left: dict[str, float] = {}
 
+    def reconfigure(self, config: AgentConfig) -> None:
+        """A reload's live keys: labels (the inbox's path takes a restart)."""
+        self.labels = frozenset(config.labels)
+
     def connect(self) -> None:
         """Create the layout; SourceError if the directory is not usable."""
         try:

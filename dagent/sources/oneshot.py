@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 
+from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult
 from dagent.runs import RunRequest
 from dagent.spec import Origin
@@ -25,6 +26,9 @@ class OneShotSource:
     def cancel(self) -> None:
         """Stop the run: before it starts it never will; once started its container is stopped."""
         self._cancel.set()
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Nothing to take: one run, already judged."""
 
     def connect(self) -> None:
         """Nothing to connect to."""

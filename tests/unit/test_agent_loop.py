@@ -146,3 +146,125 @@ def test_a_reported_runs_container_still_running_at_start_is_removed_once_it_exi
     runtime.managed = managed  # type: ignore[method-assign]
     agent.run()
     assert runtime.removed == ["c1"]
+
+
+def _until(condition: Any, seconds: float = 5) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return bool(condition())
+
+
+def _running(agent: Agent) -> threading.Thread:
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    return thread
+
+
+def test_a_drain_takes_no_more_runs_and_returns_once_the_runs_in_flight_are_reported() -> None:
+    block = threading.Event()
+    source, runtime = FakeSource(queue=[_run("a"), _run("b")]), FakeRuntime(block=block)
+    agent = _agent(source, runtime, max_polls=None, concurrency=2)
+    thread = _running(agent)
+    try:
+        assert _until(lambda: len(runtime.launched) == 2)
+        source.queue.append(_run("late"))
+        agent.drain()
+        threading.Event().wait(0.2)
+        assert thread.is_alive() and not source.reports  # still waiting for a and b
+        block.set()
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        agent.stop()
+        thread.join(5)
+    assert sorted(r.run_id for r in source.reports) == ["a", "b"]
+    assert [r.id for r in source.queue] == ["late"]  # never claimed
+
+
+def test_sigterm_during_a_drain_leaves_the_runs_for_the_next_start() -> None:
+    block = threading.Event()
+    source, runtime = FakeSource(queue=[_run("a")]), FakeRuntime(block=block)
+    agent = _agent(source, runtime, max_polls=None)
+    thread = _running(agent)
+    assert _until(lambda: runtime.launched == ["a"])
+    agent.drain()
+    agent.stop()
+    thread.join(5)
+    block.set()
+    assert not thread.is_alive() and not source.reports
+
+
+def test_a_reload_applies_live_keys_and_keeps_the_rest_until_a_restart() -> None:
+    source, runtime = FakeSource(), FakeRuntime()
+    agent = _agent(source, runtime, max_polls=None, concurrency=1, labels=["a"])
+    new = load_config(
+        {"name": "renamed", "poll_interval": 0.01, "concurrency": 3, "labels": ["a", "gpu"],
+         "docker": {"base_url": "tcp://10.0.0.1:2375", "env": {"X": "1"}}}, environ={},
+    ).config  # fmt: skip
+    agent.reloader = lambda: new
+    thread = _running(agent)
+    try:
+        agent.reload()
+        assert _until(lambda: agent.config.concurrency == 3)
+    finally:
+        agent.stop()
+        thread.join(5)
+    assert agent.config.labels == ["a", "gpu"] and agent.config.docker.env == {"X": "1"}
+    assert agent.config.name == "unit" and agent.config.docker.base_url != "tcp://10.0.0.1:2375"
+    assert source.config is agent.config and agent.host.config is agent.config
+    assert _count(agent.metrics.config_reloads, result="applied") == 1
+    assert _count(agent.metrics.concurrency_limit) == 3
+
+
+def test_an_invalid_reload_changes_nothing() -> None:
+    from dagent.errors import ConfigError
+
+    source, runtime = FakeSource(), FakeRuntime()
+    agent = _agent(source, runtime, max_polls=None, concurrency=2)
+    before = agent.config
+
+    def broken() -> Any:
+        raise ConfigError("agent.toml: concurrency: Input should be greater than 0")
+
+    agent.reloader = broken
+    thread = _running(agent)
+    try:
+        agent.reload()
+        assert _until(lambda: _count(agent.metrics.config_reloads, result="invalid") == 1)
+    finally:
+        agent.stop()
+        thread.join(5)
+    assert agent.config is before and source.config is None
+
+
+def test_keep_for_removes_kept_containers_in_the_loop_never_one_still_being_reported() -> None:
+    from dagent.contracts import ContainerInfo
+
+    def kept(run_id: str) -> ContainerInfo:
+        labels = {"dagent.agent": "unit", "dagent.run-id": run_id, "dagent.keep": "always"}
+        return ContainerInfo(f"c-{run_id}", f"dagent-{run_id}", run_id, "busybox", "exited", 1, "", None, labels)
+
+    block = threading.Event()
+    source, runtime = FakeSource(queue=[_run("busy")]), FakeRuntime(containers=[kept("old"), kept("busy")], block=block)
+    agent = _agent(source, runtime, max_polls=None, docker={"keep_for": "1s"})
+    thread = _running(agent)
+    try:
+        assert _until(lambda: "c-old" in runtime.removed)
+        assert "c-busy" not in runtime.removed  # its run is in flight here
+    finally:
+        agent.stop()
+        thread.join(5)
+        block.set()
+    assert _count(agent.metrics.containers_expired) == 1
+
+
+def test_without_keep_for_kept_containers_stay() -> None:
+    from dagent.contracts import ContainerInfo
+
+    labels = {"dagent.agent": "unit", "dagent.run-id": "old", "dagent.keep": "always"}
+    old = ContainerInfo("c-old", "dagent-old", "old", "busybox", "exited", 1, "", None, labels)
+    runtime = FakeRuntime(containers=[old])
+    _agent(FakeSource(), runtime, max_polls=3).run()
+    assert runtime.calls["gc"] == 0 and runtime.removed == []

@@ -73,3 +73,24 @@ def test_normalize_registry_refuses(name: str) -> None:
     """URLs, paths and bad ports are not registry names."""
     with pytest.raises(ValueError):
         normalize_registry(name)
+
+
+def test_pull_progress_counts_layers_and_bytes_over_the_stream() -> None:
+    """The daemon's events are per layer; one line sums them (as a long pull is logged every few seconds)."""
+    from dagent.images import PullProgress
+
+    progress = PullProgress()
+    for event in [
+        {"status": "Pulling from flows/base", "id": "3"},
+        {"status": "Pulling fs layer", "id": "a"},
+        {"status": "Pulling fs layer", "id": "b"},
+        {"status": "Already exists", "id": "c"},
+        {"status": "Downloading", "id": "a", "progressDetail": {"current": 1_000_000, "total": 4_000_000}},
+        {"status": "Downloading", "id": "b", "progressDetail": {"current": 500_000, "total": 2_000_000}},
+    ]:
+        progress.add(event)
+    assert str(progress) == "1/3 layers, 1.5 of 6.0 MB downloaded"
+    progress.add({"status": "Download complete", "id": "a"})
+    progress.add({"status": "Pull complete", "id": "a"})
+    progress.add({"status": "Digest: sha256:00", "id": None})
+    assert str(progress) == "2/3 layers, 4.5 of 6.0 MB downloaded"

@@ -69,7 +69,7 @@ class PrefectSource:
         self._wake: Callable[[], None] = lambda: None
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
         self._scheduled = ScheduledRuns(
-            self.client, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
+            self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
             config.effective_poll_interval, self._streaming, lambda: self._wake(),
         )  # fmt: skip
         self._last_cancel_check = 0.0  # the loop thread's own
@@ -81,6 +81,11 @@ class PrefectSource:
         self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
 
     # --- start-up --------------------------------------------------------------------------------
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """A reload's live keys: labels and docker.* (api.* takes a restart)."""
+        self.config = config
+        self.labels = frozenset(config.labels)
 
     def connect(self) -> None:
         """Check the API answers and the credentials work; read (or create) the work pool."""
@@ -138,20 +143,28 @@ class PrefectSource:
             else None
         )
         self._wake = wake
-        self._watcher = StateEventWatcher(self.client.url, self.pool_id, token, self._on_state)
+        self._watcher = StateEventWatcher(
+            self.client.url, self.pool_id, token, self._on_state, on_connected=self._on_stream_connected
+        )
         self._watcher.start()
 
-    def _on_state(self, state: str, run_id: str) -> None:
+    def _on_state(self, state: str, run_id: str, message: str = "") -> None:
         if state == "SCHEDULED":
-            self._scheduled.mark_due()
+            self._scheduled.announced(run_id)
         else:
-            self._scheduled.heard_taken(run_id)  # claimed (or cancelled) since we listed it
+            # Claimed (or cancelled) since we listed it; a claim not in our words is another agent's.
+            self._scheduled.heard_taken(run_id, by_peer=state == "PENDING" and message != self._claim_note)
             with self._lock:
                 if run_id in self._mine:
                     self._heard[run_id] = state
                     self._lock.notify_all()
-        if state in ("SCHEDULED", "CANCELLING"):
+        if state == "CANCELLING":
             self._wake()
+
+    def _on_stream_connected(self) -> None:
+        # Runs scheduled while the stream was down were announced to nobody: list at once.
+        self._scheduled.mark_due()
+        self._wake()
 
     def _track(self, run_id: str, mine: bool) -> None:
         """Start following a run just claimed (its state was just read), or forget it entirely."""

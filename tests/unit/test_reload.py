@@ -1,0 +1,51 @@
+"""What a reload changes at once and what waits for a restart (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagent import reload
+from dagent.config import load_config
+
+
+def _config(**settings: Any) -> Any:
+    return load_config({"name": "a", **settings}, environ={}).config
+
+
+def test_policy_labels_env_concurrency_and_log_level_change_at_once() -> None:
+    old = _config()
+    new = _config(concurrency=7, labels=["gpu"], log_level="DEBUG",
+                  docker={"allow_privileged": True, "env": {"A": "1"}, "max_memory": "1g"})  # fmt: skip
+    effective, waiting = reload.merge(old, new)
+    assert waiting == []
+    assert effective == new
+
+
+def test_what_names_the_agent_its_source_or_its_daemon_waits_for_a_restart() -> None:
+    old = _config()
+    new = _config(name="b", source="prefect", api={"url": "http://x:4200/api", "work_pool": "p"},
+                  docker={"base_url": "tcp://127.0.0.1:2375", "timeout": 5}, inbox={"path": "/elsewhere"},
+                  health={"address": "127.0.0.1:9"})  # fmt: skip
+    effective, waiting = reload.merge(old, new)
+    assert effective == old
+    assert set(waiting) == {"name", "source", "api.url", "api.work_pool", "docker.base_url", "docker.timeout",
+                            "inbox.path", "health.address"}  # fmt: skip
+
+
+def test_durations() -> None:
+    import pytest
+
+    from dagent.units import parse_duration
+
+    assert [parse_duration(v) for v in ("90", "90s", "15m", "24h", "2d", 5, 0.5)] == [
+        90,
+        90,
+        900,
+        86400,
+        172800,
+        5,
+        0.5,
+    ]
+    for bad in ("", "0", "-1s", "1w", "nan", True, float("inf"), "999999999999d"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
