@@ -3,6 +3,7 @@
     python bench/run.py            # the standard run: 30 dispatches, a burst of 12, 60 s idle
     python bench/run.py --full     # also a burst of 100
     python bench/run.py --smoke    # a few runs, to keep the harness working (numbers mean little)
+    python bench/run.py --scale    # N agents against N Prefect workers on a Postgres-backed server (bench/scale.py)
 
 Prints a markdown table and writes bench/results/latest.json. Ratios are the point; absolute times
 depend on this machine. No number here is asserted anywhere: machines are noisy and shared.
@@ -126,7 +127,7 @@ class Bench:
         self.client = docker.from_env()
         self.venv = prefect_infra.prefect_venv()
         self.image = prefect_infra.flow_image()
-        self.server = prefect_infra.PrefectServer(self.venv, self.root)
+        self.server = prefect_infra.PrefectServer(self.venv, self.root, args.backend)
         self.api = PrefectAPI(self.server.api_url)
         self.events = ContainerEvents(self.client)
 
@@ -348,6 +349,10 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    if "--scale" in sys.argv[1:]:
+        from bench import scale
+
+        return scale.main([a for a in sys.argv[1:] if a != "--scale"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="a few runs, to keep the harness working")
@@ -355,6 +360,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="dispatch samples per system (default 30; smoke 3)")
     parser.add_argument("--idle", type=float, help="idle window in seconds (default 60; smoke 5)")
     parser.add_argument("--only", choices=["dagent", "worker"], help="measure one system (and the floor)")
+    parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default=prefect_infra.default_backend(),
+                        help="the Prefect server's database (default: DAGENT_TEST_BACKEND, else postgres)")  # fmt: skip
+    parser.add_argument("--scale", action="store_true", help="the fleet benchmark: see bench/scale.py")
     args = parser.parse_args()
     args.runs = args.runs or (3 if args.smoke else 30)
     args.idle = args.idle if args.idle is not None else (5 if args.smoke else 50)  # + 10 s start-up = 60 s
@@ -373,6 +381,7 @@ def main() -> int:
             bench.close()
     results["meta"] = {
         "mode": "smoke" if args.smoke else "full" if args.full else "standard",
+        "backend": args.backend,
         "prefect": prefect_infra.PREFECT,
         "prefect_docker": prefect_infra.PREFECT_DOCKER,
         "concurrency": CONCURRENCY,

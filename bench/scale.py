@@ -1,0 +1,526 @@
+"""bench/run.py --scale: N dagent agents against N Prefect workers on one Postgres-backed Prefect server.
+
+    python bench/run.py --scale                       # N = 1, 5, 20, 40; bursts of 1,000 runs (over an hour)
+    python bench/run.py --scale --quick               # N = 1, 5; bursts of 100 (a few minutes, numbers mean little)
+    python bench/run.py --scale --fleet 1,5 --burst 300 --only dagent
+
+Each agent is a process of its own with its own name, all on one machine: what is measured is the
+server's side, which does not care whether its workers share a host. Per N and per system: the
+server's requests and CPU at idle (net of its own background work, measured first with nothing
+attached), dispatch latency of real flows under a steady arrival rate, a burst of stand-in runs
+(wall time, each started exactly once, claim attempts per run), and for dagent, kill -9 of random
+agents during a burst. Writes bench/results/scale.json and two plots beside it; prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from bench.run import REPO, _by_kind, _percentile
+from tests.integration import infra, prefect_infra
+from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
+
+CONCURRENCY = 4
+SMALL_BURST = 200
+RESULTS = REPO / "bench" / "results"
+
+
+@dataclass
+class Point:
+    """One system with N agents."""
+
+    system: str
+    n: int
+    up_s: float = 0.0  # start → every agent heartbeating
+    idle_requests_per_min: float = 0.0  # all N agents together
+    idle_server_cpu_s_per_min: float = 0.0  # Prefect server + Postgres, less the server's own background
+    idle_agent_cpu_s_per_min: float = 0.0  # all N agents together
+    idle_rss_mb: float = 0.0  # all N agents together
+    idle_requests_by_kind: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # arrival rate (runs/s) → p50, p95
+    burst: dict[str, Any] = field(default_factory=dict)
+    kills: dict[str, Any] = field(default_factory=dict)
+
+    def per_agent(self, name: str) -> float:
+        return float(getattr(self, name)) / self.n
+
+
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def _cpu_and_rss(pids: list[int]) -> tuple[float, float]:
+    """(CPU seconds used so far, RSS in MB) of these processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = rss = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError, StopIteration, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / ticks
+            status = Path(f"/proc/{p}/status").read_text()
+            rss += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+    return cpu, rss
+
+
+class Starts:
+    """docker events for flow-run containers: every start and the last death of each run's containers."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.starts: Counter[str] = Counter()
+        self.first: dict[str, float] = {}
+        self.died: dict[str, float] = {}
+        self._events = client.events(decode=True, filters={"type": "container", "label": "io.prefect.flow-run-id"})
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        with contextlib.suppress(Exception):
+            for event in self._events:
+                run_id = event.get("Actor", {}).get("Attributes", {}).get("io.prefect.flow-run-id")
+                when = event.get("timeNano", 0) / 1e9
+                if run_id and event.get("status") == "start":
+                    self.starts[run_id] += 1
+                    self.first.setdefault(run_id, when)
+                elif run_id and event.get("status") == "die":
+                    self.died[run_id] = when
+
+    def close(self) -> None:
+        self._events.close()
+
+
+class Scale:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(tempfile.mkdtemp(prefix="dagent-scale-"))
+        self.client = docker.from_env()
+        self.venv = prefect_infra.prefect_venv()
+        self.image = prefect_infra.flow_image()
+        self.server = prefect_infra.PrefectServer(self.venv, self.root, args.backend)
+        self.api = PrefectAPI(self.server.api_url)
+        self.starts = Starts(self.client)
+        self.random = random.Random(3)
+        self.baseline_cpu_s_per_min = 0.0
+
+    def close(self) -> None:
+        self.starts.close()
+        self.server.stop()
+
+    # --- the server's side ---------------------------------------------------------------------
+
+    def _server_cpu(self) -> float:
+        pids = _tree(self.server.process.pid)
+        if self.server.postgres is not None:
+            pids += self.server.postgres.pids()
+        return _cpu_and_rss(pids)[0]
+
+    def baseline(self) -> None:
+        """The server's own background work (its services, Postgres), with nothing attached."""
+        time.sleep(10)
+        before, t = self._server_cpu(), time.monotonic()
+        time.sleep(self.args.idle)
+        self.baseline_cpu_s_per_min = (self._server_cpu() - before) / ((time.monotonic() - t) / 60)
+
+    # --- fleets --------------------------------------------------------------------------------
+
+    def _pool(self, system: str, pool: str) -> None:
+        if system == "dagent":
+            self.api.call("POST", "/work_pools/", {"name": pool, "type": "docker"})
+            return
+        env = {"PREFECT_API_URL": self.server.api_url, "PATH": "/usr/bin:/bin", "PREFECT_HOME": str(self.root / "ph")}
+        cli = str(self.venv / "bin" / "prefect")
+        template = subprocess.run([cli, "work-pool", "get-default-base-job-template", "--type", "docker"],
+                                  env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+        path = self.root / f"{pool}.json"
+        path.write_text(template)
+        subprocess.run([cli, "work-pool", "create", pool, "--type", "docker", "--base-job-template", str(path)],
+                       env=env, check=True, capture_output=True)  # fmt: skip
+
+    def _agent(self, system: str, pool: str, name: str, proxy: FaultyHTTPProxy) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("ab")
+        if system == "dagent":
+            config = self.root / f"{pool}.toml"
+            if not config.exists():
+                config.write_text(
+                    f'source = "prefect"\nconcurrency = {CONCURRENCY}\n'
+                    f'[api]\nurl = "{proxy.api_url("/api")}"\ncontainer_url = "{self.server.api_url}"\nwork_pool = "{pool}"\n'
+                    '[docker]\nallow_host_network = true\nkeep_containers = "never"\n'
+                )
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_"))}
+            env |= {"PYTHONPATH": str(REPO), "DAGENT_NAME": name}
+            argv = [sys.executable, "-m", "dagent", "start", "-c", str(config)]
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env |= {"PREFECT_API_URL": proxy.api_url("/api"), "PREFECT_HOME": str(self.root / "worker-home")}
+            argv = [str(self.venv / "bin" / "prefect"), "worker", "start", "--pool", pool, "--type", "docker",
+                    "--limit", str(CONCURRENCY), "--name", name]  # fmt: skip
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def _online(self, pool: str) -> int:
+        workers = self.api.call("POST", f"/work_pools/{pool}/workers/filter", {"limit": 200}) or []
+        return sum(1 for w in workers if w.get("status") == "ONLINE")
+
+    def _deployment(self, pool: str, standin: bool) -> str:
+        # Containers reach the server directly: the proxy counts only the agents' own requests.
+        variables: dict[str, Any] = {"image": self.image, "network_mode": "host",
+                                     "env": {"PREFECT_API_URL": self.server.api_url}}  # fmt: skip
+        if standin:
+            variables["command"] = "python3 /flows/standin.py"
+        return self.api.deployment(pool, "flows.py:hello", variables)
+
+    def point(self, system: str, n: int) -> Point:
+        point = Point(system, n)
+        pool = f"scale-{system}-{n}"
+        self._pool(system, pool)
+        proxy = FaultyHTTPProxy(self.server.api_url.removesuffix("/api"), count_all=True)
+        names = [f"{pool}-{i}" for i in range(n)]
+        started = time.monotonic()
+        fleet = {name: self._agent(system, pool, name, proxy) for name in names}
+        try:
+            while self._online(pool) < n:
+                if time.monotonic() - started > 300:
+                    raise RuntimeError(f"{system}: only {self._online(pool)} of {n} agents online after 300 s")
+                time.sleep(1)
+            point.up_s = round(time.monotonic() - started, 1)
+            time.sleep(15)  # start-up done
+            self._idle(point, proxy, fleet)
+            real = self._deployment(pool, standin=False)
+            rates = self.args.rates if n == self.args.sweep_at else self.args.rates[:1]
+            for rate in rates:
+                point.latency[str(rate)] = self._latency(real, rate)
+            standin = self._deployment(pool, standin=True)
+            # One Prefect worker takes about half a minute per 20 stand-in runs: below N = 5, a smaller burst.
+            size = self.args.burst if n >= 5 else min(self.args.burst, SMALL_BURST)
+            point.burst = self._burst(standin, size, proxy)
+            if system == "dagent" and n == max(self.args.fleet) and n > 1 and self.args.kills:
+                point.kills = self._burst(standin, self.args.kill_burst, proxy, fleet=fleet, pool=pool)
+        finally:
+            for process in fleet.values():
+                process.send_signal(signal.SIGTERM)
+            for process in fleet.values():
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            proxy.stop()
+        return point
+
+    def _idle(self, point: Point, proxy: FaultyHTTPProxy, fleet: dict[str, subprocess.Popen[bytes]]) -> None:
+        def agents() -> tuple[float, float]:
+            return _cpu_and_rss([p for process in fleet.values() for p in _tree(process.pid)])
+
+        requests, server, (agent_cpu, _), t = len(proxy.times), self._server_cpu(), agents(), time.monotonic()
+        time.sleep(self.args.idle)
+        minutes = (time.monotonic() - t) / 60
+        agent_cpu_after, rss = agents()
+        point.idle_requests_per_min = round((len(proxy.times) - requests) / minutes, 2)
+        point.idle_requests_by_kind = _by_kind(proxy.requests[requests:], minutes)
+        net = (self._server_cpu() - server) / minutes - self.baseline_cpu_s_per_min
+        point.idle_server_cpu_s_per_min = round(net, 3)
+        point.idle_agent_cpu_s_per_min = round((agent_cpu_after - agent_cpu) / minutes, 3)
+        point.idle_rss_mb = round(rss, 1)
+
+    def _latency(self, deployment: str, rate: float) -> dict[str, float]:
+        """Real flows arriving every 1/rate seconds: created → container started."""
+        ids, created = [], {}
+        for _ in range(self.args.latency_runs):
+            t = time.time()
+            run_id = self.api.run(deployment)
+            ids.append(run_id)
+            created[run_id] = t
+            time.sleep(max(0.0, t + 1 / rate - time.time()))
+        self._settle(ids, 600)
+        samples = [self.starts.first[r] - created[r] for r in ids if r in self.starts.first]
+        if not samples:
+            return {"runs": len(ids), "started": 0}
+        return {"runs": len(ids), "started": len(samples), "p50_s": round(statistics.median(samples), 3),
+                "p95_s": round(_percentile(samples, 0.95), 3)}  # fmt: skip
+
+    def _settle(self, ids: list[str], timeout: float) -> dict[str, int]:
+        """Wait until every run is final (or the timeout); the runs' states, counted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self._states(ids)
+            if all(s in FINAL for s in states.values()) or time.monotonic() > deadline:
+                return dict(Counter(states.values()))
+            time.sleep(2)
+
+    def _states(self, ids: list[str]) -> dict[str, str]:
+        states: dict[str, str] = {}
+        for i in range(0, len(ids), 200):
+            chunk = ids[i : i + 200]
+            body = {"flow_runs": {"id": {"any_": chunk}}, "limit": 200}
+            for run in self.api.call("POST", "/flow_runs/filter", body) or []:
+                states[run["id"]] = str((run.get("state") or {}).get("type"))
+        return states
+
+    def _burst(
+        self,
+        deployment: str,
+        size: int,
+        proxy: FaultyHTTPProxy,
+        fleet: dict[str, subprocess.Popen[bytes]] | None = None,
+        pool: str = "",
+    ) -> dict[str, Any]:
+        """`size` stand-in runs made at once (8 at a time); with `fleet`, kill -9 random agents meanwhile."""
+        claims_before, requests_before, server_before = len(proxy.claims), len(proxy.times), self._server_cpu()
+        created = time.time()
+        killer = None
+        if fleet is not None:
+            killer = threading.Thread(target=self._kill_some, args=(fleet, pool, proxy), daemon=True)
+            killer.start()
+        with ThreadPoolExecutor(8) as pool_:
+            ids = list(pool_.map(lambda _: self.api.run(deployment), range(size)))
+        states = self._settle(ids, 1800)
+        if killer is not None:
+            killer.join()
+            states = self._settle(ids, 300)  # the last restarted agents adopt what their predecessors left
+        time.sleep(5)
+        died = [self.starts.died[r] for r in ids if r in self.starts.died]
+        claims = proxy.claims[claims_before:]
+        accepted = Counter(run for run, status in claims if status == "ACCEPT")
+        left = self.client.containers.list(all=True, filters={"label": "io.prefect.flow-run-id"})
+        result = {
+            "runs": size,
+            "wall_s": round(max(died) - created, 1) if died else None,
+            "states": states,
+            "started_twice": sum(1 for r in ids if self.starts.starts[r] > 1),
+            "never_started": sum(1 for r in ids if self.starts.starts[r] == 0),
+            "stuck": sum(n for s, n in states.items() if s in ("PENDING", "RUNNING", "CANCELLING")),
+            "orphans": sum(1 for c in left if c.labels.get("io.prefect.flow-run-id") in set(ids)),
+            "claim_attempts_per_run": round(len(claims) / size, 3),
+            # PENDING proposals the server refused (ABORT, REJECT, WAIT): another agent had the run.
+            "conflicts_per_run": round(sum(1 for _, status in claims if status != "ACCEPT") / size, 3),
+            "claim_answers": dict(Counter(status for _, status in claims)),
+            "runs_accepted_more_than_once": sum(1 for n in accepted.values() if n > 1),
+            "requests_per_run": round((len(proxy.times) - requests_before) / size, 2),
+            "server_cpu_s_per_run": round((self._server_cpu() - server_before) / size, 4),
+        }
+        if fleet is not None:
+            result["kills"] = self.args.kills
+        return result
+
+    def _kill_some(self, fleet: dict[str, subprocess.Popen[bytes]], pool: str, proxy: FaultyHTTPProxy) -> None:
+        """kill -9 a random agent every few seconds, starting it again at once (same name)."""
+        for _ in range(self.args.kills):
+            time.sleep(self.random.uniform(2, 6))
+            name = self.random.choice(sorted(fleet))
+            fleet[name].kill()
+            fleet[name].wait()
+            fleet[name] = self._agent("dagent", pool, name, proxy)
+
+
+# --- tables and plots ------------------------------------------------------------------------------
+
+
+def _pair(points: list[dict[str, Any]], n: int) -> tuple[Point | None, Point | None]:
+    found = {(p["system"], p["n"]): Point(**p) for p in points}
+    return found.get(("dagent", n)), found.get(("worker", n))
+
+
+def _r(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a is not None and b else "–"
+
+
+def tables(results: dict[str, Any]) -> str:
+    points, fleet = results["points"], results["meta"]["fleet"]
+    rows = [
+        "| N | system | idle requests/min per agent | idle server CPU-s/min per agent (net) | dispatch p50 / p95 (s) "
+        "| burst: runs, wall (s) | started twice / never | claim conflicts per run | server CPU-s per run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in fleet:
+        for p in _pair(points, n):
+            if p is None:
+                continue
+            lat = next(iter(p.latency.values()), {})
+            b = p.burst
+            rows.append(
+                f"| {n} | {'dagent' if p.system == 'dagent' else 'Prefect worker'} "
+                f"| {p.per_agent('idle_requests_per_min'):.2f} | {p.per_agent('idle_server_cpu_s_per_min'):.3f} "
+                f"| {lat.get('p50_s', '–')} / {lat.get('p95_s', '–')} | {b.get('runs')}, {b.get('wall_s')} "
+                f"| {b.get('started_twice')} / {b.get('never_started')} | {b.get('conflicts_per_run')} "
+                f"| {b.get('server_cpu_s_per_run')} |"
+            )
+    ratios = ["", "| N | idle requests, dagent / worker | idle server CPU, dagent / worker | burst wall, dagent / worker |",
+              "|---|---|---|---|"]  # fmt: skip
+    for n in fleet:
+        d, w = _pair(points, n)
+        if d and w:
+            ratios.append(
+                f"| {n} | {_r(d.idle_requests_per_min, w.idle_requests_per_min)} "
+                f"| {_r(max(d.idle_server_cpu_s_per_min, 0.0), w.idle_server_cpu_s_per_min)} "
+                f"| {_r(d.burst.get('wall_s'), w.burst.get('wall_s'))} |"
+            )
+    kills = [Point(**p) for p in points if p.get("kills")]
+    extra = []
+    for p in kills:
+        k = p.kills
+        extra.append(
+            f"\nkill -9 at scale: {p.n} dagent agents, {k['runs']} stand-in runs, {k['kills']} agents killed and "
+            f"restarted during the burst: states {k['states']}, started twice {k['started_twice']}, never started "
+            f"{k['never_started']}, stuck {k['stuck']}, orphans {k['orphans']}, wall {k['wall_s']} s."
+        )
+    return "\n".join(rows + ratios + extra + ["", paper(results)])
+
+
+def paper(results: dict[str, Any]) -> str:
+    """What 100 and 1,000 hosts would cost the server, from the largest N measured (computed, not measured)."""
+    n = max(results["meta"]["fleet"])
+    d, w = _pair(results["points"], n)
+    lines = [
+        f"Beyond the measured N, on paper (from N = {n}: per-agent idle cost and per-run cost, scaled linearly; "
+        "one server core = 60 CPU-s/min):",
+        "",
+        "| hosts | system | idle requests/s | idle server cores | hosts one core serves at idle | runs/min one core serves |",
+        "|---|---|---|---|---|---|",
+    ]
+    for hosts in (100, 1000):
+        for p in (d, w):
+            if p is None:
+                continue
+            req = p.per_agent("idle_requests_per_min") * hosts / 60
+            cpu = max(p.per_agent("idle_server_cpu_s_per_min"), 1e-4)
+            per_run = p.burst.get("server_cpu_s_per_run") or 0
+            lines.append(
+                f"| {hosts} | {'dagent' if p.system == 'dagent' else 'Prefect worker'} | {req:.1f} | {cpu * hosts / 60:.2f} "
+                f"| {60 / cpu:,.0f} | {60 / per_run:,.0f} |"
+                if per_run
+                else "| – |"
+            )
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any]) -> list[Path]:
+    """Server load against N, and latency against arrival rate (PNG; needs the bench extra, matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plots: pip install -e '.[bench]' for matplotlib", file=sys.stderr)
+        return []
+    points = [Point(**p) for p in results["points"]]
+    systems = {"dagent": "dagent", "worker": "Prefect worker"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for system, label in systems.items():
+        mine = sorted((p for p in points if p.system == system), key=lambda p: p.n)
+        if mine:
+            ns = [p.n for p in mine]
+            left.plot(ns, [p.idle_requests_per_min / 60 for p in mine], "o-", label=label)
+            right.plot(ns, [max(p.idle_server_cpu_s_per_min, 0.0) for p in mine], "o-", label=label)
+    left.set(xlabel="agents (N)", ylabel="server requests/s at idle", title="Idle requests")
+    right.set(xlabel="agents (N)", ylabel="server CPU-s per minute at idle (net)", title="Idle server CPU")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    load = RESULTS / "scale-load.png"
+    fig.tight_layout()
+    fig.savefig(load, dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for system, label in systems.items():
+        swept = [p for p in points if p.system == system and len(p.latency) > 1]
+        for p in swept:
+            rates = sorted(p.latency, key=float)
+            got = [r for r in rates if "p50_s" in p.latency[r]]
+            ax.plot([float(r) for r in got], [p.latency[r]["p50_s"] for r in got], "o-", label=f"{label} p50 (N={p.n})")
+            ax.plot(
+                [float(r) for r in got], [p.latency[r]["p95_s"] for r in got], "x--", label=f"{label} p95 (N={p.n})"
+            )
+    ax.set(xlabel="arrival rate (real flows per second)", ylabel="created → container started (s)",
+           title="Dispatch latency", yscale="log")  # fmt: skip
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    latency = RESULTS / "scale-latency.png"
+    fig.tight_layout()
+    fig.savefig(latency, dpi=100)
+    return [load, latency]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run.py --scale", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="N = 1, 5; bursts of 100; short windows")
+    parser.add_argument("--fleet", help="comma-separated N (default 1,5,20,40)")
+    parser.add_argument(
+        "--burst", type=int, help=f"stand-in runs per burst at N >= 5 (default 1000; below: {SMALL_BURST})"
+    )
+    parser.add_argument("--idle", type=float, help="idle window in seconds (default 90)")
+    parser.add_argument(
+        "--rates", help="arrival rates of real flows, runs/s (default 0.1,0.2,0.3; the first at every N)"
+    )
+    parser.add_argument("--sweep-at", type=int, default=5, help="the N at which every rate is measured (default 5)")
+    parser.add_argument("--latency-runs", type=int, help="real flows per arrival rate (default 10)")
+    parser.add_argument("--kills", type=int, help="kill -9s of dagent agents at the largest N (default 8; 0: none)")
+    parser.add_argument("--only", choices=["dagent", "worker"])
+    parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default="postgres")
+    args = parser.parse_args(argv)
+    args.fleet = [int(n) for n in (args.fleet or ("1,5" if args.quick else "1,5,20,40")).split(",")]
+    args.burst = args.burst or (100 if args.quick else 1000)
+    args.kill_burst = max(50, args.burst // 3)
+    args.idle = args.idle or (20 if args.quick else 90)
+    args.rates = [float(r) for r in (args.rates or ("0.2" if args.quick else "0.1,0.2,0.3")).split(",")]
+    args.latency_runs = args.latency_runs or (4 if args.quick else 10)
+    args.kills = 3 if args.kills is None and args.quick else 8 if args.kills is None else args.kills
+    started = time.time()
+    with infra.docker_engine():
+        scale = Scale(args)
+        points: list[dict[str, Any]] = []
+        try:
+            print("measuring the server alone ...", file=sys.stderr, flush=True)
+            scale.baseline()
+            for n in args.fleet:
+                for system in ("dagent", "worker"):
+                    if args.only in (None, system):
+                        print(f"measuring {n} × {system} ...", file=sys.stderr, flush=True)
+                        points.append(asdict(scale.point(system, n)))
+                        _write(args, scale, points, started)  # a long run keeps what it has measured
+        finally:
+            scale.close()
+    results = _write(args, scale, points, started)
+    print(tables(results))
+    for path in plots(results):
+        print(f"plot: {path.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    results = {
+        "points": points,
+        "meta": {
+            "backend": args.backend, "fleet": [n for n in args.fleet if any(p["n"] == n for p in points)],
+            "burst": args.burst, "rates": args.rates, "latency_runs": args.latency_runs, "idle_s": args.idle,
+            "concurrency": CONCURRENCY, "server_background_cpu_s_per_min": round(scale.baseline_cpu_s_per_min, 3),
+            "prefect": prefect_infra.PREFECT, "prefect_docker": prefect_infra.PREFECT_DOCKER, "cpus": os.cpu_count(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "took_s": round(time.time() - started),
+        },
+    }  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
