@@ -14,6 +14,7 @@ from dagent import __version__
 from dagent.config import MASK
 from dagent.errors import ConfigError, DaemonError, DagentError, InputError, PolicyError
 from dagent.flags import WORKER_FLAGS, add_config_flags, cli_overrides, toml_value
+from dagent.naming import StableName
 
 # The one place errors become exit codes; the first matching class wins.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -75,20 +76,19 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     """Run the agent until SIGINT/SIGTERM or max_polls."""
-    return _start(_load(args), lambda: _load(args))
+    return _start(lambda: _load(args))
 
 
-def _start(loaded: Any, load: Any) -> int:
-    """Run the agent of a loaded configuration until SIGINT/SIGTERM, a drain (SIGQUIT) or max_polls.
-
-    `load()` reads the configuration again, the same way, for SIGHUP.
-    """
+def _start(load: Callable[[], Any]) -> int:
+    """Run the agent until SIGINT/SIGTERM, a drain (SIGQUIT) or max_polls; `load()` reads the configuration
+    (again at each SIGHUP)."""
     import signal
 
     from dagent import logs
 
-    config = loaded.config
-    logs.setup(config.log_format, config.log_level)
+    loaded, named = load(), StableName()
+    logs.setup(loaded.config.log_format, loaded.config.log_level)
+    config = named(loaded)
     # The source's first request (what a control plane sees of a starting agent) goes out before
     # the rest of the agent is even imported.
     source = make_source(config)
@@ -110,7 +110,7 @@ def _start(loaded: Any, load: Any) -> int:
         actions: dict[int, Callable[[], None]] = {signal.SIGQUIT: agent.drain, signal.SIGHUP: agent.reload}
         actions.get(signum, agent.stop)()
 
-    agent.reloader = lambda: load().config
+    agent.reloader = lambda: named(load())
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     health = None
@@ -144,7 +144,7 @@ def cmd_worker_start(args: argparse.Namespace) -> int:
         overrides.setdefault("health", {})["address"] = f"{host}:{port}"
     from dagent.config import load_config
 
-    return _start(load_config(overrides, args.config), lambda: load_config(overrides, args.config))
+    return _start(lambda: load_config(overrides, args.config))
 
 
 def make_source(config: Any) -> Any:
@@ -276,6 +276,28 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Ask the running agent's /health (a container's HEALTHCHECK); healthy when the endpoint is not enabled."""
+    import urllib.error
+    import urllib.request
+
+    address = _load(args).config.health.address
+    if address is None:
+        print("health endpoint not enabled (health.address): nothing to check", file=sys.stderr)
+        return 0
+    host, _, port = address.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5) as answer:
+            print(answer.read().decode(errors="replace").strip())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"unhealthy: {e.read().decode(errors='replace').strip()}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"unhealthy: cannot reach {address} (health.address): {getattr(e, 'reason', e)}", file=sys.stderr)
+    return 1
+
+
 def parse_duration(text: str) -> float:
     """Seconds from `90`, `90s`, `15m`, `1h`, `2d`."""
     from dagent.units import parse_duration as seconds
@@ -336,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--json", action="store_true", help="print JSON")
     add_config_flags(ps)
     ps.set_defaults(func=cmd_ps)
+    health = commands.add_parser("health", help="ask the running agent's /health; exit 0 healthy, 1 not")
+    add_config_flags(health)
+    health.set_defaults(func=cmd_health)
     gc = commands.add_parser("gc", help="remove this agent's finished containers past retention")
     gc.add_argument("--older-than", default="1h", metavar="AGE", help="finished at least this long ago (default 1h)")
     add_config_flags(gc)

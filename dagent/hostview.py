@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import re
 import socket
 import stat
 import struct
@@ -174,16 +175,25 @@ def view_error(base_url: str, verify: bool) -> str | None:
         )
     pid = peer_pid(path)
     if pid is None:
-        return f"cannot tell which process serves {path}, so not that it sees this filesystem"
+        return f"cannot tell which process serves {path}, so not that it sees this filesystem{_in_container()}"
     ours, theirs = _root_mount_id("self"), _root_mount_id(pid)
     if ours is None or theirs is None:
         return f"cannot read the mount table of the daemon (pid {pid}) to compare it with the agent's"
     if ours != theirs:
         return (
             f"the agent and the daemon (pid {pid}) are in different mount namespaces "
-            "(e.g. systemd PrivateTmp or ProtectSystem), so a path may not mean the same to both"
+            f"(e.g. systemd PrivateTmp or ProtectSystem), so a path may not mean the same to both{_in_container()}"
         )
     return None
+
+
+def _in_container() -> str:
+    """What an agent in a container does about it (Docker marks its containers with /.dockerenv)."""
+    if not os.path.exists("/.dockerenv"):
+        return ""
+    return (
+        "; in a container, bind each allowed host path at the same path inside and set docker.verify_host_view = false"
+    )
 
 
 # --- gathering the facts -------------------------------------------------------------------------
@@ -280,3 +290,17 @@ class HostView:
             return {}
         driver = self._network_driver(run.network)
         return {} if driver is None else {run.network: driver}
+
+
+_CONTAINER_HOSTNAME_RE = re.compile(r"/containers/([0-9a-f]{64})/hostname\s")
+
+
+def hostname_is_container_id(mountinfo: str | None = None) -> bool:
+    """True inside a Docker container whose host name is its own id: a name that changes when it is re-created."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return False
+    match = _CONTAINER_HOSTNAME_RE.search(mountinfo)
+    return match is not None and match.group(1).startswith(socket.gethostname())

@@ -129,7 +129,10 @@ def _check_abs_path(value: str) -> str:
 
 def _absolute(path: Path) -> Path:
     # Made absolute at load so the path means the same whoever reads it later (show, a restart).
-    return path.expanduser().absolute()
+    try:
+        return path.expanduser().absolute()
+    except RuntimeError:  # ~user of no such user, or ~ with no home
+        raise ValueError(f"{str(path)[:60]!r}: cannot expand ~ (no such user or home directory)") from None
 
 
 LocalPath = Annotated[Path, AfterValidator(_absolute)]

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -292,3 +293,44 @@ class PrivateEngine:
         """Stop and delete everything."""
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _debian_mirror() -> str:
+    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+        with contextlib.suppress(OSError):
+            text = path.read_text()
+            match = re.search(r"(https?://\S*debian\.org/debian)/?\s", text + " ")
+            if match:
+                return match.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def debootstrap(root: Path, include: str) -> None:
+    """A minimal Debian bookworm at root (no registry needed), with the packages in `include`."""
+    require("debootstrap", "debootstrap")
+    result = subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--include={include}", "bookworm", str(root), _debian_mirror()],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise Unavailable(f"debootstrap failed: {result.stderr.strip()[-300:]}")
+
+
+def debian_python_image() -> str:
+    """A Debian bookworm image with python3 (debootstrap + docker import): the agent image's test base."""
+    tag = "dagent-test/debian-python:bookworm"
+    if _run("docker", "image", "inspect", tag, check=False).returncode == 0:
+        return tag
+    root = Path(tempfile.mkdtemp(prefix="debian-rootfs-"))
+    try:
+        debootstrap(root, "python3")
+        (root / "etc" / "resolv.conf").write_text("")
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin", "-", tag],
+                                  stdin=tar.stdout, capture_output=True, text=True)  # fmt: skip
+        tar.wait()
+        if imported.returncode != 0:
+            raise Unavailable(f"docker import failed: {imported.stderr.strip()[-300:]}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return tag

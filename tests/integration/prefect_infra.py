@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.integration.infra import INSTALL, Missing, Unavailable, free_port, require
+from tests.integration.infra import INSTALL, Missing, Unavailable, debootstrap, free_port
 
 PREFECT = "3.8.8"
 # asyncpg: the server's PostgreSQL driver (the Postgres backend of the tests, the bench and the chaos suite).
@@ -181,34 +180,19 @@ class PrefectServer:
             self.postgres.stop()
 
 
-def _debian_mirror() -> str:
-    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
-        with contextlib.suppress(OSError):
-            text = path.read_text()
-            match = re.search(r"(https?://\S*debian\.org/debian)/?\s", text + " ")
-            if match:
-                return match.group(1)
-    return "http://deb.debian.org/debian"
-
-
 def _docker(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
 
 
 def prefect_base_image() -> str:
     """Debian bookworm (debootstrap, no registry) with Prefect in /opt/prefect; ~3 minutes, once."""
-    tag = f"dagent-test/prefect-base:{PREFECT}"
+    pins = hashlib.sha256(" ".join(PREFECT_PINS).encode()).hexdigest()[:8]
+    tag = f"dagent-test/prefect-base:{PREFECT}-{pins}"
     if _docker("image", "inspect", tag).returncode == 0:
         return tag
-    require("debootstrap", "debootstrap")
     root = Path(tempfile.mkdtemp(prefix="prefect-rootfs-"))
     try:
-        result = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm",
-             str(root), _debian_mirror()], capture_output=True, text=True,
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise Unavailable(f"debootstrap failed: {result.stderr.strip()[-300:]}")
+        debootstrap(root, "python3,python3-venv,ca-certificates")
         shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", root / "tmp" / "host-ca.crt")
         subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
@@ -242,7 +226,8 @@ def flow_image() -> str:
     """The base image plus this repo's test flows (and the engine's stand-in) at /flows, tagged by their content."""
     base = prefect_base_image()
     files = ("flows.py", "standin.py")
-    digest = hashlib.sha256(b"".join((FLOWS / name).read_bytes() for name in files)).hexdigest()[:12]
+    content = base.encode() + b"".join((FLOWS / name).read_bytes() for name in files)
+    digest = hashlib.sha256(content).hexdigest()[:12]
     tag = f"dagent-test/prefect-flows:{digest}"
     if _docker("image", "inspect", tag).returncode != 0:
         with tempfile.TemporaryDirectory() as context:

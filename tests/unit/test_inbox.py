@@ -139,3 +139,4 @@ def test_systemd_unit_runs_a_valid_command() -> None:
         assert argv[0].endswith("/dagent")
         build_parser().parse_args(argv[1:])
     assert unit["Service"]["KillSignal"] == "SIGTERM" and unit["Service"]["RestartPreventExitStatus"] == "2"
+    assert unit["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the agent reloads on SIGHUP

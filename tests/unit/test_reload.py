@@ -49,3 +49,17 @@ def test_durations() -> None:
     for bad in ("", "0", "-1s", "1w", "nan", True, float("inf"), "999999999999d"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_a_container_whose_host_name_is_its_id_is_told_apart_from_one_named_by_its_operator(
+    monkeypatch: Any,
+) -> None:
+    from dagent import hostview
+
+    cid = "0123456789ab" + "c" * 52
+    line = f"660 640 254:1 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw,relatime - ext4 /dev/vda1 rw\n"
+    monkeypatch.setattr(hostview.socket, "gethostname", lambda: "0123456789ab")
+    assert hostview.hostname_is_container_id(line)
+    monkeypatch.setattr(hostview.socket, "gethostname", lambda: "agent-1")  # compose `hostname:`, --hostname
+    assert not hostview.hostname_is_container_id(line)
+    assert not hostview.hostname_is_container_id("22 1 0:21 / /proc rw - proc proc rw\n")
