@@ -39,7 +39,12 @@ from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
 CONCURRENCY = 4
-SMALL_BURST = 200
+SMALL_BURST = 100
+# Each system's idle window covers its own longest period: dagent heartbeats every 120 s and lists
+# every 300 s while its event stream is up (agents started together beat in step, so a shorter
+# window could see none of it); the worker polls every 10 s.
+IDLE_WINDOW = {"dagent": 300.0, "worker": 90.0}
+BASELINE_WINDOW = 120.0
 RESULTS = REPO / "bench" / "results"
 
 
@@ -142,7 +147,7 @@ class Scale:
         """The server's own background work (its services, Postgres), with nothing attached."""
         time.sleep(10)
         before, t = self._server_cpu(), time.monotonic()
-        time.sleep(self.args.idle)
+        time.sleep(self.args.idle or BASELINE_WINDOW)
         self.baseline_cpu_s_per_min = (self._server_cpu() - before) / ((time.monotonic() - t) / 60)
 
     # --- fleets --------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ class Scale:
                 time.sleep(1)
             point.up_s = round(time.monotonic() - started, 1)
             time.sleep(15)  # start-up done
-            self._idle(point, proxy, fleet)
+            self._idle(point, proxy, fleet, self.args.idle or IDLE_WINDOW[system])
             real = self._deployment(pool, standin=False)
             rates = self.args.rates if n == self.args.sweep_at else self.args.rates[:1]
             for rate in rates:
@@ -229,12 +234,14 @@ class Scale:
             proxy.stop()
         return point
 
-    def _idle(self, point: Point, proxy: FaultyHTTPProxy, fleet: dict[str, subprocess.Popen[bytes]]) -> None:
+    def _idle(
+        self, point: Point, proxy: FaultyHTTPProxy, fleet: dict[str, subprocess.Popen[bytes]], window: float
+    ) -> None:
         def agents() -> tuple[float, float]:
             return _cpu_and_rss([p for process in fleet.values() for p in _tree(process.pid)])
 
         requests, server, (agent_cpu, _), t = len(proxy.times), self._server_cpu(), agents(), time.monotonic()
-        time.sleep(self.args.idle)
+        time.sleep(window)
         minutes = (time.monotonic() - t) / 60
         agent_cpu_after, rss = agents()
         point.idle_requests_per_min = round((len(proxy.times) - requests) / minutes, 2)
@@ -471,12 +478,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--burst", type=int, help=f"stand-in runs per burst at N >= 5 (default 1000; below: {SMALL_BURST})"
     )
-    parser.add_argument("--idle", type=float, help="idle window in seconds (default 90)")
+    parser.add_argument(
+        "--idle", type=float, help="idle window in seconds (default: 300 for dagent, 90 for the worker)"
+    )
     parser.add_argument(
         "--rates", help="arrival rates of real flows, runs/s (default 0.1,0.2,0.3; the first at every N)"
     )
     parser.add_argument("--sweep-at", type=int, default=5, help="the N at which every rate is measured (default 5)")
-    parser.add_argument("--latency-runs", type=int, help="real flows per arrival rate (default 10)")
+    parser.add_argument("--latency-runs", type=int, help="real flows per arrival rate (default 8)")
     parser.add_argument("--kills", type=int, help="kill -9s of dagent agents at the largest N (default 8; 0: none)")
     parser.add_argument("--only", choices=["dagent", "worker"])
     parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default="postgres")
@@ -484,9 +493,9 @@ def main(argv: list[str]) -> int:
     args.fleet = [int(n) for n in (args.fleet or ("1,5" if args.quick else "1,5,20,40")).split(",")]
     args.burst = args.burst or (100 if args.quick else 1000)
     args.kill_burst = max(50, args.burst // 3)
-    args.idle = args.idle or (20 if args.quick else 90)
+    args.idle = args.idle or (20 if args.quick else None)
     args.rates = [float(r) for r in (args.rates or ("0.2" if args.quick else "0.1,0.2,0.3")).split(",")]
-    args.latency_runs = args.latency_runs or (4 if args.quick else 10)
+    args.latency_runs = args.latency_runs or (4 if args.quick else 8)
     args.kills = 3 if args.kills is None and args.quick else 8 if args.kills is None else args.kills
     started = time.time()
     with infra.docker_engine():
@@ -515,7 +524,8 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
         "points": points,
         "meta": {
             "backend": args.backend, "fleet": [n for n in args.fleet if any(p["n"] == n for p in points)],
-            "burst": args.burst, "rates": args.rates, "latency_runs": args.latency_runs, "idle_s": args.idle,
+            "burst": args.burst, "rates": args.rates, "latency_runs": args.latency_runs,
+            "idle_s": args.idle or IDLE_WINDOW, "small_burst_below_n5": SMALL_BURST,
             "concurrency": CONCURRENCY, "server_background_cpu_s_per_min": round(scale.baseline_cpu_s_per_min, 3),
             "prefect": prefect_infra.PREFECT, "prefect_docker": prefect_infra.PREFECT_DOCKER, "cpus": os.cpu_count(),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "took_s": round(time.time() - started),
