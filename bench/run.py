@@ -15,7 +15,6 @@ import argparse
 import compileall
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -23,19 +22,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import docker  # noqa: E402
+import docker
 
-from tests.integration import infra, prefect_infra  # noqa: E402
-from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI  # noqa: E402
+from bench.common import REPO, by_kind, percentile
+from tests.integration import infra, prefect_infra
+from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
 CONCURRENCY = 4
 
@@ -58,15 +56,6 @@ class Figures:
     # method and path (ids as {id}) → requests per run in the burst, and per idle minute
     requests_by_kind: dict[str, float] = field(default_factory=dict)
     idle_requests_by_kind: dict[str, float] = field(default_factory=dict)
-
-
-_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _by_kind(requests: list[tuple[str, str]], per: float) -> dict[str, float]:
-    """Requests grouped by method and path, ids and queries blanked, divided by `per`."""
-    kinds = Counter(f"{method} {_ID.sub('{id}', path.split('?')[0])}" for method, path in requests)
-    return {kind: round(n / per, 2) for kind, n in kinds.most_common()}
 
 
 class ContainerEvents:
@@ -113,11 +102,6 @@ def _proc_stats(pid: int) -> tuple[float, float]:
         except (OSError, StopIteration):
             continue
     return rss, cpu
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class Bench:
@@ -207,11 +191,11 @@ class Bench:
             figures.idle_rss_mb = round(rss, 1)
             figures.idle_cpu_s_per_min = round((cpu_after - cpu_before) / minutes, 3)
             figures.idle_requests_per_min = round((len(proxy.times) - requests_before) / minutes, 2)
-            figures.idle_requests_by_kind = _by_kind(proxy.requests[requests_before:], minutes)
+            figures.idle_requests_by_kind = by_kind(proxy.requests[requests_before:], minutes)
             deployment = self._deployment(pool)
             figures.dispatch_samples = self._dispatch(deployment, self.args.runs)
             figures.dispatch_p50_s = round(statistics.median(figures.dispatch_samples), 3)
-            figures.dispatch_p95_s = round(_percentile(figures.dispatch_samples, 0.95), 3)
+            figures.dispatch_p95_s = round(percentile(figures.dispatch_samples, 0.95), 3)
             peak = [0.0]
             sampling = threading.Event()
 
@@ -231,7 +215,7 @@ class Bench:
             burst_requests = len(proxy.times) - count_before
             idle_share = figures.idle_requests_per_min * sum(b["wall_s"] for b in figures.burst.values()) / 60
             figures.requests_per_run = round((burst_requests - idle_share) / runs_total, 2)
-            figures.requests_by_kind = _by_kind(proxy.requests[count_before:], runs_total)
+            figures.requests_by_kind = by_kind(proxy.requests[count_before:], runs_total)
         finally:
             process.send_signal(signal.SIGTERM)
             try:

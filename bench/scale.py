@@ -34,7 +34,7 @@ from typing import Any
 
 import docker
 
-from bench.run import REPO, _by_kind, _percentile
+from bench.common import REPO, by_kind, percentile
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
@@ -245,7 +245,7 @@ class Scale:
         minutes = (time.monotonic() - t) / 60
         agent_cpu_after, rss = agents()
         point.idle_requests_per_min = round((len(proxy.times) - requests) / minutes, 2)
-        point.idle_requests_by_kind = _by_kind(proxy.requests[requests:], minutes)
+        point.idle_requests_by_kind = by_kind(proxy.requests[requests:], minutes)
         net = (self._server_cpu() - server) / minutes - self.baseline_cpu_s_per_min
         point.idle_server_cpu_s_per_min = round(net, 3)
         point.idle_agent_cpu_s_per_min = round((agent_cpu_after - agent_cpu) / minutes, 3)
@@ -265,7 +265,7 @@ class Scale:
         if not samples:
             return {"runs": len(ids), "started": 0}
         return {"runs": len(ids), "started": len(samples), "p50_s": round(statistics.median(samples), 3),
-                "p95_s": round(_percentile(samples, 0.95), 3)}  # fmt: skip
+                "p95_s": round(percentile(samples, 0.95), 3)}  # fmt: skip
 
     def _settle(self, ids: list[str], timeout: float) -> dict[str, int]:
         """Wait until every run is final (or the timeout); the runs' states, counted."""

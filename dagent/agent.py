@@ -19,12 +19,13 @@ from tenacity import (
 )
 
 from dagent import reload
+from dagent.cleanup import Cleanup
 from dagent.config import AgentConfig
-from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, Runtime, Source, owned_by, should_remove
+from dagent.contracts import Claim, RunHandle, RunResult, Runtime, Source, owned_by
 from dagent.errors import DagentError, PolicyError, one_line
 from dagent.health import Metrics
 from dagent.hostview import HostView
-from dagent.spec import LABEL_KEEP, ContainerSpec, build
+from dagent.spec import ContainerSpec, build
 
 log = logging.getLogger("dagent.agent")
 flow_log = logging.getLogger("dagent.flow")
@@ -82,10 +83,7 @@ class Agent:
         self.last_poll_ok: float | None = None
         self._errors_in_a_row = 0
         self._last_heartbeat = 0.0
-        self._last_expiry = time.monotonic()  # the first sweep a while after start-up, not during it
-        # Containers of reported runs that were still running at start-up (a flow engine reports its
-        # run's end a moment before its process exits): cleaned once they have exited.
-        self._leftovers: set[str] = set()
+        self.cleanup = Cleanup(runtime, self.metrics)
         self._daemon_up = True
         self.metrics.concurrency_limit.set(config.concurrency)
 
@@ -132,8 +130,10 @@ class Agent:
         while not self.stopping.is_set() and not self.draining.is_set():
             self._cancel_requested()
             self._heartbeat()
-            self._clean_leftovers()
-            self._expire_kept()
+            self.cleanup.exited_leftovers(self.config)
+            with self._lock:
+                busy = set(self._in_flight)
+            self.cleanup.expire(self.config, busy)
             filled = self._poll()
             if self.config.max_polls is not None and self.polls >= self.config.max_polls:
                 break
@@ -401,39 +401,6 @@ class Agent:
         except DagentError as e:
             log.warning("could not stop %s: %s", getattr(container, "name", container), one_line(e))
 
-    def _clean_leftovers(self) -> None:
-        """Apply keep_containers to leftovers that have exited since (one list request a poll, while any)."""
-        if not self._leftovers:
-            return
-        try:
-            containers = {c.id: c for c in self.runtime.managed(self.config.name)}
-        except DagentError as e:
-            log.debug("could not look at leftover containers: %s", one_line(e))
-            return
-        for container_id in list(self._leftovers):
-            info = containers.get(container_id)
-            if info is None or info.state not in ("running", "restarting", "paused"):
-                self._leftovers.discard(container_id)
-                if info is not None:
-                    self._clean_orphan(info)
-
-    def _expire_kept(self) -> None:
-        """docker.keep_for: remove kept containers that ended longer ago than that (a minute's sweep at most)."""
-        keep_for = self.config.docker.keep_for
-        now = time.monotonic()
-        if keep_for is None or now - self._last_expiry < min(60.0, max(1.0, keep_for / 4)):
-            return
-        self._last_expiry = now
-        with self._lock:
-            busy = set(self._in_flight)
-        try:
-            for info in self.runtime.gc(self.config.name, keep_for, busy):
-                self.metrics.containers_expired.inc()
-                log.info("removed kept container %s of run %s: ended over %s ago (docker.keep_for)",
-                         info.name, info.run_id, _age(keep_for))  # fmt: skip
-        except DagentError as e:
-            log.warning("could not remove expired containers: %s", one_line(e))
-
     def _heartbeat(self) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat < self.config.api.heartbeat_interval:
@@ -454,19 +421,7 @@ class Agent:
         resumed_ids = {c.run.id for c in resumed}
         for run_id, info in containers.items():
             if run_id not in resumed_ids and owned_by(info, self.config.name):
-                self._clean_orphan(info)
-
-    def _clean_orphan(self, info: ContainerInfo) -> None:
-        """A container whose run was already reported: apply keep_containers to it."""
-        if info.state in ("running", "restarting", "paused"):
-            log.info("container %s of reported run %s still runs; cleaning it up once it exits", info.name, info.run_id)
-            self._leftovers.add(info.id)
-            return
-        outcome = "succeeded" if info.exit_code == 0 else "failed"
-        keep = info.labels.get(LABEL_KEEP, self.config.docker.keep_containers)
-        if should_remove(keep, outcome):
-            log.info("removing container %s of reported run %s", info.name, info.run_id)
-            self.runtime.remove_id(info.id)
+                self.cleanup.orphan(self.config, info)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """200 while the last poll succeeded within three intervals and the daemon answers."""
@@ -484,10 +439,3 @@ class Agent:
             "runs_in_flight": in_flight,
         }
         return polling and daemon, details
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"

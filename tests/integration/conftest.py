@@ -78,6 +78,14 @@ def dagent(engine: docker.DockerClient, tmp_path: Path) -> Iterator[Dagent]:
 
 
 @pytest.fixture
+def inbox(dagent: Dagent) -> Path:
+    """An inbox directory with new/ ready."""
+    path = dagent.workdir / "inbox"
+    (path / "new").mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
 def docker_network(engine: docker.DockerClient) -> Iterator[str]:
     """A user-defined bridge network for one test."""
     name = f"dagent-it-{uuid.uuid4().hex[:8]}"

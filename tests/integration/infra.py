@@ -88,10 +88,18 @@ def busybox_image() -> str:
             shutil.copy2(busybox, Path(root) / "bin" / "busybox")
             for applet in BUSYBOX_APPLETS:
                 os.symlink("busybox", Path(root) / "bin" / applet)
-            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-            _run("docker", "import", "--change", "ENV PATH=/bin", "-", tag, stdin=tar.stdout)
-            tar.wait()
+            import_rootfs(Path(root), tag, "ENV PATH=/bin")
     return tag
+
+
+def import_rootfs(root: Path, tag: str, *changes: str) -> None:
+    """`docker import` of a directory tree as image `tag`, with Dockerfile `changes` (ENV, ENTRYPOINT)."""
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    flags = [arg for change in changes for arg in ("--change", change)]
+    imported = subprocess.run(["docker", "import", *flags, "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+    tar.wait()
+    if imported.returncode != 0:
+        raise Unavailable(f"docker import failed: {imported.stderr.strip()[-300:]}")
 
 
 def free_port() -> int:
@@ -325,12 +333,7 @@ def debian_python_image() -> str:
     try:
         debootstrap(root, "python3")
         (root / "etc" / "resolv.conf").write_text("")
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(["docker", "import", "--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin", "-", tag],
-                                  stdin=tar.stdout, capture_output=True, text=True)  # fmt: skip
-        tar.wait()
-        if imported.returncode != 0:
-            raise Unavailable(f"docker import failed: {imported.stderr.strip()[-300:]}")
+        import_rootfs(root, tag, "ENV PATH=/usr/local/bin:/usr/bin:/bin")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return tag

@@ -138,6 +138,8 @@ class FaultyHTTPProxy:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self.claims: list[tuple[str, str]] = []  # (flow run id, the answer's status) of each PENDING proposed
+        self.refuse_websockets = False  # the event stream is down: upgrades get 503
+        self._tunnels: list[socket.socket] = []
         self.faults: dict[str, int] = {"503": 0, "429": 0, "reset": 0, "slow": 0}
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -202,6 +204,9 @@ class FaultyHTTPProxy:
                 with proxy.lock:
                     proxy.requests.append((self.command, self.path))
                     proxy.times.append(time.time())
+                    if proxy.refuse_websockets:
+                        return self._reply(503, b'{"detail": "event stream down"}')
+                    proxy._tunnels.append(self.connection)
                 host, port = urllib.parse.urlsplit(proxy.upstream).netloc.rsplit(":", 1)
                 upstream = socket.create_connection((host, int(port)))
                 head = f"{self.requestline}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()) + "\r\n"
@@ -226,6 +231,15 @@ class FaultyHTTPProxy:
                 pass
 
         return Handler
+
+    def cut_websockets(self) -> None:
+        """Drop every event stream connection now (refuse_websockets keeps new ones out)."""
+        with self.lock:
+            tunnels, self._tunnels = self._tunnels, []
+        for connection in tunnels:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
 
     def _note_claim(self, path: str, body: bytes, answer: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.integration.infra import INSTALL, Missing, Unavailable, debootstrap, free_port
+from tests.integration.infra import INSTALL, Missing, Unavailable, debootstrap, free_port, import_rootfs
 
 PREFECT = "3.8.8"
 # asyncpg: the server's PostgreSQL driver (the Postgres backend of the tests, the bench and the chaos suite).
@@ -209,14 +209,7 @@ def prefect_base_image() -> str:
             subprocess.run(["umount", str(root / "proc")], check=False)
         (root / "tmp" / "host-ca.crt").unlink()
         (root / "etc" / "resolv.conf").write_text("")
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(
-            ["docker", "import", "--change", "ENV PATH=/opt/prefect/bin:/usr/local/bin:/usr/bin:/bin",
-             "--change", "ENV PYTHONUNBUFFERED=1", "-", tag], stdin=tar.stdout, capture_output=True, text=True,
-        )  # fmt: skip
-        tar.wait()
-        if imported.returncode != 0:
-            raise Unavailable(f"docker import failed: {imported.stderr.strip()[-300:]}")
+        import_rootfs(root, tag, "ENV PATH=/opt/prefect/bin:/usr/local/bin:/usr/bin:/bin", "ENV PYTHONUNBUFFERED=1")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return tag

@@ -29,14 +29,6 @@ from tests.integration.conftest import not_here
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def inbox(dagent: Dagent) -> Path:
-    """An inbox directory with new/ ready."""
-    path = dagent.workdir / "inbox"
-    (path / "new").mkdir(parents=True)
-    return path
-
-
 def test_twenty_runs_with_exit_codes_and_concurrency(dagent: Dagent, inbox: Path, image: str) -> None:
     """20 run files → 20 results with the right exit codes; never more than `concurrency` at once."""
     for i in range(20):

@@ -57,15 +57,8 @@ def postgres_image() -> str:
         entrypoint = root / "usr" / "local" / "bin" / "docker-entrypoint.sh"
         entrypoint.write_text(_ENTRYPOINT)
         entrypoint.chmod(0o755)
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(
-            ["docker", "import", "--change", "ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin",
-             "--change", 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]', "-", tag],
-            stdin=tar.stdout, capture_output=True, text=True,
-        )  # fmt: skip
-        tar.wait()
-        if imported.returncode != 0:
-            raise infra.Unavailable(f"docker import failed: {imported.stderr.strip()[-300:]}")
+        infra.import_rootfs(root, tag, "ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin",
+                            'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]')  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return tag

@@ -16,13 +16,6 @@ from tests.integration import infra
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def inbox(dagent: Dagent) -> Path:
-    path = dagent.workdir / "inbox"
-    (path / "new").mkdir(parents=True)
-    return path
-
-
 def _running(dagent: Dagent, n: int) -> bool:
     return sum(1 for c in dagent.containers() if c.status == "running") >= n
 

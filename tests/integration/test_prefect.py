@@ -303,12 +303,51 @@ def test_event_stream_wakes_the_agent_between_polls(
         wait_for(lambda: api.pool(pool) is not None, 30, "the pool")
         deployment = _deploy(api, pool, flow_image, "flows.py:hello")
         time.sleep(3)  # past the first poll and the stream's subscription
-        created = time.monotonic()
-        run_id = api.run(deployment)
-        wait_for(lambda: bool(dagent.containers(run_id)), 20, "the run's container")
-        assert time.monotonic() - created < 10
-        api.wait_state(run_id, "COMPLETED", 120)
+        assert _started_within(dagent, api, deployment) < 10
         agent.signal()
+
+
+def _started_within(dagent: Dagent, api: PrefectAPI, deployment: str) -> float:
+    """Seconds from a new run of the deployment to its container; the run is seen to COMPLETED."""
+    created = time.monotonic()
+    run_id = api.run(deployment)
+    wait_for(lambda: bool(dagent.containers(run_id)), 30, "the run's container")
+    took = time.monotonic() - created
+    api.wait_state(run_id, "COMPLETED", 120)
+    return took
+
+
+def test_an_agent_that_loses_the_event_stream_polls_and_loses_no_run(
+    dagent: Dagent, prefect_server: prefect_infra.PrefectServer, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """While events flow an idle agent does not list at every poll; with the stream down it polls,
+    and a run scheduled meanwhile is found by polling; back up, the stream wakes it again."""
+    proxy = FaultyHTTPProxy(prefect_server.api_url.removesuffix("/api"))
+    config = prefect_config(dagent, proxy.api_url("/api"), pool)
+    config.write_text(config.read_text().replace("poll_interval = 0.5", "poll_interval = 2"))
+    lists = lambda: sum(1 for _, path in proxy.requests if path.endswith("/get_scheduled_flow_runs"))  # noqa: E731
+    try:
+        with AgentProcess(dagent, config) as agent:
+            wait_for(lambda: api.pool(pool) is not None, 30, "the pool")
+            deployment = _deploy(api, pool, flow_image, "flows.py:hello")
+            time.sleep(4)
+            before = lists()
+            time.sleep(8)
+            assert lists() - before <= 1, "an idle agent with the event stream up listed at every poll"
+            proxy.refuse_websockets = True
+            proxy.cut_websockets()
+            time.sleep(1)
+            run_id = api.run(deployment)  # nobody hears of it
+            wait_for(lambda: bool(dagent.containers(run_id)), 30, "the run found by polling")
+            assert lists() - before >= 2
+            api.wait_state(run_id, "COMPLETED", 120)
+            proxy.refuse_websockets = False
+            wait_for(lambda: sum(1 for _, p in proxy.requests if p.endswith("/events/out")) >= 2, 90, "a reconnect")
+            time.sleep(3)
+            assert _started_within(dagent, api, deployment) < 5  # woken by the stream again
+            agent.signal()
+    finally:
+        proxy.stop()
 
 
 def test_prefect_worker_command_line(
