@@ -227,10 +227,12 @@ def _toml(value: Any) -> str:
 class AgentProcess:
     """`dagent start` in its own process, logging to a file."""
 
-    def __init__(self, dagent: Dagent, config: Path, *args: str, name: str | None = None) -> None:
+    def __init__(
+        self, dagent: Dagent, config: Path, *args: str, name: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.log_path = dagent.workdir / f"agent-{name or dagent.name}-{time.monotonic_ns()}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_")) and k != "DOCKER_HOST"}
-        env = {**base, "PYTHONPATH": str(REPO), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1"}
+        env = {**base, "PYTHONPATH": str(REPO), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1", **(env or {})}
         if os.environ.get("TEST_AGENT_LOG_LEVEL"):  # e.g. DEBUG, to chase a race in the agents' logs
             env["DAGENT_LOG_LEVEL"] = os.environ["TEST_AGENT_LOG_LEVEL"]
         if name:

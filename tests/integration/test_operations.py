@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,34 @@ def test_metrics_an_operator_scrapes(dagent: Dagent, inbox: Path, image: str) ->
         "dagent_pull_duration_seconds_count ",
     ):
         assert line in text, line
+
+
+def test_a_docker_login_after_start_is_seen_without_a_restart(
+    dagent: Dagent, inbox: Path, image: str, auth_registry: infra.Registry
+) -> None:
+    """Credentials are read for each pull: a stale login fails, a new `docker login` is seen by the next pull."""
+    import base64
+    import json
+
+    def login(password: str) -> None:
+        token = base64.b64encode(f"ci:{password}".encode()).decode()
+        (docker_config / "config.json").write_text(json.dumps({"auths": {auth_registry.address: {"auth": token}}}))
+
+    remote = auth_registry.push(image, f"private/login-{uuid.uuid4().hex[:6]}:1")
+    dagent.client.images.remove(remote, force=True)
+    docker_config = dagent.workdir / "docker-config"
+    docker_config.mkdir()
+    login("an-expired-password")  # as docker-py keeps what it read at start, a rotation would go unseen
+    config = agent_config(dagent, inbox, keep_containers="never")
+    text = config.read_text().replace("[inbox]", "[retry]\nattempts = 1\n[inbox]")
+    config.write_text(text)
+    with AgentProcess(dagent, config, env={"DOCKER_CONFIG": str(docker_config)}) as agent:
+        drop(inbox, "before", image=remote, command=["true"])
+        wait_for(lambda: (inbox / "failed" / "before.toml").exists() or "before" in results(inbox), 60, "the first try")
+        assert "before" not in results(inbox) or results(inbox)["before"]["outcome"] != "succeeded"
+        login("pa55-word")
+        drop(inbox, "after", image=remote, command=["true"])
+        wait_for(lambda: "after" in results(inbox), 60, "the second run's result")
+        assert results(inbox)["after"]["outcome"] == "succeeded", agent.log[-2000:]
+        agent.signal()
+    assert "pa55-word" not in agent.log
