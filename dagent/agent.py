@@ -66,12 +66,16 @@ class Agent:
         self.runtime = runtime
         self.metrics = metrics or Metrics()
         self.host = host or HostView.of(config, runtime)
+        self._judged_by = (self.config, self.host)  # swapped whole by a reload: a run is judged by one pair
         # (run id, line) for each line a container prints when show_flow_logs; the log by default.
         self.flow_output = flow_output or (
             lambda run_id, line: flow_log.info("[%s] %s", run_id, line, extra={"run_id": run_id})
         )
         self.stopping = threading.Event()
         self.draining = threading.Event()
+        # What a signal handler asked for: plain attributes, as a handler runs on the loop thread
+        # between two bytecodes and could find an Event's lock held by that very thread.
+        self.signalled: str | None = None
         # Set by the CLI: loads the configuration again (SIGHUP); None where there is no file to read.
         self.reloader: Callable[[], AgentConfig] | None = None
         self._reload_asked = threading.Event()
@@ -84,6 +88,8 @@ class Agent:
         self._errors_in_a_row = 0
         self._last_heartbeat = 0.0
         self.cleanup = Cleanup(runtime, self.metrics)
+        # Runs whose thread gave up before reporting: their containers wait for the next start.
+        self._unreported: set[str] = set()
         self._daemon_up = True
         self.metrics.concurrency_limit.set(config.concurrency)
 
@@ -105,9 +111,19 @@ class Agent:
         self._wake.set()
 
     def reload(self) -> None:
-        """Read the configuration again at the next turn of the loop (SIGHUP); safe from a signal handler."""
+        """Read the configuration again at the next turn of the loop (SIGHUP)."""
         self._reload_asked.set()
         self._wake.set()
+
+    def on_signal(self, what: str) -> None:
+        """From a signal handler: "stop", "drain" or "reload", acted on by the loop within half a second."""
+        self.signalled = what  # an assignment only: no lock is taken in a handler
+
+    def _take_signal(self) -> None:
+        what, self.signalled = self.signalled, None
+        if what is not None:
+            log.info("signal: %s", what)
+            {"stop": self.stop, "drain": self.drain, "reload": self.reload}[what]()
 
     def run(self, connect: bool = True, reconcile: bool = True) -> None:
         """Start up, reconcile, then poll until stopped or max_polls (then wait for runs in flight).
@@ -132,7 +148,7 @@ class Agent:
             self._heartbeat()
             self.cleanup.exited_leftovers(self.config)
             with self._lock:
-                busy = set(self._in_flight)
+                busy = set(self._in_flight) | self._unreported
             self.cleanup.expire(self.config, busy)
             filled = self._poll()
             if self.config.max_polls is not None and self.polls >= self.config.max_polls:
@@ -155,17 +171,23 @@ class Agent:
             self._heartbeat()  # still serving: the runs in flight are this agent's
             self._wait_until(lambda: not self._in_flight, timeout=self.config.effective_poll_interval)
         if self.draining.is_set() and not self.stopping.is_set():
-            log.info("drained: every run in flight has ended and is reported")
+            if self._unreported:
+                log.warning("drained; %d run(s) could not be reported and are taken up at the next start: %s",
+                            len(self._unreported), ", ".join(sorted(self._unreported)))  # fmt: skip
+            else:
+                log.info("drained: every run in flight has ended and is reported")
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> None:
         """Sleep until `done()`, the timeout or a stop, still honouring cancellations meanwhile."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._take_signal()
         while not done() and not self.stopping.is_set():
             remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if remaining <= 0:
                 return
             self._wake.wait(remaining)
             self._wake.clear()
+            self._take_signal()
             self._cancel_requested()
             self._apply_reload()
 
@@ -184,8 +206,11 @@ class Agent:
         for key in waiting:
             log.warning("reload: %s changed; that takes a restart, the value in use stays", key)
         applied = reload.changed(self.config, effective)
-        self.host = HostView.of(effective, self.runtime, self.host.own_files)
-        self.config = effective  # the runs in flight keep the spec they were judged by
+        host = HostView.of(effective, self.runtime, self.host.own_files)
+        # The runtime first (credentials, the host-view check), then the pair runs are judged by.
+        self.runtime.reconfigure(effective)
+        self.config, self.host = effective, host
+        self._judged_by = (effective, host)
         self.source.reconfigure(effective)
         logging.getLogger("dagent").setLevel(effective.log_level)
         self.metrics.concurrency_limit.set(effective.concurrency)
@@ -243,7 +268,8 @@ class Agent:
 
     def _judge(self, claim: Claim) -> ContainerSpec:
         """The run's spec, judged against the host as it is now; PolicyError if refused."""
-        return build(self.config, claim.run, claim.origin, self.host.facts(claim.run))
+        config, host = self._judged_by
+        return build(config, claim.run, claim.origin, host.facts(claim.run))
 
     def _refuse(self, claim: Claim, error: PolicyError) -> None:
         self.metrics.runs_refused.inc()
@@ -277,6 +303,9 @@ class Agent:
             self._refuse(entry.claim, e)
         except Exception as e:  # a failing run never takes the loop down
             log.error("run %s: could not be finished (%s); it is taken up at the next start", run_id, one_line(e))
+            if not entry.reported:
+                with self._lock:
+                    self._unreported.add(run_id)
         finally:
             with self._lock:
                 self._in_flight.pop(run_id, None)
@@ -427,7 +456,8 @@ class Agent:
         """200 while the last poll succeeded within three intervals and the daemon answers."""
         window = 3 * self.config.effective_poll_interval
         age = None if self.last_poll_ok is None else time.monotonic() - self.last_poll_ok
-        polling = age is not None and age <= max(window, 1.0) + 1.0
+        # A draining agent polls no more, on purpose: a probe must not kill it before its runs end.
+        polling = self.draining.is_set() or (age is not None and age <= max(window, 1.0) + 1.0)
         daemon = self.runtime.ping()
         with self._lock:
             in_flight = len(self._in_flight)
@@ -437,5 +467,6 @@ class Agent:
             "last_poll_age_seconds": None if age is None else round(age, 3),
             "docker": "ok" if daemon else "unreachable",
             "runs_in_flight": in_flight,
+            "draining": self.draining.is_set(),
         }
         return polling and daemon, details

@@ -86,6 +86,22 @@ def _start(load: Callable[[], Any]) -> int:
 
     from dagent import logs
 
+    # Signals are taken from the start: before the agent exists a stop exits, a drain waits for it.
+    early: list[str] = []
+    agent: Any = None
+    kinds: dict[int, str] = {signal.SIGQUIT: "drain", signal.SIGHUP: "reload"}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        what = kinds.get(signum, "stop")
+        if agent is not None:
+            agent.on_signal(what)  # no lock, no logging here: the loop thread acts on it
+        elif what == "stop":
+            raise SystemExit(0)  # nothing claimed yet
+        else:
+            early.append(what)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     loaded, named = load(), StableName()
     logs.setup(loaded.config.log_format, loaded.config.log_level)
     config = named(loaded)
@@ -103,16 +119,11 @@ def _start(load: Callable[[], Any]) -> int:
     from dagent.runtime import DockerRuntime
 
     runtime = DockerRuntime(config)
-    agent = Agent(config, source, runtime, Metrics(), host_view(config, runtime, loaded.path))
-
-    def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("dagent").info("received %s", signal.Signals(signum).name)
-        actions: dict[int, Callable[[], None]] = {signal.SIGQUIT: agent.drain, signal.SIGHUP: agent.reload}
-        actions.get(signum, agent.stop)()
-
-    agent.reloader = lambda: named(load())
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
+    made = Agent(config, source, runtime, Metrics(), host_view(config, runtime, loaded.path))
+    made.reloader = lambda: named(load())
+    if "drain" in early:
+        made.drain()
+    agent = made
     health = None
     if config.health.address:
         try:

@@ -235,7 +235,8 @@ class HostView:
         paths: list[str] = [*SENSITIVE_PATHS, *DAEMON_PATHS, *self.own_files]
         paths += [p for p in (daemon.data_root, daemon.socket_path) if p]
         # The agent's own Docker credentials and TLS keys (docker-py reads them).
-        paths += [os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")]
+        # ~/.docker even where DOCKER_CONFIG points elsewhere: TLS falls back to its ca/cert/key.pem.
+        paths += [p for p in (os.environ.get("DOCKER_CONFIG"), os.path.expanduser("~/.docker")) if p]
         paths += [p for p in (os.environ.get("DOCKER_CERT_PATH"),) if p]
         tls = docker.tls
         paths += [str(p) for p in (tls.cert_path, tls.ca_cert, tls.client_cert, tls.client_key) if p is not None]
@@ -303,4 +304,6 @@ def hostname_is_container_id(mountinfo: str | None = None) -> bool:
         except OSError:
             return False
     match = _CONTAINER_HOSTNAME_RE.search(mountinfo)
-    return match is not None and match.group(1).startswith(socket.gethostname())
+    host = socket.gethostname()
+    # Docker's default host name is the id's first 12 characters; a name chosen by --hostname is not.
+    return match is not None and len(host) == 12 and match.group(1).startswith(host)

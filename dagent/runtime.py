@@ -53,6 +53,10 @@ class DockerRuntime:
         self._health_lock = threading.Lock()  # the health server and the agent loop both ping
         self._lock = threading.Lock()
 
+    def reconfigure(self, config: AgentConfig) -> None:
+        """A reload's live keys (registry credentials, the host-view check); the connection is kept."""
+        self.config = config
+
     # --- plumbing --------------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:

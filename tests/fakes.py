@@ -42,6 +42,7 @@ class FakeRuntime:
     removed: list[str] = field(default_factory=list)
     containers: list[ContainerInfo] = field(default_factory=list)
     block: threading.Event | None = None  # when set, watch() waits for it (a long run)
+    config: Any = None  # the last configuration a reload gave it
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def _call(self, name: str) -> None:
@@ -103,6 +104,9 @@ class FakeRuntime:
     def remove_id(self, container_id: str) -> None:
         self._call("remove_id")
         self.removed.append(container_id)
+
+    def reconfigure(self, config: Any) -> None:
+        self.config = config
 
     def gc(self, agent: str, older_than: float, busy: Any = ()) -> list[ContainerInfo]:
         self._call("gc")

@@ -41,7 +41,9 @@ class CompatEnvSettingsSource(InitSettingsSource):
         data: dict[str, Any] = {}
         for name, dotted in COMPAT_ENV.items():
             if environ.get(name):
-                set_path(data, dotted.split("."), environ[name])
+                # As the Docker CLI and docker-py read it: any value but empty turns TLS on ("0" too).
+                value = "true" if name == "DOCKER_TLS_VERIFY" else environ[name]
+                set_path(data, dotted.split("."), value)
                 self.env_names[dotted] = name
         for name in TOKEN_ENV:
             if environ.get(name):

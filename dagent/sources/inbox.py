@@ -44,7 +44,9 @@ class InboxSource:
 
     def reconfigure(self, config: AgentConfig) -> None:
         """A reload's live keys: labels (the inbox's path takes a restart)."""
-        self.labels = frozenset(config.labels)
+        if frozenset(config.labels) != self.labels:
+            self.labels = frozenset(config.labels)
+            self._left.clear()  # files left for want of a label are worth another look
 
     def connect(self) -> None:
         """Create the layout; SourceError if the directory is not usable."""

@@ -99,9 +99,12 @@ class PostgresCluster:
         options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections={max_connections}"
                    " -c fsync=off -c synchronous_commit=off -c shared_buffers=128MB")  # fmt: skip
         self._run([*self._pg_ctl, "-l", str(self.log_path), "-w", "-t", "60", "-o", options, "start"])
-        self._run(
-            [*self._as, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect"]
-        )
+        createdb = [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect"]
+        try:
+            self._run([*self._as, *createdb])
+        except Unavailable:
+            self.stop()  # not a running cluster left behind
+            raise
         self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
 
     def _run(self, argv: list[str]) -> None:

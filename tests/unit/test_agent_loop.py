@@ -213,7 +213,7 @@ def test_a_reload_applies_live_keys_and_keeps_the_rest_until_a_restart() -> None
         thread.join(5)
     assert agent.config.labels == ["a", "gpu"] and agent.config.docker.env == {"X": "1"}
     assert agent.config.name == "unit" and agent.config.docker.base_url != "tcp://10.0.0.1:2375"
-    assert source.config is agent.config and agent.host.config is agent.config
+    assert source.config is agent.config and agent.host.config is agent.config and runtime.config is agent.config
     assert _count(agent.metrics.config_reloads, result="applied") == 1
     assert _count(agent.metrics.concurrency_limit) == 3
 
@@ -268,3 +268,21 @@ def test_without_keep_for_kept_containers_stay() -> None:
     runtime = FakeRuntime(containers=[old])
     _agent(FakeSource(), runtime, max_polls=3).run()
     assert runtime.calls["gc"] == 0 and runtime.removed == []
+
+
+def test_a_signal_is_only_recorded_by_the_handler_and_acted_on_by_the_loop() -> None:
+    """A handler runs on the loop thread and could find an Event's lock held by it: it only assigns."""
+    block = threading.Event()
+    source, runtime = FakeSource(queue=[_run("a")]), FakeRuntime(block=block)
+    agent = _agent(source, runtime, max_polls=None)
+    thread = _running(agent)
+    try:
+        assert _until(lambda: runtime.launched == ["a"])
+        agent.on_signal("drain")
+        assert _until(agent.draining.is_set, 2) and agent.signalled is None
+        block.set()
+        thread.join(5)
+        assert not thread.is_alive() and [r.run_id for r in source.reports] == ["a"]
+    finally:
+        agent.stop()
+        thread.join(5)

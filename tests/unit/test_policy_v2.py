@@ -546,3 +546,21 @@ def test_a_named_volume_that_binds_a_host_directory_is_judged_as_that_bind(tmp_p
     view = {"volume_device": devices.get}
     _refused(config, _run(volumes=["etc:/e"]), "volume .etc. binds it", **view)
     assert _judge(config, _run(volumes=["ok:/o", "plain:/p"]), **view).mounts[0].source == "ok"
+
+
+def test_the_agents_tls_keys_are_protected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[docker.tls] files (here inside an allowed root) and ~/.docker even when DOCKER_CONFIG points elsewhere."""
+    keys = tmp_path / "tls"
+    keys.mkdir()
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (keys / name).write_text("x")
+    (tmp_path / "home" / ".docker").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "elsewhere"))
+    config = _config(allowed_host_paths=[str(tmp_path)], tls={"client_cert": str(keys / "cert.pem"),
+                                                               "client_key": str(keys / "key.pem")})  # fmt: skip
+    _refused(config, _run(volumes=[f"{keys}/key.pem:/k"]), "exposes")
+    _refused(config, _run(volumes=[f"{tmp_path}:/all"]), "exposes")
+    _refused(config, _run(volumes=[f"{tmp_path}/home/.docker:/d"]), "exposes")
+    with_path = _config(allowed_host_paths=[str(tmp_path)], tls={"cert_path": str(keys)})
+    _refused(with_path, _run(volumes=[f"{keys}/ca.pem:/c"]), "exposes")

@@ -110,6 +110,17 @@ def test_agents_of_one_pool_start_their_backlogs_at_different_runs() -> None:
     assert order == sorted(ids, key=lambda r: listing.rank("agent-3", r))
 
 
+def _just_listed(runs: ScheduledRuns) -> None:
+    """As after a list in this agent's readiness slot: nothing is due."""
+    runs.listed_at, runs._due = time.monotonic(), False
+    runs._ready_slot = int(time.time() // listing.READY_SLOT)
+
+
+@pytest.fixture(autouse=True)
+def _long_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "READY_SLOT", 3600.0)  # no slot ends within a test
+
+
 def _scheduled(world: World, agent: str = "a") -> tuple[ScheduledRuns, threading.Event]:
     woke = threading.Event()
     client = PrefectClient(_config(), RoutingTransport(world))
@@ -118,8 +129,7 @@ def _scheduled(world: World, agent: str = "a") -> tuple[ScheduledRuns, threading
 
 def test_an_announced_run_is_listed_at_once_by_an_agent_alone() -> None:
     runs, woke = _scheduled(World())
-    runs.listed_at = time.monotonic()
-    runs._due = False
+    _just_listed(runs)
     runs.announced("r1")
     assert woke.is_set() and runs._should_list()
 
@@ -127,7 +137,7 @@ def test_an_announced_run_is_listed_at_once_by_an_agent_alone() -> None:
 def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listing, "SPREAD", 0.4)
     runs, woke = _scheduled(World())
-    runs.listed_at, runs._due = time.monotonic(), False
+    _just_listed(runs)
     runs.heard_taken("other", by_peer=True)
     run_id = next(r for r in (f"r{i}" for i in range(100)) if listing.rank("a", r) > 0.5)  # a late turn
     runs.announced(run_id)
@@ -138,7 +148,7 @@ def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(mo
 def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listing, "SPREAD", 0.4)
     runs, woke = _scheduled(World())
-    runs.listed_at, runs._due = time.monotonic(), False
+    _just_listed(runs)
     runs.heard_taken("other", by_peer=True)
     run_id = next(r for r in (f"r{i}" for i in range(100)) if listing.rank("a", r) > 0.5)
     runs.announced(run_id)
@@ -169,7 +179,7 @@ def test_a_reconnected_event_stream_lists_at_once() -> None:
     source, _ = _source(World())
     woke = threading.Event()
     source._wake = woke.set
-    source._scheduled.listed_at, source._scheduled._due = time.monotonic(), False
+    _just_listed(source._scheduled)
     source._on_stream_connected()
     assert woke.is_set() and source._scheduled._due
 
@@ -303,3 +313,43 @@ def test_the_client_gives_each_thread_its_own_session() -> None:
         t.join()
     assert len(set(seen)) == 4 and id(client.session) not in seen
     client.close()
+
+
+def test_the_fleet_shares_the_lists_that_keep_prefects_queues_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect marks queues NOT_READY after 60 s without a list: each 50 s slot is one agent's, in name order."""
+    monkeypatch.setattr(listing, "READY_SLOT", 50.0)
+    runs, _ = _scheduled(World(), agent="b")
+    assert runs.fleet() == ["b"]
+    runs.heard_taken("r1", by_peer=True, peer_name="a")
+    runs.heard_taken("r2", by_peer=True, peer_name="c")
+    assert runs.fleet() == ["a", "b", "c"]
+    slots = [s for s in range(30) if runs._slot_owner(s, runs.fleet()) == "b"]
+    assert slots == list(range(1, 30, 3))  # every third slot: one list in 150 s, where alone it is one in 50 s
+    now = 3000.0 * 50 + 10  # slot 3000, owned by "a" (3000 % 3 == 0)
+    monkeypatch.setattr(listing.time, "time", lambda: now)
+    _just_listed(runs)
+    runs._ready_slot = -1
+    assert not runs._should_list()  # not b's slot, nothing due
+    now = 3001 * 50 + 1
+    assert runs._should_list()  # b's slot
+
+
+def test_a_list_in_streaming_mode_arms_a_wake_up_for_the_agents_next_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "READY_SLOT", 50.0)
+    runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(World())), "b", "pool", [], 0.0, 1.0,
+                         lambda: True, lambda: None)  # fmt: skip
+    runs.heard_taken("r1", by_peer=True, peer_name="a")
+    runs.begin()
+    assert runs.next(4) is None
+    slot = int(time.time() // 50.0)
+    assert runs._ready_slot == slot and runs.wake_armed
+    ahead = next(k for k in (1, 2) if ["a", "b"][(slot + k) % 2] == "b")
+    assert abs(runs._timer_at - time.monotonic() - ((slot + ahead) * 50.0 + 0.2 - time.time())) < 1.0
+    runs.close()
+
+
+def test_claim_notes_name_their_agent() -> None:
+    from dagent.sources.prefect.claims import claim_note, claimer
+
+    assert claimer(claim_note("host-1.a_b")) == "host-1.a_b"
+    assert claimer("") is None and claimer("Claimed by dagent agent ''") is None and claimer("Pending") is None

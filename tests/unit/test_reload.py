@@ -62,4 +62,18 @@ def test_a_container_whose_host_name_is_its_id_is_told_apart_from_one_named_by_i
     assert hostview.hostname_is_container_id(line)
     monkeypatch.setattr(hostview.socket, "gethostname", lambda: "agent-1")  # compose `hostname:`, --hostname
     assert not hostview.hostname_is_container_id(line)
+    monkeypatch.setattr(hostview.socket, "gethostname", lambda: "0123")  # a chosen name that is a prefix
+    assert not hostview.hostname_is_container_id(line)
     assert not hostview.hostname_is_container_id("22 1 0:21 / /proc rw - proc proc rw\n")
+
+
+def test_docker_tls_verify_is_read_as_the_docker_cli_reads_it(tmp_path: Any) -> None:
+    """Any value but empty turns TLS on, "0" included: never plain HTTP where the CLI would use TLS."""
+    from dagent.dockerclient import tls_files
+
+    for value in ("1", "0", "false", "yes"):
+        config = load_config({}, environ={"DOCKER_HOST": "tcp://127.0.0.1:2376", "DOCKER_TLS_VERIFY": value,
+                                          "DOCKER_CERT_PATH": str(tmp_path)}).config  # fmt: skip
+        assert config.docker.tls.enabled is True and tls_files(config) is not None, value
+    unset = load_config({}, environ={"DOCKER_HOST": "tcp://127.0.0.1:2375", "DOCKER_TLS_VERIFY": ""}).config
+    assert tls_files(unset) is None

@@ -7,6 +7,21 @@ from datetime import datetime, timezone
 from typing import Any
 
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+_NOTE = "Claimed by dagent agent "
+
+
+def claim_note(agent: str) -> str:
+    """The message of an agent's PENDING proposal: how it knows its own claims, and others know it."""
+    return f"{_NOTE}{agent!r}"
+
+
+def claimer(message: str) -> str | None:
+    """The dagent agent a PENDING message names, or None (Prefect's own worker leaves none)."""
+    if message.startswith(_NOTE + "'") and message.endswith("'") and len(message) > len(_NOTE) + 2:
+        return message[len(_NOTE) + 1 : -1]
+    return None
+
+
 EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 

@@ -16,6 +16,9 @@ from dagent.errors import one_line
 log = logging.getLogger("dagent.prefect.events")
 
 MAX_BACKOFF = 60.0
+# A stream that says nothing this long is pinged; one that does not answer in as long again is dead
+# (a half-open connection after a NAT or load balancer forgot it): reconnect, and poll meanwhile.
+QUIET = 45.0
 _RUN_PREFIX = "prefect.flow-run."
 
 
@@ -99,14 +102,24 @@ class StateEventWatcher:
             }
             sock.send(json.dumps({"type": "filter", "filter": event_filter}))
             log.debug("event stream: listening to flow-run states in pool %s", self.pool_id)
-            sock.settimeout(None)
+            sock.settimeout(QUIET)
             self.connected = True
             self.on_connected()
+            pinged = False
             while not self._stop.is_set():
-                message = sock.recv()
-                if not message:
+                try:
+                    opcode, data = sock.recv_data(control_frame=True)
+                except websocket.WebSocketTimeoutException:
+                    if pinged:
+                        raise ConnectionError(f"event stream silent for {2 * QUIET:.0f}s") from None
+                    sock.ping()
+                    pinged = True
+                    continue
+                pinged = False  # any frame, a pong included, says the connection lives
+                if opcode == websocket.ABNF.OPCODE_CLOSE or (opcode == websocket.ABNF.OPCODE_TEXT and not data):
                     raise ConnectionError("event stream closed")
-                self._dispatch(json.loads(message))
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    self._dispatch(json.loads(data))
         finally:
             self.connected = False
             self._socket = None

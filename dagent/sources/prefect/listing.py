@@ -1,6 +1,11 @@
 """Which scheduled runs are worth trying now: one list of the pool serves several polls (the backlog),
 lists are asked for only when something may have changed, and runs due later arm a wake-up.
 
+Prefect marks a pool's work queues and deployments NOT_READY when nobody has asked for their
+scheduled runs for 60 s. While the event stream does the waking, the agents of a pool share that
+duty: time is cut into READY_SLOT slots, each slot belongs to one agent of the fleet (the names
+heard in each other's claims, in order), and an agent lists in its own slots only.
+
 Agents of one pool spread their claims. Each ranks a run by a hash of its own name and the run's id
 (rendezvous hashing): it tries its backlog best-ranked first, and once it has seen another claimer in
 the pool, a run announced on the event stream is offered to it after `rank * SPREAD` seconds. The
@@ -35,6 +40,8 @@ SAFETY_LIST = 300.0
 SPREAD = 1.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
+# One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
+READY_SLOT = 50.0
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -79,20 +86,36 @@ class ScheduledRuns:
         self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
         self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
+        self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
+        self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
 
     def mark_due(self) -> None:
         """Something changed (a run was scheduled, a wake-up fell due): list at the next poll."""
         with self._lock:
             self._due = True
 
-    def heard_taken(self, run_id: str, by_peer: bool = False) -> None:
-        """The event stream says a run left SCHEDULED (`by_peer`: claimed by another agent): not worth a claim."""
+    def heard_taken(self, run_id: str, by_peer: bool = False, peer_name: str | None = None) -> None:
+        """The event stream says a run left SCHEDULED (`by_peer`: claimed by another agent, a dagent one
+        if `peer_name`): not worth a claim."""
         with self._lock:
             self._offers.pop(run_id, None)
             if run_id in self._listed:
                 self._taken.add(run_id)
             if by_peer:
                 self._peer_seen = time.monotonic()
+            if peer_name and peer_name != self.agent:
+                self._peers[peer_name] = time.monotonic()
+
+    def fleet(self) -> list[str]:
+        """The dagent agents of the pool heard from lately, this one included, in order."""
+        now = time.monotonic()
+        with self._lock:
+            for name in [n for n, seen in self._peers.items() if now - seen > PEERS_FORGOTTEN]:
+                del self._peers[name]
+            return sorted({self.agent, *self._peers})
+
+    def _slot_owner(self, slot: int, fleet: list[str]) -> str:
+        return fleet[slot % len(fleet)]
 
     def announced(self, run_id: str) -> None:
         """The event stream says a run was scheduled: list now, or at this agent's turn when others claim too."""
@@ -125,6 +148,8 @@ class ScheduledRuns:
                 self._may_list = False
                 self.listed_at = time.monotonic()  # when the list was asked for
                 self._backlog = self._list(limit)
+                if self.streaming():
+                    self._next_ready_slot()
                 continue
             flow_run = self._backlog.pop(0)
             with self._lock:
@@ -138,7 +163,17 @@ class ScheduledRuns:
             return True
         with self._lock:
             due = self._due
-        return due or time.monotonic() - self.listed_at >= SAFETY_LIST
+        slot = int(time.time() // READY_SLOT)
+        mine = slot != self._ready_slot and self._slot_owner(slot, self.fleet()) == self.agent
+        return due or mine or time.monotonic() - self.listed_at >= SAFETY_LIST
+
+    def _next_ready_slot(self) -> None:
+        """This list covers the slot it fell in; arm a wake-up for this agent's next slot."""
+        fleet = self.fleet()
+        slot = self._ready_slot = int(time.time() // READY_SLOT)
+        ahead = next(k for k in range(1, len(fleet) + 1) if self._slot_owner(slot + k, fleet) == self.agent)
+        start = datetime.fromtimestamp((slot + ahead) * READY_SLOT, timezone.utc)
+        self.wake_at(start + timedelta(seconds=0.2))
 
     def _list(self, limit: int) -> list[dict[str, Any]]:
         """The runs due within `prefetch`; while streaming, arm a wake-up for runs due before the next list."""
@@ -161,7 +196,8 @@ class ScheduledRuns:
             raise
         if len(items) >= requested:
             self.mark_due()  # a full page: more may be waiting
-        runs, later = [], []
+        runs: list[dict[str, Any]] = []
+        later: list[tuple[datetime, str]] = []
         for item in items:
             flow_run = item.get("flow_run") if isinstance(item, dict) else None
             if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
@@ -169,11 +205,16 @@ class ScheduledRuns:
                 continue
             start = start_time(flow_run)
             if start is not None and start > due_by:
-                later.append(start)
+                later.append((start, flow_run["id"]))
             else:
                 runs.append(flow_run)
         if later:
-            self.wake_at(min(later) - timedelta(seconds=self.prefetch))
+            start, run_id = min(later)
+            with self._lock:
+                others = time.monotonic() - self._peer_seen <= PEERS_FORGOTTEN
+            spread = SPREAD * rank(self.agent, run_id) if others else 0.0
+            # With others about, each wakes at its own turn for the run, as for an announced one.
+            self.wake_at(start - timedelta(seconds=self.prefetch - spread))
         # The page holds the pool's oldest runs; within it, each agent starts at its own best-ranked.
         runs.sort(key=lambda r: rank(self.agent, r["id"]))
         with self._lock:

@@ -25,7 +25,7 @@ from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import ConfigError, RunFileError, SourceError, one_line
 from dagent.runs import RunRequest
 from dagent.sources.prefect import jobvars, template
-from dagent.sources.prefect.claims import FINAL_STATES
+from dagent.sources.prefect.claims import FINAL_STATES, claim_note, claimer
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.events import StateEventWatcher
 from dagent.sources.prefect.flowruns import FlowRuns
@@ -62,7 +62,7 @@ class PrefectSource:
         self.pool_template: dict[str, Any] = base_job_template()  # until connect() reads the pool's
         self.pool_id = ""
         self.server_version: str | None = None
-        self._claim_note = f"Claimed by dagent agent {config.name!r}"
+        self._claim_note = claim_note(config.name)
         self._runs = FlowRuns(self.client, self._claim_note)
         self._lookups = Lookups(self.client)
         self._watcher: StateEventWatcher | None = None
@@ -86,6 +86,7 @@ class PrefectSource:
         """A reload's live keys: labels and docker.* (api.* takes a restart)."""
         self.config = config
         self.labels = frozenset(config.labels)
+        self._scheduled.mark_due()  # runs left for want of a label are worth another look
 
     def connect(self) -> None:
         """Check the API answers and the credentials work; read (or create) the work pool."""
@@ -153,7 +154,8 @@ class PrefectSource:
             self._scheduled.announced(run_id)
         else:
             # Claimed (or cancelled) since we listed it; a claim not in our words is another agent's.
-            self._scheduled.heard_taken(run_id, by_peer=state == "PENDING" and message != self._claim_note)
+            peer = state == "PENDING" and message != self._claim_note
+            self._scheduled.heard_taken(run_id, by_peer=peer, peer_name=claimer(message) if peer else None)
             with self._lock:
                 if run_id in self._mine:
                     self._heard[run_id] = state
