@@ -53,10 +53,13 @@ class World:
         self.states: dict[str, dict[str, Any]] = {r: {"type": "SCHEDULED", "id": "s0"} for r in self.runs}
         self.deployments: dict[str, dict[str, Any]] = {}
         self.claim_answer: Callable[[str], tuple[int, Any]] | None = None
+        self.workers: dict[str, str] = {}  # the pool's workers and their status
         self.lock = threading.Lock()
 
     def __call__(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         with self.lock:
+            if path.endswith("/workers/filter"):
+                return 200, [{"name": n, "status": st} for n, st in self.workers.items()]
             if path.endswith("/get_scheduled_flow_runs"):
                 return 200, [{"flow_run": r} for i, r in self.runs.items() if self.states[i]["type"] == "SCHEDULED"]
             if method == "POST" and path.endswith("/set_state"):
@@ -353,3 +356,19 @@ def test_claim_notes_name_their_agent() -> None:
 
     assert claimer(claim_note("host-1.a_b")) == "host-1.a_b"
     assert claimer("") is None and claimer("Claimed by dagent agent ''") is None and claimer("Pending") is None
+
+
+def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() -> None:
+    """Claims are rare in a quiet pool: the roster of ONLINE workers is read every ROSTER_EVERY while streaming."""
+    world = World()
+    world.workers = {"a": "ONLINE", "c": "ONLINE", "gone": "OFFLINE", "prefect-worker": "ONLINE"}
+    runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(world)), "b", "pool", [], 0.0, 1.0,
+                         lambda: True, lambda: None)  # fmt: skip
+    runs.begin()
+    assert runs.fleet() == ["a", "b", "c", "prefect-worker"]
+    world.workers = {}
+    runs.begin()  # not read again before ROSTER_EVERY
+    assert runs.fleet() == ["a", "b", "c", "prefect-worker"]
+    runs._roster_at -= listing.ROSTER_EVERY
+    runs.begin()
+    assert runs.fleet() == ["b"]

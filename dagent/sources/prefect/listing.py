@@ -3,8 +3,11 @@ lists are asked for only when something may have changed, and runs due later arm
 
 Prefect marks a pool's work queues and deployments NOT_READY when nobody has asked for their
 scheduled runs for 60 s. While the event stream does the waking, the agents of a pool share that
-duty: time is cut into READY_SLOT slots, each slot belongs to one agent of the fleet (the names
-heard in each other's claims, in order), and an agent lists in its own slots only.
+duty: time is cut into READY_SLOT slots, each slot belongs to one worker of the pool (its ONLINE
+workers, read every ROSTER_EVERY seconds, and the dagent agents heard in claims since, in name
+order), and an agent lists in its own slots only. A slot of one of Prefect's own workers is left to
+it: that worker lists every 10 s anyway. The slot lists are also the safety net for an event lost in
+a reconnect: a run it announced is found at the next slot, by whichever agent owns it.
 
 Agents of one pool spread their claims. Each ranks a run by a hash of its own name and the run's id
 (rendezvous hashing): it tries its backlog best-ranked first, and once it has seen another claimer in
@@ -42,6 +45,9 @@ SPREAD = 1.0
 PEERS_FORGOTTEN = 600.0
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
+# How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
+# worker OFFLINE three heartbeats after its last).
+ROSTER_EVERY = 300.0
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -88,6 +94,8 @@ class ScheduledRuns:
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
         self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
+        self._roster: frozenset[str] = frozenset()  # the pool's ONLINE workers, as last read
+        self._roster_at = -ROSTER_EVERY  # when (monotonic; the loop thread's own)
 
     def mark_due(self) -> None:
         """Something changed (a run was scheduled, a wake-up fell due): list at the next poll."""
@@ -112,7 +120,7 @@ class ScheduledRuns:
         with self._lock:
             for name in [n for n, seen in self._peers.items() if now - seen > PEERS_FORGOTTEN]:
                 del self._peers[name]
-            return sorted({self.agent, *self._peers})
+            return sorted({self.agent, *self._peers, *self._roster})
 
     def _slot_owner(self, slot: int, fleet: list[str]) -> str:
         return fleet[slot % len(fleet)]
@@ -133,11 +141,28 @@ class ScheduledRuns:
         """Start of a poll: drop a backlog too old to trust, and allow one list."""
         # While events flow, a backlog entry another agent takes is heard of and dropped, so the
         # backlog stays good for longer.
-        keep = SAFETY_LIST if self.streaming() else self.poll_interval
+        streaming = self.streaming()
+        keep = SAFETY_LIST if streaming else self.poll_interval
         if self._backlog and time.monotonic() - self.listed_at > keep:
             self._backlog.clear()
             self.mark_due()
         self._may_list = True
+        if streaming and time.monotonic() - self._roster_at >= ROSTER_EVERY:
+            self._read_roster()
+
+    def _read_roster(self) -> None:
+        """The pool's ONLINE workers: who shares the lists (a failed read keeps the last one)."""
+        self._roster_at = time.monotonic()
+        try:
+            workers = self.client.call("POST", f"/work_pools/{self.work_pool}/workers/filter", {"limit": 200}) or []
+        except SourceError as e:
+            log.debug("could not read the pool's workers: %s", e)
+            return
+        names = {
+            str(w["name"]) for w in workers if isinstance(w, dict) and w.get("status") == "ONLINE" and w.get("name")
+        }
+        with self._lock:
+            self._roster = frozenset(names)
 
     def next(self, limit: int) -> dict[str, Any] | None:
         """The next run worth a claim, oldest first; None when none is left (lists at most once a poll)."""
@@ -165,7 +190,7 @@ class ScheduledRuns:
             due = self._due
         slot = int(time.time() // READY_SLOT)
         mine = slot != self._ready_slot and self._slot_owner(slot, self.fleet()) == self.agent
-        return due or mine or time.monotonic() - self.listed_at >= SAFETY_LIST
+        return due or mine
 
     def _next_ready_slot(self) -> None:
         """This list covers the slot it fell in; arm a wake-up for this agent's next slot."""
