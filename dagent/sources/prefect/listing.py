@@ -115,7 +115,7 @@ class ScheduledRuns:
                 self._peers[peer_name] = time.monotonic()
 
     def fleet(self) -> list[str]:
-        """The dagent agents of the pool heard from lately, this one included, in order."""
+        """The pool's workers in order, this agent included: its ONLINE roster, the dagent agents heard in claims."""
         now = time.monotonic()
         with self._lock:
             for name in [n for n, seen in self._peers.items() if now - seen > PEERS_FORGOTTEN]:
@@ -129,7 +129,7 @@ class ScheduledRuns:
         """The event stream says a run was scheduled: list now, or at this agent's turn when others claim too."""
         now = time.monotonic()
         with self._lock:
-            alone = now - self._peer_seen > PEERS_FORGOTTEN
+            alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
             if not alone:
                 self._offers[run_id] = now + SPREAD * rank(self.agent, run_id)
                 self._arm()
@@ -237,7 +237,7 @@ class ScheduledRuns:
             start, run_id = min(later)
             with self._lock:
                 others = time.monotonic() - self._peer_seen <= PEERS_FORGOTTEN
-            spread = SPREAD * rank(self.agent, run_id) if others else 0.0
+            spread = SPREAD * rank(self.agent, run_id) if others or len(self.fleet()) > 1 else 0.0
             # With others about, each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - spread))
         # The page holds the pool's oldest runs; within it, each agent starts at its own best-ranked.
