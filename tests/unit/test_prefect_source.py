@@ -369,6 +369,14 @@ def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() 
     world.workers = {}
     runs.begin()  # not read again before ROSTER_EVERY
     assert runs.fleet() == ["a", "b", "c", "prefect-worker"]
-    runs._roster_at -= listing.ROSTER_EVERY
+    runs._roster_at -= listing.ROSTER_FIRST[0]  # the second read comes a minute after the first
     runs.begin()
     assert runs.fleet() == ["b"]
+    world.workers = {"a": "ONLINE"}
+    runs._roster_at -= listing.ROSTER_FIRST[1]
+    runs.begin()
+    assert runs.fleet() == ["a", "b"]
+    world.workers = {}
+    runs._roster_at -= listing.ROSTER_FIRST[1]
+    runs.begin()  # from the fourth on, ROSTER_EVERY apart
+    assert runs.fleet() == ["a", "b"]

@@ -46,8 +46,10 @@ PEERS_FORGOTTEN = 600.0
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
 # How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
-# worker OFFLINE three heartbeats after its last).
+# worker OFFLINE three heartbeats after its last); the first reads a minute apart, as a fleet
+# started together is still coming ONLINE at the first.
 ROSTER_EVERY = 300.0
+ROSTER_FIRST = (60.0, 60.0)
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -96,6 +98,7 @@ class ScheduledRuns:
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
         self._roster: frozenset[str] = frozenset()  # the pool's ONLINE workers, as last read
         self._roster_at = -ROSTER_EVERY  # when (monotonic; the loop thread's own)
+        self._roster_reads = 0
 
     def mark_due(self) -> None:
         """Something changed (a run was scheduled, a wake-up fell due): list at the next poll."""
@@ -147,12 +150,14 @@ class ScheduledRuns:
             self._backlog.clear()
             self.mark_due()
         self._may_list = True
-        if streaming and time.monotonic() - self._roster_at >= ROSTER_EVERY:
+        every = ROSTER_FIRST[self._roster_reads - 1] if 0 < self._roster_reads <= len(ROSTER_FIRST) else ROSTER_EVERY
+        if streaming and time.monotonic() - self._roster_at >= every:
             self._read_roster()
 
     def _read_roster(self) -> None:
         """The pool's ONLINE workers: who shares the lists (a failed read keeps the last one)."""
         self._roster_at = time.monotonic()
+        self._roster_reads += 1
         try:
             workers = self.client.call("POST", f"/work_pools/{self.work_pool}/workers/filter", {"limit": 200}) or []
         except SourceError as e:
