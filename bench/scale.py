@@ -489,7 +489,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kills", type=int, help="kill -9s of dagent agents at the largest N (default 8; 0: none)")
     parser.add_argument("--only", choices=["dagent", "worker"])
     parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default="postgres")
+    parser.add_argument("--merge", action="store_true",
+                        help="put these points into bench/results/scale.json in place of the same (system, N)")  # fmt: skip
+    parser.add_argument("--report", action="store_true", help="print the tables and draw the plots of scale.json")
     args = parser.parse_args(argv)
+    if args.report:
+        results = json.loads((RESULTS / "scale.json").read_text())
+        print(tables(results))
+        for path in plots(results):
+            print(f"plot: {path.relative_to(REPO)}", file=sys.stderr)
+        return 0
     args.fleet = [int(n) for n in (args.fleet or ("1,5" if args.quick else "1,5,20,40")).split(",")]
     args.burst = args.burst or (100 if args.quick else 1000)
     args.kill_burst = max(50, args.burst // 3)
@@ -532,5 +541,20 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
         },
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    out = RESULTS / "scale.json"
+    if args.merge and out.exists():
+        # Points measured again (say after a change to one system) replace theirs; the run that made
+        # them is named beside the first run's meta.
+        before = json.loads(out.read_text())
+        mine = {(p["system"], p["n"]) for p in points}
+        kept = [p for p in before["points"] if (p["system"], p["n"]) not in mine]
+        meta = before["meta"]
+        meta["fleet"] = sorted({*meta["fleet"], *results["meta"]["fleet"]})
+        again = [r for r in meta.get("remeasured", []) if (r["system"], r["n"]) not in mine]
+        again += [{"system": s, "n": n, **{k: results["meta"][k] for k in ("when", "server_background_cpu_s_per_min")}}
+                  for s, n in sorted(mine)]  # fmt: skip
+        meta["remeasured"] = again
+        order = {(s, n): i for i, (n, s) in enumerate((n, s) for n in meta["fleet"] for s in ("dagent", "worker"))}
+        results = {"points": sorted(kept + points, key=lambda p: order[(p["system"], p["n"])]), "meta": meta}
+    out.write_text(json.dumps(results, indent=2) + "\n")
     return results

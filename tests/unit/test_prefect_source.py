@@ -380,3 +380,16 @@ def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() 
     runs._roster_at -= listing.ROSTER_FIRST[1]
     runs.begin()  # from the fourth on, ROSTER_EVERY apart
     assert runs.fleet() == ["a", "b"]
+
+
+def test_a_fleet_lists_a_page_wide_enough_to_spread_over() -> None:
+    """Twenty agents each asking for the ten oldest runs would all rank the same ten: the page grows with the fleet."""
+    world = World()
+    world.workers = {f"w{i}": "ONLINE" for i in range(5)}
+    transport = RoutingTransport(world)
+    runs = ScheduledRuns(PrefectClient(_config(), transport), "w0", "pool", [], 0.0, 1.0, lambda: True, lambda: None)
+    runs.begin()
+    runs.next(4)
+    [body] = [b for _, p, b in transport.seen if p.endswith("/get_scheduled_flow_runs")]
+    assert body["limit"] == 4 * 2 * 5
+    runs.close()

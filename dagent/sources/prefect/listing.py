@@ -43,6 +43,8 @@ SAFETY_LIST = 300.0
 SPREAD = 1.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
+# The most runs one list asks for.
+PAGE_MAX = 200
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
 # How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
@@ -210,7 +212,9 @@ class ScheduledRuns:
         now = datetime.now(timezone.utc)
         due_by = now + timedelta(seconds=self.prefetch)
         ahead = SAFETY_LIST if self.streaming() else 0.0
-        requested = max(limit * 2, 10)  # more than we can take: some need labels we lack, or go to others
+        # More than we can take: some need labels we lack, or go to others. With a fleet, a page wide
+        # enough that each agent's best-ranked runs are mostly runs no other agent ranks first.
+        requested = min(PAGE_MAX, max(limit * 2 * len(self.fleet()), 10))
         body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
         if self.work_queues:
             body["work_queue_names"] = list(self.work_queues)
