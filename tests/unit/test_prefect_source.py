@@ -137,27 +137,59 @@ def test_an_announced_run_is_listed_at_once_by_an_agent_alone() -> None:
     assert woke.is_set() and runs._should_list()
 
 
+PEERS = ["p1", "p2", "p3"]
+
+
+def _late_run(agent: str = "a", at_least: int = 2) -> str:
+    """A run id that at least `at_least` of PEERS rank before `agent`."""
+    fleet = sorted([agent, *PEERS])
+    return next(r for r in (f"r{i}" for i in range(1000)) if listing.position(agent, r, fleet) >= at_least)
+
+
+def _with_peers(runs: ScheduledRuns) -> None:
+    for peer in PEERS:
+        runs.heard_taken(f"x-{peer}", by_peer=True, peer_name=peer)
+
+
 def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listing, "SPREAD", 0.4)
+    monkeypatch.setattr(listing, "TURN", 0.2)
     runs, woke = _scheduled(World())
     _just_listed(runs)
-    runs.heard_taken("other", by_peer=True)
-    run_id = next(r for r in (f"r{i}" for i in range(100)) if listing.rank("a", r) > 0.5)  # a late turn
-    runs.announced(run_id)
+    _with_peers(runs)
+    runs.announced(_late_run())  # two workers rank it first: 0.4 s at least
     assert not woke.is_set() and not runs._should_list()
     assert woke.wait(2) and runs._should_list()  # its turn came: list
 
 
-def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listing, "SPREAD", 0.4)
+def test_the_owner_of_an_announced_run_lists_at_once() -> None:
     runs, woke = _scheduled(World())
     _just_listed(runs)
-    runs.heard_taken("other", by_peer=True)
-    run_id = next(r for r in (f"r{i}" for i in range(100)) if listing.rank("a", r) > 0.5)
+    _with_peers(runs)
+    owned = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, ["a", *PEERS]) == 0)
+    runs.announced(owned)
+    assert woke.wait(0.5) and runs._should_list()
+
+
+def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "TURN", 0.2)
+    runs, woke = _scheduled(World())
+    _just_listed(runs)
+    _with_peers(runs)
+    run_id = _late_run()
     runs.announced(run_id)
-    runs.heard_taken(run_id, by_peer=True)  # the best-ranked agent took it
-    assert not woke.wait(0.6) and not runs._should_list()  # no list, no claim
+    runs.heard_taken(run_id, by_peer=True)  # a worker ranked before this one took it
+    assert not woke.wait(0.8) and not runs._should_list()  # no list, no claim
     runs.close()
+
+
+def test_the_agents_of_a_fleet_take_disjoint_runs_of_a_page() -> None:
+    """Each run has one owner: the fleet's first picks of the same page never overlap."""
+    fleet = [f"agent-{i}" for i in range(20)]
+    page = [str(uuid.UUID(int=i)) for i in range(160)]
+    firsts = [sorted(page, key=lambda r, a=a: (listing.position(a, r, fleet), listing.rank(a, r)))[:4] for a in fleet]
+    taken = [r for picks in firsts for r in picks]
+    owned = [r for r in taken if any(listing.position(a, r, fleet) == 0 for a in fleet)]
+    assert len(set(taken)) == len(taken) == 80 and len(owned) == 80
 
 
 def test_other_claimers_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:

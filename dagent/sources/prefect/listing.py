@@ -9,11 +9,13 @@ order), and an agent lists in its own slots only. A slot of one of Prefect's own
 it: that worker lists every 10 s anyway. The slot lists are also the safety net for an event lost in
 a reconnect: a run it announced is found at the next slot, by whichever agent owns it.
 
-Agents of one pool spread their claims. Each ranks a run by a hash of its own name and the run's id
-(rendezvous hashing): it tries its backlog best-ranked first, and once it has seen another claimer in
-the pool, a run announced on the event stream is offered to it after `rank * SPREAD` seconds. The
-best-ranked free agent takes the run first and the others hear it taken before their turn, so a run
-costs one list and one claim, not one per agent.
+Agents of one pool spread their claims by rendezvous hashing: every worker of the fleet has a rank
+for every run (a hash of its name and the run's id), and a run's owner is the worker that ranks it
+first. An agent tries the runs it owns first, then those it ranks second, and so on, so the agents of
+a fleet take disjoint runs of a burst; and a run announced on the event stream is offered to an
+agent after TURN seconds per worker ahead of it (its owner at once). The owner takes the run if it
+has room; if not, the next takes it a moment later, having heard nothing, and the others hear it taken
+before their turn: a run costs one list and one claim, not one per agent.
 
 The loop thread lists and takes; the event stream and the wake-up timer mark a list due or a run
 taken. Shared fields are guarded by one lock, never held across the request.
@@ -39,8 +41,10 @@ log = logging.getLogger("dagent.prefect")
 # covers an event lost in a reconnect); each list also looks this far ahead, so a run scheduled for
 # later is woken for on time.
 SAFETY_LIST = 300.0
-# The longest an announced run waits for this agent's turn, once other claimers have been seen.
-SPREAD = 1.0
+# An announced run waits this long for each worker that ranks it before this agent (long enough to
+# hear the claim of the one before), and at most SPREAD.
+TURN = 0.5
+SPREAD = 2.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
 # The most runs one list asks for.
@@ -55,9 +59,15 @@ ROSTER_FIRST = (60.0, 60.0)
 
 
 def rank(agent: str, run_id: str) -> float:
-    """This agent's place in the queue for a run, uniform in [0, 1): the lowest goes first."""
+    """An agent's place in the queue for a run, uniform in [0, 1): the lowest goes first."""
     digest = hashlib.blake2b(f"{agent}\0{run_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def position(agent: str, run_id: str, fleet: list[str]) -> int:
+    """How many workers of the fleet rank the run before this agent: 0 for its owner."""
+    mine = rank(agent, run_id)
+    return sum(1 for other in fleet if other != agent and rank(other, run_id) < mine)
 
 
 class ScheduledRuns:
@@ -132,15 +142,20 @@ class ScheduledRuns:
 
     def announced(self, run_id: str) -> None:
         """The event stream says a run was scheduled: list now, or at this agent's turn when others claim too."""
+        turn = self._turn(run_id)  # before the lock: fleet() takes it
         now = time.monotonic()
         with self._lock:
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
             if not alone:
-                self._offers[run_id] = now + SPREAD * rank(self.agent, run_id)
+                self._offers[run_id] = now + turn
                 self._arm()
         if alone:
             self.mark_due()
             self.wake()
+
+    def _turn(self, run_id: str) -> float:
+        """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it."""
+        return min(SPREAD, TURN * position(self.agent, run_id, self.fleet()))
 
     def begin(self) -> None:
         """Start of a poll: drop a backlog too old to trust, and allow one list."""
@@ -244,13 +259,11 @@ class ScheduledRuns:
                 runs.append(flow_run)
         if later:
             start, run_id = min(later)
-            with self._lock:
-                others = time.monotonic() - self._peer_seen <= PEERS_FORGOTTEN
-            spread = SPREAD * rank(self.agent, run_id) if others or len(self.fleet()) > 1 else 0.0
-            # With others about, each wakes at its own turn for the run, as for an announced one.
-            self.wake_at(start - timedelta(seconds=self.prefetch - spread))
-        # The page holds the pool's oldest runs; within it, each agent starts at its own best-ranked.
-        runs.sort(key=lambda r: rank(self.agent, r["id"]))
+            # Each wakes at its own turn for the run, as for an announced one.
+            self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
+        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns.
+        fleet = self.fleet()
+        runs.sort(key=lambda r: (position(self.agent, r["id"], fleet), rank(self.agent, r["id"])))
         with self._lock:
             self._taken = set()
             self._listed = frozenset(r["id"] for r in runs)
