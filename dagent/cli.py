@@ -314,7 +314,7 @@ def parse_duration(text: str) -> float:
     from dagent.units import parse_duration as seconds
 
     try:
-        return seconds(text)
+        return seconds(text, zero=True)  # --older-than 0: every finished container
     except ValueError:
         raise InputError(f"command line: --older-than {text!r}: expected a duration such as 30m, 1h or 2d") from None
 

@@ -59,8 +59,8 @@ _DURATION_RE = re.compile(r"\s*([0-9]{1,12}(?:\.[0-9]{1,9})?)\s*([smhd]?)\s*", r
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from a number or `90`, `90s`, `15m`, `24h`, `2d`: finite, positive, at most MAX_SECONDS."""
+def parse_duration(value: object, zero: bool = False) -> float:
+    """Seconds from a number or `90`, `90s`, `15m`, `24h`, `2d`: finite, positive (0 too with `zero`), <= MAX_SECONDS."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30m, 24h or 2d, not a boolean")
     if isinstance(value, (int, float)):
@@ -69,6 +69,7 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _SECONDS[match.group(2).lower()]
     else:
         raise ValueError(f"{str(value)[:40]!r} is not a duration such as 30m, 24h or 2d")
-    if not 0 < seconds <= MAX_SECONDS:  # also false for nan
+    low_ok = seconds >= 0 if zero else seconds > 0
+    if not low_ok or not seconds <= MAX_SECONDS:  # both false for nan
         raise ValueError(f"a duration is more than 0 and at most {MAX_SECONDS / 86400:g}d, got {value!r}")
     return seconds

@@ -49,6 +49,9 @@ def test_durations() -> None:
     for bad in ("", "0", "-1s", "1w", "nan", True, float("inf"), "999999999999d"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    assert parse_duration("0", zero=True) == 0.0  # dagent gc --older-than 0
+    with pytest.raises(ValueError):
+        parse_duration("nan", zero=True)
 
 
 def test_a_container_whose_host_name_is_its_id_is_told_apart_from_one_named_by_its_operator(
