@@ -60,7 +60,7 @@ _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(value: object, zero: bool = False) -> float:
-    """Seconds from a number or `90`, `90s`, `15m`, `24h`, `2d`: finite, positive (0 too with `zero`), <= MAX_SECONDS."""
+    """Seconds from a number or `90`, `90s`, `15m`, `24h`, `2d`: finite, positive (or 0 with `zero`), bounded."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30m, 24h or 2d, not a boolean")
     if isinstance(value, (int, float)):
