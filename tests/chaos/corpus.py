@@ -403,6 +403,7 @@ class Attempt:
 def _attempts(root: Path) -> list[Attempt]:
     """Bypass attempts; `root` is an allowed host path holding symlinks to forbidden places."""
     allowed = {"allowed_host_paths": [str(root)]}
+    tls = {"client_cert": f"{root}/tls/cert.pem", "client_key": f"{root}/tls/key.pem"}
     img = "busybox"
     items = [
         Attempt("privileged", {"privileged": True}),
@@ -484,6 +485,9 @@ def _attempts(root: Path) -> list[Attempt]:
         Attempt("agent's token file", {"volumes": [f"{root}/token:/t"]}, config=allowed),
         Attempt("registry password file", {"volumes": [f"{root}/registry-pass:/p"]}, config=allowed),
         Attempt("agent's inbox", {"volumes": [f"{root}/inbox:/i"]}, config=allowed),
+        Attempt("agent's TLS key", {"volumes": [f"{root}/tls/key.pem:/k"]}, config={**allowed, "tls": tls}),
+        Attempt("agent's TLS key through a link", {"volumes": [f"{root}/tls-link/key.pem:/k"]}, config={**allowed, "tls": tls}),
+        Attempt("agent's TLS folder", {"volumes": [f"{root}/tls:/t"]}, config={**allowed, "tls": {"cert_path": f"{root}/tls"}}),
         Attempt("inbox through a link", {"volumes": [f"{root}/inbox-link/new:/i"]}, config=allowed),
         # Class 5: limits that would turn into "no limit".
         Attempt("cpus rounding to zero", {"cpus": 1e-10}, config={"max_cpus": 2}),
@@ -581,6 +585,10 @@ def bypass_sandbox() -> Iterator[Path]:
         (root / "token").chmod(0o600)
         (root / "inbox" / "new").mkdir(parents=True)
         (root / "inbox-link").symlink_to(root / "inbox")
+        (root / "tls").mkdir()
+        for name in ("ca.pem", "cert.pem", "key.pem"):
+            (root / "tls" / name).write_text("chaos\n")
+        (root / "tls-link").symlink_to(root / "tls")
         os.symlink(b"\xff", os.path.join(os.fsencode(root), b"notutf8"))
         os.symlink(b"/etc", os.path.join(os.fsencode(root), "\ufffd".encode()))
         (root / "chain0").mkdir()
