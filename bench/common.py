@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -20,3 +21,15 @@ def by_kind(requests: list[tuple[str, str]], per: float) -> dict[str, float]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def prefect_worker_pool(venv: Path, api_url: str, home: Path, pool: str) -> None:
+    """A docker work pool made as a user of Prefect's worker makes it: with the CLI and its default template."""
+    env = {"PREFECT_API_URL": api_url, "PATH": "/usr/bin:/bin", "PREFECT_HOME": str(home / "ph")}
+    cli = str(venv / "bin" / "prefect")
+    template = subprocess.run([cli, "work-pool", "get-default-base-job-template", "--type", "docker"],
+                              env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    path = home / f"{pool}.json"
+    path.write_text(template)
+    subprocess.run([cli, "work-pool", "create", pool, "--type", "docker", "--base-job-template", str(path)],
+                   env=env, check=True, capture_output=True)  # fmt: skip

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker
 
-from bench.common import REPO, by_kind, percentile
+from bench.common import REPO, by_kind, percentile, prefect_worker_pool
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
@@ -122,16 +122,7 @@ class Bench:
     # --- systems ---------------------------------------------------------------------------------
 
     def _worker_pool(self, pool: str) -> None:
-        env = {"PREFECT_API_URL": self.server.api_url, "PATH": "/usr/bin:/bin", "PREFECT_HOME": str(self.root / "ph")}
-        cli = str(self.venv / "bin" / "prefect")
-        template = json.loads(
-            subprocess.run([cli, "work-pool", "get-default-base-job-template", "--type", "docker"], env=env,
-                           capture_output=True, text=True, check=True).stdout
-        )  # fmt: skip
-        path = self.root / f"{pool}.json"
-        path.write_text(json.dumps(template))
-        subprocess.run([cli, "work-pool", "create", pool, "--type", "docker", "--base-job-template", str(path)],
-                       env=env, check=True, capture_output=True)  # fmt: skip
+        prefect_worker_pool(self.venv, self.server.api_url, self.root, pool)
 
     def _start(self, system: str, pool: str, proxy: FaultyHTTPProxy) -> subprocess.Popen[bytes]:
         log = (self.root / f"{system}.log").open("wb")

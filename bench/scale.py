@@ -34,7 +34,8 @@ from typing import Any
 
 import docker
 
-from bench.common import REPO, by_kind, percentile
+from bench.common import REPO, by_kind, percentile, prefect_worker_pool
+from dagent.sources.prefect.listing import ROSTER_FIRST
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
@@ -156,14 +157,7 @@ class Scale:
         if system == "dagent":
             self.api.call("POST", "/work_pools/", {"name": pool, "type": "docker"})
             return
-        env = {"PREFECT_API_URL": self.server.api_url, "PATH": "/usr/bin:/bin", "PREFECT_HOME": str(self.root / "ph")}
-        cli = str(self.venv / "bin" / "prefect")
-        template = subprocess.run([cli, "work-pool", "get-default-base-job-template", "--type", "docker"],
-                                  env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
-        path = self.root / f"{pool}.json"
-        path.write_text(template)
-        subprocess.run([cli, "work-pool", "create", pool, "--type", "docker", "--base-job-template", str(path)],
-                       env=env, check=True, capture_output=True)  # fmt: skip
+        prefect_worker_pool(self.venv, self.server.api_url, self.root, pool)
 
     def _agent(self, system: str, pool: str, name: str, proxy: FaultyHTTPProxy) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
@@ -211,7 +205,10 @@ class Scale:
                     raise RuntimeError(f"{system}: only {self._online(pool)} of {n} agents online after 300 s")
                 time.sleep(1)
             point.up_s = round(time.monotonic() - started, 1)
-            time.sleep(15)  # start-up done
+            # Idle means after start-up: dagent agents read the pool's workers twice more in their
+            # first two minutes (a fleet started together is still coming ONLINE at the first).
+            startup = 15.0 + (sum(ROSTER_FIRST) if system == "dagent" else 0.0)
+            time.sleep(max(15.0, startup - (time.monotonic() - started)))
             self._idle(point, proxy, fleet, self.args.idle or IDLE_WINDOW[system])
             real = self._deployment(pool, standin=False)
             rates = self.args.rates if n == self.args.sweep_at else self.args.rates[:1]
@@ -325,6 +322,7 @@ class Scale:
             "claim_answers": dict(Counter(status for _, status in claims)),
             "runs_accepted_more_than_once": sum(1 for n in accepted.values() if n > 1),
             "requests_per_run": round((len(proxy.times) - requests_before) / size, 2),
+            "requests_per_run_by_kind": by_kind(proxy.requests[requests_before:], size),
             "server_cpu_s_per_run": round((self._server_cpu() - server_before) / size, 4),
         }
         if fleet is not None:

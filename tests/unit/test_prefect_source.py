@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -54,10 +55,13 @@ class World:
         self.deployments: dict[str, dict[str, Any]] = {}
         self.claim_answer: Callable[[str], tuple[int, Any]] | None = None
         self.workers: dict[str, str] = {}  # the pool's workers and their status
+        self.history: dict[str, list[dict[str, Any]]] = {}  # GET /flow_run_states/
         self.lock = threading.Lock()
 
     def __call__(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         with self.lock:
+            if path.startswith("/flow_run_states/"):
+                return 200, self.history.get(path.split("flow_run_id=")[1], [])
             if path.endswith("/workers/filter"):
                 return 200, [{"name": n, "status": st} for n, st in self.workers.items()]
             if path.endswith("/get_scheduled_flow_runs"):
@@ -289,6 +293,26 @@ def test_recovery_resumes_our_pending_runs_only() -> None:
     assert [c.run.id for c in source.recover({}, [])] == ["ours"]
 
 
+def _at(second: int) -> str:
+    return f"2026-01-01T00:00:{second:02d}+00:00"
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_recovery_steps_back_from_a_stale_claim_it_died_before_checking(taken: bool) -> None:
+    """Our PENDING over a run another agent had run (its container, its end): put the end back, crash nothing."""
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    world.runs["r1"]["infrastructure_pid"] = f"{source.hostname}:abc123"
+    world.states["r1"] = {"type": "PENDING", "message": NOTE, "id": "p2"}
+    ran = [{"id": "p1", "type": "PENDING", "timestamp": _at(1)}, {"id": "r", "type": "RUNNING", "timestamp": _at(2)},
+           {"id": "c", "type": "COMPLETED", "name": "Completed", "timestamp": _at(3)}]  # fmt: skip
+    world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)}, *(ran if taken else []),
+                           {"id": "p2", "type": "PENDING", "timestamp": _at(4)}]  # fmt: skip
+    assert source.recover({}, []) == []
+    # Taken: the engine's end is back. Ours all along: its container is gone, so CRASHED, as before.
+    assert world.states["r1"]["type"] == ("COMPLETED" if taken else "CRASHED")
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_many_threads_at_once_leave_consistent_state(seed: int) -> None:
     """The loop, run threads, the event stream and timers all at once: no error, no run twice, no leftovers."""
@@ -415,7 +439,8 @@ def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() 
 
 
 def test_a_fleet_lists_a_page_wide_enough_to_spread_over() -> None:
-    """Twenty agents each asking for the ten oldest runs would all rank the same ten: the page grows with the fleet."""
+    """Twenty agents each asking for the ten oldest runs would all rank the same ten: the page grows with the fleet,
+    up to FLEET_PAGE workers' worth (a fleet lists often, and a list costs the server by its page)."""
     world = World()
     world.workers = {f"w{i}": "ONLINE" for i in range(5)}
     transport = RoutingTransport(world)
@@ -423,5 +448,121 @@ def test_a_fleet_lists_a_page_wide_enough_to_spread_over() -> None:
     runs.begin()
     runs.next(4)
     [body] = [b for _, p, b in transport.seen if p.endswith("/get_scheduled_flow_runs")]
-    assert body["limit"] == 4 * 2 * 5
+    assert body["limit"] == 4 * 2 * listing.FLEET_PAGE
+    runs.close()
+
+
+# --- a fleet's turns and fresh lists ---------------------------------------------------------------
+
+
+def _made(run_id: str, ago: float) -> dict[str, Any]:
+    """A run made `ago` seconds ago, due at once."""
+    stamp = (datetime.now(timezone.utc) - timedelta(seconds=ago)).isoformat()
+    return {**_flow_run(run_id), "created": stamp, "expected_start_time": stamp}
+
+
+def _owned(agent: str, fleet: list[str], owner: bool) -> str:
+    return next(r for r in (f"r{i}" for i in range(1000)) if (listing.position(agent, r, fleet) == 0) is owner)
+
+
+def test_a_listed_run_made_just_now_waits_for_this_agents_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a fleet, a list gives an agent the runs it owns at once and the others' only at its turn."""
+    monkeypatch.setattr(listing, "TURN", 0.3)
+    fleet = sorted(["a", *PEERS])
+    mine, theirs = _owned("a", fleet, True), _late_run("a", 1)
+    world = World([_made(mine, 0), _made(theirs, 0)])
+    runs, woke = _scheduled(world)
+    _with_peers(runs)
+    runs.begin()
+    assert runs.next(4)["id"] == mine  # type: ignore[index]
+    world.states[mine] = {"type": "PENDING", "id": "p"}
+    assert runs.next(4) is None and runs.wake_armed  # not its turn yet: a wake-up at it
+    assert woke.wait(3)
+    runs.begin()
+    assert runs.next(4)["id"] == theirs  # type: ignore[index]
+    runs.close()
+
+
+def test_a_run_waiting_longer_than_the_turns_is_anyones() -> None:
+    fleet = sorted(["a", *PEERS])
+    theirs = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, fleet) == len(PEERS))
+    runs, _ = _scheduled(World([_made(theirs, 60)]))
+    _with_peers(runs)
+    runs.begin()
+    assert runs.next(4)["id"] == theirs  # type: ignore[index]
+
+
+def test_in_a_fleet_a_list_older_than_fleet_fresh_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a burst the event stream trails claims: an old list would mostly offer runs already taken."""
+    world = World([_made(f"r{i}", 60) for i in range(6)])
+    runs, _ = _scheduled(world)
+    _with_peers(runs)
+    runs.begin()
+    first = runs.next(1)
+    assert first is not None
+    world.states[first["id"]] = {"type": "PENDING", "id": "p"}
+    taken_unheard = [r for r in runs._backlog]
+    for r in taken_unheard:  # others took every run left, and the stream has not said so yet
+        world.states[r["id"]] = {"type": "PENDING", "id": "p"}
+    runs.listed_at -= listing.FLEET_FRESH + 0.1
+    runs.begin()
+    assert runs.next(1) is None  # listed again: nothing left to claim
+    monkeypatch.setattr(listing, "FLEET_FRESH", 3600.0)  # a fresh list serves
+    world.states = {r: {"type": "SCHEDULED", "id": "s"} for r in world.states}
+    runs._due = True
+    runs.begin()
+    assert runs.next(1) is not None
+    world.states = {r: {"type": "PENDING", "id": "p"} for r in world.states}
+    runs.begin()
+    assert runs.next(1) is not None  # from the backlog, not asked again
+
+
+def test_a_claim_check_that_steps_back_restores_the_engines_end() -> None:
+    """A CRASHED set by the agent that ran the run, reacting to our stale PENDING, is not the run's end."""
+    history = [
+        {"id": "s", "type": "SCHEDULED", "timestamp": "2026-01-01T00:00:00+00:00"},
+        {"id": "p1", "type": "PENDING", "timestamp": "2026-01-01T00:00:01+00:00"},
+        {"id": "r", "type": "RUNNING", "timestamp": "2026-01-01T00:00:02+00:00"},
+        {"id": "c", "type": "COMPLETED", "name": "Completed", "timestamp": "2026-01-01T00:00:03+00:00"},
+        {"id": "p2", "type": "PENDING", "timestamp": "2026-01-01T00:00:04+00:00"},
+        {"id": "x", "type": "CRASHED", "name": "Crashed", "timestamp": "2026-01-01T00:00:05+00:00"},
+    ]
+    proposed: list[Any] = []
+
+    def handler(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path.startswith("/flow_run_states/"):
+            return 200, history
+        if path.endswith("/set_state"):
+            proposed.append(body)
+            return 200, {"status": "ACCEPT", "state": {"id": "p2" if len(proposed) == 1 else "z"}}
+        return 404, {"detail": "Not Found"}
+
+    source, _ = _source(handler)
+    assert source._runs.claim("r1", listed_at=time.monotonic() - 5).ours is False
+    assert proposed[-1]["state"]["type"] == "COMPLETED" and proposed[-1]["force"] is True
+
+
+def test_a_run_that_ended_and_was_claimed_again_by_another_agent_is_not_crashed() -> None:
+    """Its container exited 0 but another agent's stale claim made it PENDING: that agent steps back."""
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    [claim] = source.poll(1)
+    world.states["r1"] = {"type": "PENDING", "message": "Claimed by dagent agent 'other'", "id": "p2"}
+    source.report(claim, RunResult.ended("r1", "succeeded", 0, "c", "t0"))
+    assert world.states["r1"]["type"] == "PENDING"  # no CRASHED proposed over it
+    world.states["r1"] = {"type": "PENDING", "message": NOTE, "id": "p3"}
+    source._track("r1", mine=True)
+    source.report(claim, RunResult.ended("r1", "succeeded", 0, "c", "t0"))
+    assert world.states["r1"]["type"] == "CRASHED"  # ours and never ended: as before
+
+
+def test_a_listed_run_taken_before_this_agents_turn_costs_no_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "TURN", 0.2)
+    theirs = _late_run("a", 2)
+    runs, woke = _scheduled(World([_made(theirs, 0)]))
+    _with_peers(runs)
+    runs.begin()
+    assert runs.next(4) is None and runs.wake_armed
+    runs.heard_taken(theirs, by_peer=True)  # a worker ranked before this one took it
+    assert not woke.wait(1.0)
     runs.close()

@@ -74,7 +74,7 @@ class FlowRuns:
             # accepted claim that close together, so only a slower claim needs the history.
             fresh = time.monotonic() - listed_at < FRESH_LIST and len(tries) == 1
             pending_id = ((answer or {}).get("state") or {}).get("id")
-            return ClaimAnswer(fresh or self._claimed_from_scheduled(run_id, pending_id))
+            return ClaimAnswer(fresh or self.claim_stands(run_id, pending_id))
         if status in ("ABORT", "REJECT") and len(tries) > 1:
             # Ours anyway if an earlier try of this very proposal went through and its answer was lost.
             state = self.state(run_id)
@@ -89,7 +89,7 @@ class FlowRuns:
             return ClaimAnswer(False, float(delay) if isinstance(delay, (int, float)) else 0.0)
         return ClaimAnswer(False)
 
-    def _claimed_from_scheduled(self, run_id: str, pending_id: Any) -> bool:
+    def claim_stands(self, run_id: str, pending_id: Any) -> bool:
         """True when our accepted PENDING claimed the run as scheduled, not after someone ran it.
 
         Prefect refuses PENDING over PENDING or RUNNING but accepts it after a final state, so a
@@ -121,8 +121,10 @@ class FlowRuns:
         )
         final = [h for h in others if h.get("type") in FINAL_STATES]
         if final:
-            last = final[-1]
+            # The first end since it was scheduled is the engine's; a later one is another agent
+            # reacting to our PENDING (a CRASHED "exited with code 0 but the flow run is PENDING").
+            end = final[0]
             self.set_state(
-                run_id, str(last.get("type")), str(last.get("name") or ""), str(last.get("message") or ""), force=True
+                run_id, str(end.get("type")), str(end.get("name") or ""), str(end.get("message") or ""), force=True
             )
         return False

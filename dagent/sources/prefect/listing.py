@@ -11,11 +11,15 @@ a reconnect: a run it announced is found at the next slot, by whichever agent ow
 
 Agents of one pool spread their claims by rendezvous hashing: every worker of the fleet has a rank
 for every run (a hash of its name and the run's id), and a run's owner is the worker that ranks it
-first. An agent tries the runs it owns first, then those it ranks second, and so on, so the agents of
-a fleet take disjoint runs of a burst; and a run announced on the event stream is offered to an
-agent after TURN seconds per worker ahead of it (its owner at once). The owner takes the run if it
-has room; if not, the next takes it a moment later, having heard nothing, and the others hear it taken
-before their turn: a run costs one list and one claim, not one per agent.
+first. A run is an agent's to try TURN seconds per worker ranked before it after the run became
+claimable (its owner at once), whether the agent heard of it on the event stream or in a list. The
+owner takes the run if it has room; if not, the next takes it a moment later, having heard nothing,
+and the others hear it taken before their turn: a run costs one list and one claim, not one per
+agent. Within a page, an agent tries the runs it owns first, then those it ranks second, and so on.
+
+In a fleet, a list is trusted for FLEET_FRESH seconds only: under a burst the event stream trails
+the claims by seconds, and a claim from an older list is mostly refused (or, for a run that has
+already ended, accepted and then stepped back from: three requests and a state the user sees).
 
 The loop thread lists and takes; the event stream and the wake-up timer mark a list due or a run
 taken. Shared fields are guarded by one lock, never held across the request.
@@ -32,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dagent.errors import SourceError
-from dagent.sources.prefect.claims import start_time
+from dagent.sources.prefect.claims import EPOCH, start_time, when
 from dagent.sources.prefect.client import PrefectClient
 
 log = logging.getLogger("dagent.prefect")
@@ -41,14 +45,18 @@ log = logging.getLogger("dagent.prefect")
 # covers an event lost in a reconnect); each list also looks this far ahead, so a run scheduled for
 # later is woken for on time.
 SAFETY_LIST = 300.0
-# An announced run waits this long for each worker that ranks it before this agent (long enough to
-# hear the claim of the one before), and at most SPREAD.
+# A run waits this long for each worker that ranks it before this agent (long enough to hear the
+# claim of the one before), and at most SPREAD: past it, the agents still waiting are few enough
+# to rarely meet.
 TURN = 0.5
-SPREAD = 2.0
+SPREAD = 4.0
+# In a fleet, how long a list is good for claims (see the module's docstring).
+FLEET_FRESH = 1.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
-# The most runs one list asks for.
+# The most runs one list asks for, and the most workers a fleet's page grows for.
 PAGE_MAX = 200
+FLEET_PAGE = 4
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
 # How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
@@ -56,6 +64,12 @@ READY_SLOT = 50.0
 # started together is still coming ONLINE at the first.
 ROSTER_EVERY = 300.0
 ROSTER_FIRST = (60.0, 60.0)
+
+
+def _created(flow_run: dict[str, Any]) -> datetime | None:
+    """When the run was made, or None if it does not say."""
+    made = when({"timestamp": flow_run.get("created")})
+    return None if made == EPOCH else made
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -189,6 +203,11 @@ class ScheduledRuns:
     def next(self, limit: int) -> dict[str, Any] | None:
         """The next run worth a claim, oldest first; None when none is left (lists at most once a poll)."""
         while True:
+            if self._backlog and self._stale():
+                # Even within one poll: its claims take seconds on a busy server.
+                self._backlog.clear()
+                self._may_list = True
+                self.mark_due()
             if not self._backlog:
                 if not self._may_list or not self._should_list():
                     return None
@@ -203,6 +222,10 @@ class ScheduledRuns:
                 gone = flow_run["id"] in self._taken
             if not gone:
                 return flow_run
+
+    def _stale(self) -> bool:
+        """In a fleet, a list older than FLEET_FRESH: others may have taken its runs, unheard yet."""
+        return time.monotonic() - self.listed_at > FLEET_FRESH and len(self.fleet()) > 1
 
     def _should_list(self) -> bool:
         """Without the event stream, every poll lists; with it, only when something may have changed."""
@@ -228,8 +251,9 @@ class ScheduledRuns:
         due_by = now + timedelta(seconds=self.prefetch)
         ahead = SAFETY_LIST if self.streaming() else 0.0
         # More than we can take: some need labels we lack, or go to others. With a fleet, a page wide
-        # enough that each agent's best-ranked runs are mostly runs no other agent ranks first.
-        requested = min(PAGE_MAX, max(limit * 2 * len(self.fleet()), 10))
+        # enough to hold some runs this agent owns; not wider, as a fleet lists often (FLEET_FRESH)
+        # and the server's cost of a list grows with its page.
+        requested = min(PAGE_MAX, max(limit * 2 * min(len(self.fleet()), FLEET_PAGE), 10))
         body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
         if self.work_queues:
             body["work_queue_names"] = list(self.work_queues)
@@ -261,6 +285,7 @@ class ScheduledRuns:
             start, run_id = min(later)
             # Each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
+        runs = self._in_turn(runs, now)
         # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns.
         fleet = self.fleet()
         runs.sort(key=lambda r: (position(self.agent, r["id"], fleet), rank(self.agent, r["id"])))
@@ -268,6 +293,28 @@ class ScheduledRuns:
             self._taken = set()
             self._listed = frozenset(r["id"] for r in runs)
         return runs
+
+    def _in_turn(self, runs: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+        """The runs whose turn has come for this agent; the others are offered at their turn, as announced runs are."""
+        if len(self.fleet()) < 2:
+            return runs
+        ready, turns = [], []
+        for flow_run in runs:
+            # Claimable since it was made, or since `prefetch` before it is due if that is later (a
+            # run that says neither is claimable now). Hosts' clocks are taken to agree (NTP).
+            due = start_time(flow_run)
+            since = max(_created(flow_run) or EPOCH, due - timedelta(seconds=self.prefetch) if due else EPOCH)
+            turn = since + timedelta(seconds=self._turn(flow_run["id"]))
+            if since == EPOCH or turn <= now:
+                ready.append(flow_run)
+            else:
+                turns.append((flow_run["id"], time.monotonic() + (turn - now).total_seconds()))
+        with self._lock:
+            for run_id, at in turns:
+                # A run heard taken before then is dropped from the offers: no list for it.
+                self._offers[run_id] = min(at, self._offers.get(run_id, at))
+            self._arm()
+        return ready
 
     def wake_at(self, when: datetime) -> None:
         """List again (and wake the loop) at `when`; an earlier wake-up already armed covers it."""

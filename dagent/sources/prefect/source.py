@@ -349,9 +349,15 @@ class PrefectSource:
         elif result.exit_code != 0:
             message = f"the container exited with code {result.exit_code}"
         else:
-            kind = heard or (self._runs.state(run_id) or {}).get("type")
+            state = {"type": heard} if heard else (self._runs.state(run_id) or {})
+            kind = state.get("type")
             if kind in _ENGINE_ENDS:
                 return  # the engine reported the run itself, or suspended it to resume later
+            other = claimer(str(state.get("message") or "")) if kind == "PENDING" else None
+            if other is not None and other != self.worker:
+                # Another agent's stale claim revived the ended run; its claim check puts the end back.
+                log.info("flow run %s ended; %s claimed it again since and steps back", run_id, other)
+                return
             message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
         # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
         self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
@@ -434,6 +440,10 @@ class PrefectSource:
                 claim = self._resume(flow_run)  # adopt the container (running, or finished and unreported)
             elif info is None and ours_pending and not container_id:
                 claim = self._resume(flow_run)  # claimed, never started: run it now
+            elif info is None and ours_pending and not self._runs.claim_stands(run_id, state.get("id")):
+                # Our claim revived a run another agent had already run, and we died before its
+                # check: it has stepped back now, the run's end put back.
+                continue
             elif host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
                 # Whoever started it, its container is gone from this host's daemon.
                 log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
