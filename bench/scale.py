@@ -355,7 +355,8 @@ def tables(results: dict[str, Any]) -> str:
     points, fleet = results["points"], results["meta"]["fleet"]
     rows = [
         "| N | system | idle requests/min per agent | idle server CPU-s/min per agent (net) | dispatch p50 / p95 (s) "
-        "| burst: runs, wall (s) | started twice / never | claim conflicts per run | server CPU-s per run |",
+        "| burst: runs, wall (s) | started twice / never | refused claims per run / runs accepted twice "
+        "| server CPU-s per run |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in fleet:
@@ -368,7 +369,8 @@ def tables(results: dict[str, Any]) -> str:
                 f"| {n} | {'dagent' if p.system == 'dagent' else 'Prefect worker'} "
                 f"| {p.per_agent('idle_requests_per_min'):.2f} | {p.per_agent('idle_server_cpu_s_per_min'):.3f} "
                 f"| {lat.get('p50_s', '–')} / {lat.get('p95_s', '–')} | {b.get('runs')}, {b.get('wall_s')} "
-                f"| {b.get('started_twice')} / {b.get('never_started')} | {b.get('conflicts_per_run')} "
+                f"| {b.get('started_twice')} / {b.get('never_started')} "
+                f"| {b.get('conflicts_per_run')} / {b.get('runs_accepted_more_than_once')} "
                 f"| {b.get('server_cpu_s_per_run')} |"
             )
     ratios = ["", "| N | idle requests, dagent / worker | idle server CPU, dagent / worker | burst wall, dagent / worker |",
@@ -388,7 +390,8 @@ def tables(results: dict[str, Any]) -> str:
         extra.append(
             f"\nkill -9 at scale: {p.n} dagent agents, {k['runs']} stand-in runs, {k['kills']} agents killed and "
             f"restarted during the burst: states {k['states']}, started twice {k['started_twice']}, never started "
-            f"{k['never_started']}, stuck {k['stuck']}, orphans {k['orphans']}, wall {k['wall_s']} s."
+            f"{k['never_started']}, stuck {k['stuck']}, orphans {k['orphans']}, wall {k['wall_s']} s, refused claims "
+            f"{k['conflicts_per_run']} per run, runs accepted twice {k['runs_accepted_more_than_once']}."
         )
     return "\n".join(rows + ratios + extra + ["", paper(results)])
 

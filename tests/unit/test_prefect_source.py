@@ -313,6 +313,18 @@ def test_recovery_steps_back_from_a_stale_claim_it_died_before_checking(taken: b
     assert world.states["r1"]["type"] == ("COMPLETED" if taken else "CRASHED")
 
 
+def test_recovery_does_not_run_an_ended_run_its_stale_claim_revived() -> None:
+    """No container and no infrastructure_pid (it was cancelled before it started), then our stale PENDING."""
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    world.states["r1"] = {"type": "PENDING", "message": NOTE, "id": "p2"}
+    world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)},
+                           {"id": "x", "type": "CANCELLED", "name": "Cancelled", "timestamp": _at(1)},
+                           {"id": "p2", "type": "PENDING", "timestamp": _at(2)}]  # fmt: skip
+    assert source.recover({}, []) == []
+    assert world.states["r1"]["type"] == "CANCELLED"
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_many_threads_at_once_leave_consistent_state(seed: int) -> None:
     """The loop, run threads, the event stream and timers all at once: no error, no run twice, no leftovers."""
@@ -504,7 +516,7 @@ def test_in_a_fleet_a_list_older_than_fleet_fresh_is_asked_again(monkeypatch: py
     taken_unheard = [r for r in runs._backlog]
     for r in taken_unheard:  # others took every run left, and the stream has not said so yet
         world.states[r["id"]] = {"type": "PENDING", "id": "p"}
-    runs.listed_at -= listing.FLEET_FRESH + 0.1
+    runs._answered_at -= listing.FLEET_FRESH + 0.1
     runs.begin()
     assert runs.next(1) is None  # listed again: nothing left to claim
     monkeypatch.setattr(listing, "FLEET_FRESH", 3600.0)  # a fresh list serves
@@ -542,14 +554,26 @@ def test_a_claim_check_that_steps_back_restores_the_engines_end() -> None:
     assert proposed[-1]["state"]["type"] == "COMPLETED" and proposed[-1]["force"] is True
 
 
-def test_a_run_that_ended_and_was_claimed_again_by_another_agent_is_not_crashed() -> None:
-    """Its container exited 0 but another agent's stale claim made it PENDING: that agent steps back."""
+def test_a_run_that_ended_and_was_claimed_again_by_another_agent_gets_its_end_back() -> None:
+    """Its container exited 0 but another agent's stale claim made it PENDING: not CRASHED, its end put back
+    (that agent's own check may never come: it may die first)."""
     world = World([_flow_run("r1")])
     source, _ = _source(world)
     [claim] = source.poll(1)
     world.states["r1"] = {"type": "PENDING", "message": "Claimed by dagent agent 'other'", "id": "p2"}
+    world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)},
+                           {"id": "p1", "type": "PENDING", "timestamp": _at(1)},
+                           {"id": "c", "type": "COMPLETED", "name": "Completed", "timestamp": _at(3)},
+                           {"id": "p2", "type": "PENDING", "timestamp": _at(4)}]  # fmt: skip
     source.report(claim, RunResult.ended("r1", "succeeded", 0, "c", "t0"))
-    assert world.states["r1"]["type"] == "PENDING"  # no CRASHED proposed over it
+    assert world.states["r1"]["type"] == "COMPLETED"
+    # A retry (SCHEDULED again) that another agent claimed is theirs: left alone.
+    world.states["r1"] = {"type": "PENDING", "message": "Claimed by dagent agent 'other'", "id": "p3"}
+    world.history["r1"] += [{"id": "s2", "type": "SCHEDULED", "timestamp": _at(5)},
+                            {"id": "p3", "type": "PENDING", "timestamp": _at(6)}]  # fmt: skip
+    source._track("r1", mine=True)
+    source.report(claim, RunResult.ended("r1", "succeeded", 0, "c", "t0"))
+    assert world.states["r1"]["id"] == "p3"
     world.states["r1"] = {"type": "PENDING", "message": NOTE, "id": "p3"}
     source._track("r1", mine=True)
     source.report(claim, RunResult.ended("r1", "succeeded", 0, "c", "t0"))
@@ -565,4 +589,46 @@ def test_a_listed_run_taken_before_this_agents_turn_costs_no_list(monkeypatch: p
     assert runs.next(4) is None and runs.wake_armed
     runs.heard_taken(theirs, by_peer=True)  # a worker ranked before this one took it
     assert not woke.wait(1.0)
+    runs.close()
+
+
+def test_a_slow_server_cannot_keep_one_poll_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lists that take longer than FLEET_FRESH: a poll lists at most twice, then hands out what it has."""
+    monkeypatch.setattr(listing, "FLEET_FRESH", 0.05)
+    world = World([_made(f"r{i}", 60) for i in range(3)])
+    lists = []
+
+    def slow(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path.endswith("/get_scheduled_flow_runs"):
+            lists.append(path)
+            time.sleep(0.1)
+        return world(method, path, body)
+
+    client = PrefectClient(_config(), RoutingTransport(slow))
+    runs = ScheduledRuns(client, "a", "pool", [], 0.0, 1.0, lambda: True, lambda: None)
+    _with_peers(runs)
+    runs.begin()
+    assert runs.next(1) is not None and len(lists) == 1  # answered 0.1 s after asking: fresh from the answer
+    time.sleep(0.1)
+    assert runs.next(1) is not None and len(lists) == 2  # stale: listed once more
+    time.sleep(0.1)
+    assert runs.next(1) is not None and len(lists) == 2  # not a third time in one poll
+    runs.close()
+
+
+def test_a_host_whose_clock_lags_waits_no_longer_than_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs made 'in the future' by this host's clock: its own at once, the others' at its turn from first sight."""
+    monkeypatch.setattr(listing, "TURN", 0.2)
+    fleet = sorted(["a", *PEERS])
+    mine, theirs = _owned("a", fleet, True), _late_run("a", 1)
+    ahead = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    world = World([{**_made(r, 1), "created": ahead} for r in (mine, theirs)])  # made an hour ahead of this host
+    runs, woke = _scheduled(world)
+    _with_peers(runs)
+    runs.begin()
+    assert runs.next(4)["id"] == mine  # type: ignore[index]
+    world.states[mine] = {"type": "PENDING", "id": "p"}
+    assert runs.next(4) is None and woke.wait(3)
+    runs.begin()
+    assert runs.next(4)["id"] == theirs  # type: ignore[index]
     runs.close()

@@ -98,33 +98,50 @@ class FlowRuns:
         before the database's write lock, so they need not follow commit order. What can be
         trusted is what else happened since the run was last scheduled: anything besides our
         PENDING (another agent's claim, a run, a final state) means the run was taken. Then we
-        step back and put its final state back, since our PENDING replaced it.
+        step back and put its end back, since our PENDING replaced it.
         """
         try:
-            history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
-            if not isinstance(history, list):
-                raise SourceError(f"Prefect API: GET /flow_run_states/ for {run_id}: expected a list")
+            others = self._since_scheduled(run_id, pending_id)
         except SourceError as e:
             # Our PENDING stands; leaving it would strand the run, so run it on the claim alone.
             log.warning("flow run %s: could not check the claim (%s); taking it", run_id, e)
             return True
-        log.debug(
-            "flow run %s: claim check: %s",
-            run_id,
-            [(h.get("type"), h.get("timestamp")) for h in history if isinstance(h, dict)],
-        )
-        others = taken_since_scheduled(history, pending_id)
         if not others:
             return True
         log.info(
             "flow run %s was taken by another agent before our claim (%s); leaving it", run_id, others[-1].get("type")
         )
-        final = [h for h in others if h.get("type") in FINAL_STATES]
-        if final:
-            # The first end since it was scheduled is the engine's; a later one is another agent
-            # reacting to our PENDING (a CRASHED "exited with code 0 but the flow run is PENDING").
-            end = final[0]
-            self.set_state(
-                run_id, str(end.get("type")), str(end.get("name") or ""), str(end.get("message") or ""), force=True
-            )
+        try:
+            self._put_back_end(run_id, others)
+        except SourceError as e:
+            # The agent that ran it puts it back when it reports (see revived); a restart here does too.
+            log.warning("flow run %s: could not put its end back (%s)", run_id, e)
         return False
+
+    def revived(self, run_id: str, pending_id: Any) -> bool:
+        """Put back the end of a run that another agent's stale PENDING (`pending_id`) revived; False if it had none."""
+        return self._put_back_end(run_id, self._since_scheduled(run_id, pending_id))
+
+    def _since_scheduled(self, run_id: str, pending_id: Any) -> list[dict[str, Any]]:
+        history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
+        if not isinstance(history, list):
+            raise SourceError(f"Prefect API: GET /flow_run_states/ for {run_id}: expected a list")
+        log.debug(
+            "flow run %s: claim check: %s",
+            run_id,
+            [(h.get("type"), h.get("timestamp")) for h in history if isinstance(h, dict)],
+        )
+        return taken_since_scheduled(history, pending_id)
+
+    def _put_back_end(self, run_id: str, others: list[dict[str, Any]]) -> bool:
+        """Force the run's first end since it was scheduled back over a stale PENDING; False if it had none."""
+        final = [h for h in others if h.get("type") in FINAL_STATES]
+        if not final:
+            return False
+        # The first end since it was scheduled is the engine's; a later one is another agent
+        # reacting to the stale PENDING (a CRASHED "exited with code 0 but the flow run is PENDING").
+        end = final[0]
+        self.set_state(
+            run_id, str(end.get("type")), str(end.get("name") or ""), str(end.get("message") or ""), force=True
+        )
+        return True

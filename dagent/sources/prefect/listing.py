@@ -109,7 +109,10 @@ class ScheduledRuns:
         # The loop thread's own.
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
         self.listed_at = 0.0  # when the last list was asked for (monotonic)
+        self._answered_at = 0.0  # when its answer came (monotonic)
         self._may_list = True  # this poll has not listed yet
+        self._relisted = False  # this poll has listed again, its first list gone stale
+        self._first_seen: dict[str, datetime] = {}  # runs of the last list → when this agent first saw them
         # Shared with the event stream and the timers.
         self._lock = threading.Lock()
         self._due = True  # something may have changed since the last list
@@ -180,7 +183,7 @@ class ScheduledRuns:
         if self._backlog and time.monotonic() - self.listed_at > keep:
             self._backlog.clear()
             self.mark_due()
-        self._may_list = True
+        self._may_list, self._relisted = True, False
         every = ROSTER_FIRST[self._roster_reads - 1] if 0 < self._roster_reads <= len(ROSTER_FIRST) else ROSTER_EVERY
         if streaming and time.monotonic() - self._roster_at >= every:
             self._read_roster()
@@ -203,10 +206,11 @@ class ScheduledRuns:
     def next(self, limit: int) -> dict[str, Any] | None:
         """The next run worth a claim, oldest first; None when none is left (lists at most once a poll)."""
         while True:
-            if self._backlog and self._stale():
-                # Even within one poll: its claims take seconds on a busy server.
+            if self._backlog and self._stale() and not self._relisted:
+                # Once more within a poll: its claims take seconds on a busy server. Not more: a
+                # server slow to answer would otherwise keep the poll listing.
                 self._backlog.clear()
-                self._may_list = True
+                self._may_list, self._relisted = True, True
                 self.mark_due()
             if not self._backlog:
                 if not self._may_list or not self._should_list():
@@ -214,6 +218,7 @@ class ScheduledRuns:
                 self._may_list = False
                 self.listed_at = time.monotonic()  # when the list was asked for
                 self._backlog = self._list(limit)
+                self._answered_at = time.monotonic()
                 if self.streaming():
                     self._next_ready_slot()
                 continue
@@ -224,8 +229,8 @@ class ScheduledRuns:
                 return flow_run
 
     def _stale(self) -> bool:
-        """In a fleet, a list older than FLEET_FRESH: others may have taken its runs, unheard yet."""
-        return time.monotonic() - self.listed_at > FLEET_FRESH and len(self.fleet()) > 1
+        """In a fleet, a list answered more than FLEET_FRESH ago: others may have taken its runs, unheard yet."""
+        return time.monotonic() - self._answered_at > FLEET_FRESH and len(self.fleet()) > 1
 
     def _should_list(self) -> bool:
         """Without the event stream, every poll lists; with it, only when something may have changed."""
@@ -299,13 +304,17 @@ class ScheduledRuns:
         if len(self.fleet()) < 2:
             return runs
         ready, turns = [], []
+        self._first_seen = {r["id"]: self._first_seen.get(r["id"], now) for r in runs}
         for flow_run in runs:
             # Claimable since it was made, or since `prefetch` before it is due if that is later (a
-            # run that says neither is claimable now). Hosts' clocks are taken to agree (NTP).
+            # run that says neither is claimable now); and at the latest since this agent first saw
+            # it, so a host whose clock lags the server's waits no longer than its turn.
             due = start_time(flow_run)
             since = max(_created(flow_run) or EPOCH, due - timedelta(seconds=self.prefetch) if due else EPOCH)
-            turn = since + timedelta(seconds=self._turn(flow_run["id"]))
-            if since == EPOCH or turn <= now:
+            since = min(since, self._first_seen[flow_run["id"]])
+            wait = self._turn(flow_run["id"])
+            turn = since + timedelta(seconds=wait)
+            if wait == 0 or since == EPOCH or turn <= now:
                 ready.append(flow_run)
             else:
                 turns.append((flow_run["id"], time.monotonic() + (turn - now).total_seconds()))

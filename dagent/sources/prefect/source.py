@@ -355,8 +355,13 @@ class PrefectSource:
                 return  # the engine reported the run itself, or suspended it to resume later
             other = claimer(str(state.get("message") or "")) if kind == "PENDING" else None
             if other is not None and other != self.worker:
-                # Another agent's stale claim revived the ended run; its claim check puts the end back.
-                log.info("flow run %s ended; %s claimed it again since and steps back", run_id, other)
+                # Another agent's claim since: of a retry (then it is theirs), or a stale claim that
+                # revived the ended run, whose end we put back now (its own check may never come).
+                try:
+                    if self._runs.revived(run_id, state.get("id")):
+                        log.info("flow run %s ended; %s's stale claim revived it: its end is put back", run_id, other)
+                except SourceError as e:
+                    log.warning("flow run %s: could not check %s's claim on it (%s)", run_id, other, e)
                 return
             message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
         # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
@@ -438,12 +443,12 @@ class PrefectSource:
             info = containers.get(run_id)
             if owned_by(info, self.worker):
                 claim = self._resume(flow_run)  # adopt the container (running, or finished and unreported)
+            elif info is None and ours_pending and not self._runs.claim_stands(run_id, state.get("id")):
+                # Our claim revived a run that had already ended, and we died before its check: it
+                # has stepped back now, the run's end put back.
+                continue
             elif info is None and ours_pending and not container_id:
                 claim = self._resume(flow_run)  # claimed, never started: run it now
-            elif info is None and ours_pending and not self._runs.claim_stands(run_id, state.get("id")):
-                # Our claim revived a run another agent had already run, and we died before its
-                # check: it has stepped back now, the run's end put back.
-                continue
             elif host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
                 # Whoever started it, its container is gone from this host's daemon.
                 log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
