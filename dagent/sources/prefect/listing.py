@@ -204,7 +204,8 @@ class ScheduledRuns:
             self._roster = frozenset(names)
 
     def next(self, limit: int) -> dict[str, Any] | None:
-        """The next run worth a claim, oldest first; None when none is left (lists at most once a poll)."""
+        """The next run worth a claim, oldest first; None when none is left (lists once a poll; in a fleet, once
+        more when the first list went stale)."""
         while True:
             if self._backlog and self._stale() and not self._relisted:
                 # Once more within a poll: its claims take seconds on a busy server. Not more: a
