@@ -398,7 +398,9 @@ def tables(results: dict[str, Any]) -> str:
 
 def paper(results: dict[str, Any]) -> str:
     """What 100 and 1,000 hosts would cost the server, from the largest N measured (computed, not measured)."""
-    n = max(results["meta"]["fleet"])
+    # The largest N measured for both systems, so the two are computed from the same fleet size.
+    both = [n for n in results["meta"]["fleet"] if all(_pair(results["points"], n))]
+    n = max(both or results["meta"]["fleet"])
     d, w = _pair(results["points"], n)
     lines = [
         f"Beyond the measured N, on paper (from N = {n}: per-agent idle cost and per-run cost, scaled linearly; "
