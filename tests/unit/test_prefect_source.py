@@ -105,16 +105,13 @@ def test_one_list_serves_several_polls() -> None:
     assert sum(1 for _, p, _ in transport.seen if p.endswith("get_scheduled_flow_runs")) == 1
 
 
-def test_agents_of_one_pool_start_their_backlogs_at_different_runs() -> None:
-    """Rendezvous ranking: a page of the pool's runs is tried in an order of each agent's own."""
+def test_an_agent_alone_tries_the_oldest_run_first() -> None:
+    """As Prefect's worker does: with nobody to share with, the page's order is the queue's."""
     ids = [str(uuid.UUID(int=i)) for i in range(10)]
-    firsts = {min(ids, key=lambda r: listing.rank(f"agent-{a}", r)) for a in range(20)}
-    assert len(firsts) >= 6  # 20 agents over 10 runs: with one shared order, every agent would pick the same
     page = ScheduledRuns(PrefectClient(_config(), RoutingTransport(World([_flow_run(i) for i in ids]))),
                          "agent-3", "pool", [], 0.0, 1.0, lambda: False, lambda: None)  # fmt: skip
     page.begin()
-    order = [page.next(4)["id"] for _ in ids]  # type: ignore[index]
-    assert order == sorted(ids, key=lambda r: listing.rank("agent-3", r))
+    assert [page.next(4)["id"] for _ in ids] == ids  # type: ignore[index]
 
 
 def _just_listed(runs: ScheduledRuns) -> None:
@@ -450,17 +447,65 @@ def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() 
     assert runs.fleet() == ["a", "b"]
 
 
-def test_a_fleet_lists_a_page_wide_enough_to_spread_over() -> None:
-    """Twenty agents each asking for the ten oldest runs would all rank the same ten: the page grows with the fleet,
-    up to FLEET_PAGE workers' worth (a fleet lists often, and a list costs the server by its page)."""
+@pytest.mark.parametrize(("workers", "free", "page"), [(1, 1, 10), (5, 4, 40), (40, 1, 80), (40, 4, 200)])
+def test_a_fleet_lists_a_page_wide_enough_to_hold_runs_of_its_own(workers: int, free: int, page: int) -> None:
+    """Forty agents each asking for the eight oldest runs would all go for the same eight: the page grows with
+    the fleet, OWNED_PER_PAGE runs per free slot per worker, up to PAGE_MAX."""
     world = World()
-    world.workers = {f"w{i}": "ONLINE" for i in range(5)}
+    world.workers = {f"w{i}": "ONLINE" for i in range(workers)}
     transport = RoutingTransport(world)
     runs = ScheduledRuns(PrefectClient(_config(), transport), "w0", "pool", [], 0.0, 1.0, lambda: True, lambda: None)
     runs.begin()
-    runs.next(4)
+    runs.next(free)
     [body] = [b for _, p, b in transport.seen if p.endswith("/get_scheduled_flow_runs")]
-    assert body["limit"] == 4 * 2 * listing.FLEET_PAGE
+    assert body["limit"] == page
+    runs.close()
+
+
+def test_within_a_page_an_agent_tries_its_own_runs_first_oldest_first() -> None:
+    """Past everyone's turn (a deep queue), agents that each take their own runs rarely meet."""
+    fleet = sorted(["a", *PEERS])
+    ids = [f"r{i}" for i in range(40)]
+    world = World([_made(r, 60 - i) for i, r in enumerate(ids)])  # r0 the oldest
+    runs, _ = _scheduled(world)
+    _with_peers(runs)
+    runs.begin()
+    got = []
+    while (flow_run := runs.next(40)) is not None:
+        got.append(flow_run["id"])
+    places = [listing.position("a", r, fleet) for r in got]
+    assert sorted(got) == sorted(ids) and places == sorted(places) and places[0] == 0
+    for place in set(places):
+        same = [r for r in got if listing.position("a", r, fleet) == place]
+        assert same == [r for r in ids if r in same]  # oldest first within a place
+
+
+def test_a_stale_list_still_serves_this_agents_own_runs_until_owned_fresh() -> None:
+    """Nobody else goes for an agent's own runs first: they outlive FLEET_FRESH (no list per freed slot);
+    the others' are asked again."""
+    fleet = sorted(["a", *PEERS])
+    ids = [f"r{i}" for i in range(40)]
+    own = [r for r in ids if listing.position("a", r, fleet) == 0]
+    world = World([_made(r, 60) for r in ids])
+    lists: list[str] = []
+
+    def counting(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path.endswith("/get_scheduled_flow_runs"):
+            lists.append(path)
+        return world(method, path, body)
+
+    runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(counting)), "a", "pool", [], 0.0, 1.0,
+                         lambda: True, lambda: None)  # fmt: skip
+    _with_peers(runs)
+    runs.begin()
+    assert runs.next(1)["id"] == own[0] and len(lists) == 1  # type: ignore[index]
+    runs._answered_at -= listing.FLEET_FRESH + 0.1
+    runs.begin()
+    assert runs.next(1)["id"] == own[1] and len(lists) == 1  # type: ignore[index]  # no list
+    runs._answered_at -= listing.OWNED_FRESH
+    runs.begin()
+    world.states = {r: {"type": "PENDING", "id": "p"} for r in ids}  # all taken since, unheard
+    assert runs.next(1) is None and len(lists) == 2  # too old even for its own: asked again
     runs.close()
 
 

@@ -15,11 +15,20 @@ first. A run is an agent's to try TURN seconds per worker ranked before it after
 claimable (its owner at once), whether the agent heard of it on the event stream or in a list. The
 owner takes the run if it has room; if not, the next takes it a moment later, having heard nothing,
 and the others hear it taken before their turn: a run costs one list and one claim, not one per
-agent. Within a page, an agent tries the runs it owns first, then those it ranks second, and so on.
+agent.
+
+Under a long burst every run in the queue is past everyone's turn, and every agent lists the same
+oldest runs. So the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, so an
+agent finds runs it owns in it), and within a page an agent tries the runs it owns first, oldest
+first, then those it ranks second, and so on. Two agents then go for the same run only when one of
+them found none of its own: claim conflicts fall as the fleet grows, where a shared head of the
+queue makes them grow with it.
 
 In a fleet, a list is trusted for FLEET_FRESH seconds only: under a burst the event stream trails
-the claims by seconds, and a claim from an older list is mostly refused (or, for a run that has
-already ended, accepted and then stepped back from: three requests and a state the user sees).
+the claims by seconds, and a claim of another's run from an older list is mostly refused (or, for a
+run that has already ended, accepted and then stepped back from: three requests and a state the
+user sees). The runs a list says this agent owns stay good for OWNED_FRESH: nobody else tries them
+before it unless it found none of its own, so they serve the next freed slots without a list.
 
 The loop thread lists and takes; the event stream and the wake-up timer mark a list due or a run
 taken. Shared fields are guarded by one lock, never held across the request.
@@ -50,13 +59,16 @@ SAFETY_LIST = 300.0
 # to rarely meet.
 TURN = 0.5
 SPREAD = 4.0
-# In a fleet, how long a list is good for claims (see the module's docstring).
+# In a fleet, how long a list is good for claims of others' runs, and of this agent's own (see the
+# module's docstring).
 FLEET_FRESH = 1.0
+OWNED_FRESH = 10.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
-# The most runs one list asks for, and the most workers a fleet's page grows for.
+# The most runs one list asks for; in a fleet, the runs it asks for per free slot per worker (with
+# two, an agent finds none of its own in 1 page of e**2, whatever the fleet's size).
 PAGE_MAX = 200
-FLEET_PAGE = 4
+OWNED_PER_PAGE = 2
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
 # How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
@@ -113,6 +125,7 @@ class ScheduledRuns:
         self._may_list = True  # this poll has not listed yet
         self._relisted = False  # this poll has listed again, its first list gone stale
         self._first_seen: dict[str, datetime] = {}  # runs of the last list → when this agent first saw them
+        self._own: frozenset[str] = frozenset()  # runs of the last list this agent owns
         # Shared with the event stream and the timers.
         self._lock = threading.Lock()
         self._due = True  # something may have changed since the last list
@@ -209,8 +222,10 @@ class ScheduledRuns:
         while True:
             if self._backlog and self._stale() and not self._relisted:
                 # Once more within a poll: its claims take seconds on a busy server. Not more: a
-                # server slow to answer would otherwise keep the poll listing.
-                self._backlog.clear()
+                # server slow to answer would otherwise keep the poll listing. Runs of its own
+                # are tried first, while they keep.
+                own = time.monotonic() - self._answered_at <= OWNED_FRESH
+                self._backlog = [r for r in self._backlog if own and r["id"] in self._own]
                 self._may_list, self._relisted = True, True
                 self.mark_due()
             if not self._backlog:
@@ -257,9 +272,9 @@ class ScheduledRuns:
         due_by = now + timedelta(seconds=self.prefetch)
         ahead = SAFETY_LIST if self.streaming() else 0.0
         # More than we can take: some need labels we lack, or go to others. With a fleet, a page wide
-        # enough to hold some runs this agent owns; not wider, as a fleet lists often (FLEET_FRESH)
-        # and the server's cost of a list grows with its page.
-        requested = min(PAGE_MAX, max(limit * 2 * min(len(self.fleet()), FLEET_PAGE), 10))
+        # enough to hold runs this agent owns. A list costs the server by the runs it answers, not
+        # by the page asked for: only a deep queue fills a wide page.
+        requested = min(PAGE_MAX, max(limit * OWNED_PER_PAGE * len(self.fleet()), 10))
         body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
         if self.work_queues:
             body["work_queue_names"] = list(self.work_queues)
@@ -292,9 +307,12 @@ class ScheduledRuns:
             # Each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
         runs = self._in_turn(runs, now)
-        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns.
+        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns,
+        # oldest first (a stable sort).
         fleet = self.fleet()
-        runs.sort(key=lambda r: (position(self.agent, r["id"], fleet), rank(self.agent, r["id"])))
+        places = {r["id"]: position(self.agent, r["id"], fleet) for r in runs}
+        runs.sort(key=lambda r: places[r["id"]])
+        self._own = frozenset(run_id for run_id, place in places.items() if place == 0)
         with self._lock:
             self._taken = set()
             self._listed = frozenset(r["id"] for r in runs)
