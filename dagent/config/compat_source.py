@@ -75,6 +75,8 @@ def read_token_file(path: Path) -> str:
         raise ConfigError(f"api.token_file: cannot read {shown}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"api.token_file: {path} is not UTF-8 text") from None
+    except RuntimeError:  # ~user of no such user, or ~ with no home
+        raise ConfigError(f"api.token_file: {str(path)[:60]!r}: cannot expand ~ (no such user or home)") from None
     token = text.rstrip("\r\n")
     if not token.strip():
         raise ConfigError(f"api.token_file: {path} is empty")

@@ -44,7 +44,10 @@ def find_config_file(explicit: str | Path | None, environ: Mapping[str, str]) ->
     """The TOML file to read: `--config`, else $DAGENT_CONFIG, else ./agent.toml if present."""
     for given, origin in ((explicit, "--config"), (environ.get(ENV_CONFIG), ENV_CONFIG)):
         if given:
-            path = Path(given).expanduser()
+            try:
+                path = Path(given).expanduser()
+            except RuntimeError:  # ~user of no such user, or ~ with no home
+                raise ConfigError(f"{given!r}: cannot expand ~ ({origin})") from None
             if not path.is_file():
                 raise ConfigError(f"{path}: config file not found ({origin})")
             return path

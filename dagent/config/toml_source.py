@@ -38,9 +38,17 @@ class TomlFileSettingsSource(TomlConfigSettingsSource):
         for section, key in self._PATH_KEYS:
             table = data.get(section)
             if isinstance(table, dict) and isinstance(table.get(key), str):
-                table[key] = str(base / Path(table[key]).expanduser())
+                table[key] = str(base / _expanded(table[key]))
         auths = data.get("docker", {}).get("registry_auth") if isinstance(data.get("docker"), dict) else None
         for auth in auths if isinstance(auths, list) else []:
             if isinstance(auth, dict) and isinstance(auth.get("password_file"), str):
-                auth["password_file"] = str(base / Path(auth["password_file"]).expanduser())
+                auth["password_file"] = str(base / _expanded(auth["password_file"]))
         return data
+
+
+def _expanded(given: str) -> Path:
+    """~ expanded; left as given when it cannot be (the path's validator then says why, with its key)."""
+    try:
+        return Path(given).expanduser()
+    except RuntimeError:
+        return Path(given)
