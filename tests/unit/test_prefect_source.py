@@ -17,6 +17,7 @@ import requests
 from dagent.config import load_config
 from dagent.contracts import Claim, RunResult
 from dagent.sources.prefect import PrefectSource, listing
+from dagent.sources.prefect import fleet as fleet_module
 from dagent.sources.prefect import lookups as lookups_module
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
@@ -82,8 +83,9 @@ class World:
                 return (200, found) if found else (404, {"detail": "Not Found"})
             if method == "POST" and path == "/flow_runs/filter":
                 wanted = body.get("flow_runs", {}).get("state", {}).get("type", {}).get("any_", [])
+                ids = body.get("flow_runs", {}).get("id", {}).get("any_")
                 return 200, [{**r, "state": self.states[i]} for i, r in self.runs.items()
-                             if self.states[i]["type"] in wanted]  # fmt: skip
+                             if self.states[i]["type"] in wanted and (ids is None or i in ids)]  # fmt: skip
             if method == "PATCH" or path == "/logs/":
                 return 204, None
         return 404, {"detail": "Not Found"}
@@ -153,7 +155,7 @@ def _with_peers(runs: ScheduledRuns) -> None:
 
 
 def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listing, "TURN", 0.2)
+    monkeypatch.setattr(fleet_module, "TURN", 0.2)
     runs, woke = _scheduled(World())
     _just_listed(runs)
     _with_peers(runs)
@@ -162,17 +164,17 @@ def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(mo
     assert woke.wait(2) and runs._should_list()  # its turn came: list
 
 
-def test_the_owner_of_an_announced_run_lists_at_once() -> None:
+def test_the_owner_of_an_announced_run_wakes_at_once_to_fetch_it() -> None:
     runs, woke = _scheduled(World())
     _just_listed(runs)
     _with_peers(runs)
     owned = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, ["a", *PEERS]) == 0)
     runs.announced(owned)
-    assert woke.wait(0.5) and runs._should_list()
+    assert woke.wait(0.5) and owned in runs._own_heard and not runs._should_list()  # no list of the pool
 
 
 def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listing, "TURN", 0.2)
+    monkeypatch.setattr(fleet_module, "TURN", 0.2)
     runs, woke = _scheduled(World())
     _just_listed(runs)
     _with_peers(runs)
@@ -391,7 +393,7 @@ def test_the_fleet_shares_the_lists_that_keep_prefects_queues_ready(monkeypatch:
     runs.heard_taken("r1", by_peer=True, peer_name="a")
     runs.heard_taken("r2", by_peer=True, peer_name="c")
     assert runs.fleet() == ["a", "b", "c"]
-    slots = [s for s in range(30) if runs._slot_owner(s, runs.fleet()) == "b"]
+    slots = [s for s in range(30) if fleet_module.slot_owner(s, runs.fleet()) == "b"]
     assert slots == list(range(1, 30, 3))  # every third slot: one list in 150 s, where alone it is one in 50 s
     now = 3000.0 * 50 + 10  # slot 3000, owned by "a" (3000 % 3 == 0)
     monkeypatch.setattr(listing.time, "time", lambda: now)
@@ -447,10 +449,11 @@ def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() 
     assert runs.fleet() == ["a", "b"]
 
 
-@pytest.mark.parametrize(("workers", "free", "page"), [(1, 1, 10), (5, 4, 40), (40, 1, 80), (40, 4, 200)])
-def test_a_fleet_lists_a_page_wide_enough_to_hold_runs_of_its_own(workers: int, free: int, page: int) -> None:
-    """Forty agents each asking for the eight oldest runs would all go for the same eight: the page grows with
-    the fleet, OWNED_PER_PAGE runs per free slot per worker, up to PAGE_MAX."""
+@pytest.mark.parametrize(("workers", "free", "page"), [(1, 1, 10), (2, 4, 16), (5, 4, 32), (40, 1, 10)])
+def test_a_fleet_lists_a_page_wide_enough_to_spread_over(workers: int, free: int, page: int) -> None:
+    """Agents each asking for the ten oldest runs would all rank the same ten: the page grows with the fleet,
+    OWNED_PER_PAGE runs per free slot per worker, up to FLEET_PAGE workers (a page is used for FLEET_FRESH
+    only, and costs the server by its runs)."""
     world = World()
     world.workers = {f"w{i}": "ONLINE" for i in range(workers)}
     transport = RoutingTransport(world)
@@ -524,7 +527,7 @@ def _owned(agent: str, fleet: list[str], owner: bool) -> str:
 
 def test_a_listed_run_made_just_now_waits_for_this_agents_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     """In a fleet, a list gives an agent the runs it owns at once and the others' only at its turn."""
-    monkeypatch.setattr(listing, "TURN", 0.3)
+    monkeypatch.setattr(fleet_module, "TURN", 0.3)
     fleet = sorted(["a", *PEERS])
     mine, theirs = _owned("a", fleet, True), _late_run("a", 1)
     world = World([_made(mine, 0), _made(theirs, 0)])
@@ -626,7 +629,7 @@ def test_a_run_that_ended_and_was_claimed_again_by_another_agent_gets_its_end_ba
 
 
 def test_a_listed_run_taken_before_this_agents_turn_costs_no_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listing, "TURN", 0.2)
+    monkeypatch.setattr(fleet_module, "TURN", 0.2)
     theirs = _late_run("a", 2)
     runs, woke = _scheduled(World([_made(theirs, 0)]))
     _with_peers(runs)
@@ -638,9 +641,10 @@ def test_a_listed_run_taken_before_this_agents_turn_costs_no_list(monkeypatch: p
 
 
 def test_a_slow_server_cannot_keep_one_poll_listing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lists that take longer than FLEET_FRESH: a poll lists at most twice, then hands out what it has."""
+    """Lists that take longer than FLEET_FRESH: a poll lists at most twice, then hands out only its own runs."""
     monkeypatch.setattr(listing, "FLEET_FRESH", 0.05)
-    world = World([_made(f"r{i}", 60) for i in range(3)])
+    theirs = [r for r in (f"r{i}" for i in range(100)) if listing.position("a", r, sorted(["a", *PEERS])) > 0]
+    world = World([_made(r, 60) for r in theirs[:3]])
     lists = []
 
     def slow(method: str, path: str, body: Any) -> tuple[int, Any]:
@@ -657,13 +661,13 @@ def test_a_slow_server_cannot_keep_one_poll_listing(monkeypatch: pytest.MonkeyPa
     time.sleep(0.1)
     assert runs.next(1) is not None and len(lists) == 2  # stale: listed once more
     time.sleep(0.1)
-    assert runs.next(1) is not None and len(lists) == 2  # not a third time in one poll
+    assert runs.next(1) is None and len(lists) == 2  # not a third time in one poll, nor others' runs from a stale list
     runs.close()
 
 
 def test_a_host_whose_clock_lags_waits_no_longer_than_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs made 'in the future' by this host's clock: its own at once, the others' at its turn from first sight."""
-    monkeypatch.setattr(listing, "TURN", 0.2)
+    monkeypatch.setattr(fleet_module, "TURN", 0.2)
     fleet = sorted(["a", *PEERS])
     mine, theirs = _owned("a", fleet, True), _late_run("a", 1)
     ahead = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
@@ -677,3 +681,96 @@ def test_a_host_whose_clock_lags_waits_no_longer_than_its_turn(monkeypatch: pyte
     runs.begin()
     assert runs.next(4)["id"] == theirs  # type: ignore[index]
     runs.close()
+
+
+# --- a fleet's own runs, fetched by id -----------------------------------------------------------------
+
+
+def _counting(world: World) -> tuple[ScheduledRuns, list[tuple[str, Any]], threading.Event]:
+    calls: list[tuple[str, Any]] = []
+
+    def handler(method: str, path: str, body: Any) -> tuple[int, Any]:
+        calls.append((path, body))
+        return world(method, path, body)
+
+    woke = threading.Event()
+    runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(handler)), "a", "pool", [], 0.0, 1.0,
+                         lambda: True, woke.set)  # fmt: skip
+    _with_peers(runs)
+    _just_listed(runs)
+    return runs, calls, woke
+
+
+def _pool_lists(calls: list[tuple[str, Any]]) -> int:
+    return sum(1 for path, _ in calls if path.endswith("/get_scheduled_flow_runs"))
+
+
+def test_an_announced_run_this_agent_owns_is_fetched_by_id_and_claimed_without_a_list() -> None:
+    """Under a burst, every agent listing the pool's oldest runs meets the others there; its own, fetched, it meets nobody."""
+    fleet = sorted(["a", *PEERS])
+    mine = _owned("a", fleet, True)
+    world = World([_made(mine, 0), _made(_late_run("a", 1), 0)])
+    runs, calls, woke = _counting(world)
+    runs.announced(mine)
+    assert woke.is_set()  # at once: nobody goes before its owner
+    runs.begin()
+    assert runs.next(1)["id"] == mine  # type: ignore[index]
+    [(_, body)] = [(p, b) for p, b in calls if p == "/flow_runs/filter"]
+    assert body["flow_runs"]["id"]["any_"] == [mine] and body["flow_runs"]["state"]["type"]["any_"] == ["SCHEDULED"]
+    assert body["work_pools"]["name"]["any_"] == ["pool"] and _pool_lists(calls) == 0
+    world.states[mine] = {"type": "PENDING", "id": "p"}
+    runs.begin()
+    assert runs.next(1) is None and _pool_lists(calls) == 0  # tried once: not fetched again, nothing due
+    runs.close()
+
+
+def test_an_own_run_taken_meanwhile_is_forgotten_and_one_not_tried_yet_is_fetched_again() -> None:
+    fleet = sorted(["a", *PEERS])
+    mine = [r for r in (f"r{i}" for i in range(2000)) if listing.position("a", r, fleet) == 0][:3]
+    world = World([_made(r, 10 - i) for i, r in enumerate(mine)])
+    runs, calls, _ = _counting(world)
+    for run_id in mine:
+        runs.announced(run_id)
+    world.states[mine[0]] = {"type": "PENDING", "id": "p"}  # taken by another, not heard yet
+    runs.begin()
+    assert runs.next(1)["id"] == mine[1]  # type: ignore[index]
+    assert mine[0] not in runs._own_heard and mine[2] in runs._own_heard
+    runs._backlog.clear()  # as when a backlog goes stale
+    runs.begin()
+    assert runs.next(1)["id"] == mine[2]  # type: ignore[index]
+    assert sum(1 for p, _ in calls if p == "/flow_runs/filter") == 2 and _pool_lists(calls) == 0
+    runs.close()
+
+
+def test_an_own_run_due_later_waits_for_its_time() -> None:
+    fleet = sorted(["a", *PEERS])
+    mine = _owned("a", fleet, True)
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    world = World([{**_made(mine, 0), "expected_start_time": later, "next_scheduled_start_time": later}])
+    runs, _, _ = _counting(world)
+    runs.announced(mine)
+    runs.begin()
+    assert runs.next(1) is None and runs._own_heard[mine] > time.monotonic() + 3000 and runs.wake_armed
+    runs.close()
+
+
+def test_without_the_stream_or_alone_nothing_is_fetched_by_id() -> None:
+    world = World([_made("r1", 0)])
+    runs, calls, _ = _scheduled_counting_alone(world)
+    runs.announced("r1")
+    runs.begin()
+    assert runs.next(1)["id"] == "r1"  # type: ignore[index]
+    assert not [p for p, _ in calls if p == "/flow_runs/filter"] and _pool_lists(calls) == 1
+
+
+def _scheduled_counting_alone(world: World) -> tuple[ScheduledRuns, list[tuple[str, Any]], threading.Event]:
+    calls: list[tuple[str, Any]] = []
+
+    def handler(method: str, path: str, body: Any) -> tuple[int, Any]:
+        calls.append((path, body))
+        return world(method, path, body)
+
+    woke = threading.Event()
+    runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(handler)), "a", "pool", [], 0.0, 1.0,
+                         lambda: True, woke.set)  # fmt: skip
+    return runs, calls, woke

@@ -11,24 +11,21 @@ a reconnect: a run it announced is found at the next slot, by whichever agent ow
 
 Agents of one pool spread their claims by rendezvous hashing: every worker of the fleet has a rank
 for every run (a hash of its name and the run's id), and a run's owner is the worker that ranks it
-first. A run is an agent's to try TURN seconds per worker ranked before it after the run became
-claimable (its owner at once), whether the agent heard of it on the event stream or in a list. The
-owner takes the run if it has room; if not, the next takes it a moment later, having heard nothing,
-and the others hear it taken before their turn: a run costs one list and one claim, not one per
-agent.
+first. A run announced on the event stream is its owner's at once: the owner fetches the runs it
+owns by id (still SCHEDULED, oldest first), with no list of the pool, so under a burst the agents
+do not meet at the pool's oldest runs. Every other agent's turn comes TURN seconds per worker
+ranked before it after the run became claimable, whether it heard of the run on the stream or found
+it in a list: if the owner had no room, the next takes it a moment later, and the others hear it
+taken before their turn. A run costs one fetch or list and one claim, not one per agent.
 
-Under a long burst every run in the queue is past everyone's turn, and every agent lists the same
-oldest runs. So the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, so an
-agent finds runs it owns in it), and within a page an agent tries the runs it owns first, oldest
-first, then those it ranks second, and so on. Two agents then go for the same run only when one of
-them found none of its own: claim conflicts fall as the fleet grows, where a shared head of the
-queue makes them grow with it.
-
-In a fleet, a list is trusted for FLEET_FRESH seconds only: under a burst the event stream trails
-the claims by seconds, and a claim of another's run from an older list is mostly refused (or, for a
-run that has already ended, accepted and then stepped back from: three requests and a state the
-user sees). The runs a list says this agent owns stay good for OWNED_FRESH: nobody else tries them
-before it unless it found none of its own, so they serve the next freed slots without a list.
+Within a list of the pool, an agent tries the runs it owns first, oldest first, then those it ranks
+second, and so on; the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, up
+to FLEET_PAGE workers). In a fleet a list is trusted for FLEET_FRESH seconds only, even within a
+poll: under a burst the event stream trails the claims by seconds, and a claim of another's run
+from an older list is mostly refused (or, for a run that has already ended, accepted and then
+stepped back from: three requests and a state the user sees). A poll going down a stale page, claim
+after refused claim, once sent claims a minute after their runs were taken. The runs of its own a
+list or fetch names stay good for OWNED_FRESH: the others come to them only after their own.
 
 The loop thread lists and takes; the event stream and the wake-up timer mark a list due or a run
 taken. Shared fields are guarded by one lock, never held across the request.
@@ -36,7 +33,6 @@ taken. Shared fields are guarded by one lock, never held across the request.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -45,8 +41,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dagent.errors import SourceError
-from dagent.sources.prefect.claims import EPOCH, start_time, when
+from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
+from dagent.sources.prefect.fleet import claimable_since, position, rank, slot_owner, turn
+
+__all__ = ["ScheduledRuns", "position", "rank"]
 
 log = logging.getLogger("dagent.prefect")
 
@@ -54,21 +53,20 @@ log = logging.getLogger("dagent.prefect")
 # covers an event lost in a reconnect); each list also looks this far ahead, so a run scheduled for
 # later is woken for on time.
 SAFETY_LIST = 300.0
-# A run waits this long for each worker that ranks it before this agent (long enough to hear the
-# claim of the one before), and at most SPREAD: past it, the agents still waiting are few enough
-# to rarely meet.
-TURN = 0.5
-SPREAD = 4.0
 # In a fleet, how long a list is good for claims of others' runs, and of this agent's own (see the
 # module's docstring).
 FLEET_FRESH = 1.0
 OWNED_FRESH = 10.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
-# The most runs one list asks for; in a fleet, the runs it asks for per free slot per worker (with
-# two, an agent finds none of its own in 1 page of e**2, whatever the fleet's size).
+# The most runs one list asks for; in a fleet, the runs it asks for per free slot per worker, and
+# the most workers a page grows for (a page is used for FLEET_FRESH only, and costs the server
+# by the runs it answers).
 PAGE_MAX = 200
+# The most of its own announced runs an agent fetches by id at once (two per free slot).
+OWN_FETCH_MAX = 50
 OWNED_PER_PAGE = 2
+FLEET_PAGE = 4
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
 # How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
@@ -76,24 +74,6 @@ READY_SLOT = 50.0
 # started together is still coming ONLINE at the first.
 ROSTER_EVERY = 300.0
 ROSTER_FIRST = (60.0, 60.0)
-
-
-def _created(flow_run: dict[str, Any]) -> datetime | None:
-    """When the run was made, or None if it does not say."""
-    made = when({"timestamp": flow_run.get("created")})
-    return None if made == EPOCH else made
-
-
-def rank(agent: str, run_id: str) -> float:
-    """An agent's place in the queue for a run, uniform in [0, 1): the lowest goes first."""
-    digest = hashlib.blake2b(f"{agent}\0{run_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def position(agent: str, run_id: str, fleet: list[str]) -> int:
-    """How many workers of the fleet rank the run before this agent: 0 for its owner."""
-    mine = rank(agent, run_id)
-    return sum(1 for other in fleet if other != agent and rank(other, run_id) < mine)
 
 
 class ScheduledRuns:
@@ -135,6 +115,8 @@ class ScheduledRuns:
         self._timer_at = 0.0  # monotonic
         self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
         self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
+        self._own_heard: dict[str, float] = {}  # announced runs this agent owns → not before (monotonic)
+        self._may_fetch = True  # this poll has not fetched its own announced runs yet (the loop thread's own)
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
         self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
@@ -152,6 +134,7 @@ class ScheduledRuns:
         if `peer_name`): not worth a claim."""
         with self._lock:
             self._offers.pop(run_id, None)
+            self._own_heard.pop(run_id, None)
             if run_id in self._listed:
                 self._taken.add(run_id)
             if by_peer:
@@ -167,25 +150,26 @@ class ScheduledRuns:
                 del self._peers[name]
             return sorted({self.agent, *self._peers, *self._roster})
 
-    def _slot_owner(self, slot: int, fleet: list[str]) -> str:
-        return fleet[slot % len(fleet)]
-
     def announced(self, run_id: str) -> None:
-        """The event stream says a run was scheduled: list now, or at this agent's turn when others claim too."""
+        """The event stream says a run was scheduled: list now when alone; in a fleet, fetch it now if this
+        agent owns it, or list at this agent's turn."""
         turn = self._turn(run_id)  # before the lock: fleet() takes it
         now = time.monotonic()
         with self._lock:
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
-            if not alone:
+            if not alone and turn == 0:
+                self._own_heard[run_id] = now
+            elif not alone:
                 self._offers[run_id] = now + turn
                 self._arm()
         if alone:
             self.mark_due()
+        if alone or turn == 0:
             self.wake()
 
     def _turn(self, run_id: str) -> float:
         """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it."""
-        return min(SPREAD, TURN * position(self.agent, run_id, self.fleet()))
+        return turn(self.agent, run_id, self.fleet())
 
     def begin(self) -> None:
         """Start of a poll: drop a backlog too old to trust, and allow one list."""
@@ -196,7 +180,7 @@ class ScheduledRuns:
         if self._backlog and time.monotonic() - self.listed_at > keep:
             self._backlog.clear()
             self.mark_due()
-        self._may_list, self._relisted = True, False
+        self._may_list, self._relisted, self._may_fetch = True, False, True
         every = ROSTER_FIRST[self._roster_reads - 1] if 0 < self._roster_reads <= len(ROSTER_FIRST) else ROSTER_EVERY
         if streaming and time.monotonic() - self._roster_at >= every:
             self._read_roster()
@@ -220,14 +204,21 @@ class ScheduledRuns:
         """The next run worth a claim, oldest first; None when none is left (lists once a poll; in a fleet, once
         more when the first list went stale)."""
         while True:
-            if self._backlog and self._stale() and not self._relisted:
-                # Once more within a poll: its claims take seconds on a busy server. Not more: a
-                # server slow to answer would otherwise keep the poll listing. Runs of its own
-                # are tried first, while they keep.
+            if self._backlog and self._stale():
+                # Others' runs are not tried from a stale list (see the module's docstring); this
+                # agent's own are, while they keep.
                 own = time.monotonic() - self._answered_at <= OWNED_FRESH
                 self._backlog = [r for r in self._backlog if own and r["id"] in self._own]
-                self._may_list, self._relisted = True, True
                 self.mark_due()
+                if not self._relisted:
+                    # Once more within a poll: its claims take seconds on a busy server. Not more: a
+                    # server slow to answer would otherwise keep the poll listing.
+                    self._may_list, self._relisted = True, True
+            if not self._backlog and self._may_fetch:
+                self._may_fetch = False
+                self._backlog = self._fetch_own(limit)
+                if self._backlog:
+                    continue
             if not self._backlog:
                 if not self._may_list or not self._should_list():
                     return None
@@ -241,8 +232,57 @@ class ScheduledRuns:
             flow_run = self._backlog.pop(0)
             with self._lock:
                 gone = flow_run["id"] in self._taken
+                self._own_heard.pop(flow_run["id"], None)  # tried now (a later fetch would find it taken)
             if not gone:
                 return flow_run
+
+    def _fetch_own(self, limit: int) -> list[dict[str, Any]]:
+        """This agent's own announced runs that are still scheduled and due, by id, oldest first: a
+        burst's runs go to their owners without a list of the pool, fresh, and so without a conflict."""
+        now = time.monotonic()
+        with self._lock:
+            heard = sorted((at, run_id) for run_id, at in self._own_heard.items() if at <= now)
+        ids = [run_id for _, run_id in heard[: min(OWN_FETCH_MAX, 2 * limit)]]
+        if not ids or not self.streaming():
+            return []
+        body: dict[str, Any] = {
+            "flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": ["SCHEDULED"]}}},
+            "work_pools": {"name": {"any_": [self.work_pool]}},
+            "sort": "EXPECTED_START_TIME_ASC",
+            "limit": len(ids),
+        }
+        if self.work_queues:
+            body["work_pool_queues"] = {"name": {"any_": list(self.work_queues)}}
+        self.listed_at = time.monotonic()
+        try:
+            items = self.client.call("POST", "/flow_runs/filter", body)
+            if not isinstance(items, list):
+                raise SourceError("Prefect API: /flow_runs/filter: expected a list")
+        except SourceError as e:
+            log.debug("could not fetch this agent's own runs (%s); the pool's list serves", e)
+            return []
+        self._answered_at = time.monotonic()
+        due_by = datetime.now(timezone.utc) + timedelta(seconds=self.prefetch)
+        runs, later = [], {}
+        for flow_run in items:
+            if not isinstance(flow_run, dict) or flow_run.get("id") not in ids:
+                continue
+            start = start_time(flow_run)
+            if start is not None and start > due_by:
+                later[flow_run["id"]] = start
+            else:
+                runs.append(flow_run)
+        with self._lock:
+            for run_id in set(ids) - {r["id"] for r in runs}:  # taken, or gone; a run due later waits for its time
+                self._own_heard.pop(run_id, None)
+            for run_id, start in later.items():
+                self._own_heard[run_id] = now + (start - due_by).total_seconds()
+            self._taken = set()
+            self._listed = frozenset(r["id"] for r in runs)
+        if later:
+            self.wake_at(min(later.values()) - timedelta(seconds=self.prefetch))
+        self._own = frozenset(r["id"] for r in runs)
+        return runs
 
     def _stale(self) -> bool:
         """In a fleet, a list answered more than FLEET_FRESH ago: others may have taken its runs, unheard yet."""
@@ -255,14 +295,14 @@ class ScheduledRuns:
         with self._lock:
             due = self._due
         slot = int(time.time() // READY_SLOT)
-        mine = slot != self._ready_slot and self._slot_owner(slot, self.fleet()) == self.agent
+        mine = slot != self._ready_slot and slot_owner(slot, self.fleet()) == self.agent
         return due or mine
 
     def _next_ready_slot(self) -> None:
         """This list covers the slot it fell in; arm a wake-up for this agent's next slot."""
         fleet = self.fleet()
         slot = self._ready_slot = int(time.time() // READY_SLOT)
-        ahead = next(k for k in range(1, len(fleet) + 1) if self._slot_owner(slot + k, fleet) == self.agent)
+        ahead = next(k for k in range(1, len(fleet) + 1) if slot_owner(slot + k, fleet) == self.agent)
         start = datetime.fromtimestamp((slot + ahead) * READY_SLOT, timezone.utc)
         self.wake_at(start + timedelta(seconds=0.2))
 
@@ -274,7 +314,7 @@ class ScheduledRuns:
         # More than we can take: some need labels we lack, or go to others. With a fleet, a page wide
         # enough to hold runs this agent owns. A list costs the server by the runs it answers, not
         # by the page asked for: only a deep queue fills a wide page.
-        requested = min(PAGE_MAX, max(limit * OWNED_PER_PAGE * len(self.fleet()), 10))
+        requested = min(PAGE_MAX, max(limit * OWNED_PER_PAGE * min(len(self.fleet()), FLEET_PAGE), 10))
         body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
         if self.work_queues:
             body["work_queue_names"] = list(self.work_queues)
@@ -328,15 +368,13 @@ class ScheduledRuns:
             # Claimable since it was made, or since `prefetch` before it is due if that is later (a
             # run that says neither is claimable now); and at the latest since this agent first saw
             # it, so a host whose clock lags the server's waits no longer than its turn.
-            due = start_time(flow_run)
-            since = max(_created(flow_run) or EPOCH, due - timedelta(seconds=self.prefetch) if due else EPOCH)
-            since = min(since, self._first_seen[flow_run["id"]])
+            since = min(claimable_since(flow_run, self.prefetch), self._first_seen[flow_run["id"]])
             wait = self._turn(flow_run["id"])
-            turn = since + timedelta(seconds=wait)
-            if wait == 0 or since == EPOCH or turn <= now:
+            comes = since + timedelta(seconds=wait)
+            if wait == 0 or since == EPOCH or comes <= now:
                 ready.append(flow_run)
             else:
-                turns.append((flow_run["id"], time.monotonic() + (turn - now).total_seconds()))
+                turns.append((flow_run["id"], time.monotonic() + (comes - now).total_seconds()))
         with self._lock:
             for run_id, at in turns:
                 # A run heard taken before then is dropped from the offers: no list for it.

@@ -1,0 +1,50 @@
+"""Who of a pool's workers goes first for a run (pure): rendezvous ranks, turns, and READY slots.
+
+Every worker of the fleet has a rank for every run (a hash of its name and the run's id); a run's
+owner is the worker that ranks it first, and every other worker's turn comes TURN seconds per
+worker ranked before it, SPREAD at most, after the run became claimable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from dagent.sources.prefect.claims import EPOCH, start_time, when
+
+# A run waits this long for each worker that ranks it before this agent (long enough to hear the
+# claim of the one before), and at most SPREAD: past it, the agents still waiting are few enough
+# to rarely meet.
+TURN = 0.5
+SPREAD = 4.0
+
+
+def rank(agent: str, run_id: str) -> float:
+    """An agent's place in the queue for a run, uniform in [0, 1): the lowest goes first."""
+    digest = hashlib.blake2b(f"{agent}\0{run_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def position(agent: str, run_id: str, fleet: Sequence[str]) -> int:
+    """How many workers of the fleet rank the run before this agent: 0 for its owner."""
+    mine = rank(agent, run_id)
+    return sum(1 for other in fleet if other != agent and rank(other, run_id) < mine)
+
+
+def turn(agent: str, run_id: str, fleet: Sequence[str]) -> float:
+    """Seconds from when a run became claimable to this agent's turn at it."""
+    return min(SPREAD, TURN * position(agent, run_id, fleet))
+
+
+def claimable_since(flow_run: Mapping[str, Any], prefetch: float) -> datetime:
+    """Since it was made, or since `prefetch` before it is due if that is later; EPOCH for a run that says neither."""
+    made = when({"timestamp": flow_run.get("created")})
+    due = start_time(flow_run)
+    return max(made, due - timedelta(seconds=prefetch) if due else EPOCH)
+
+
+def slot_owner(slot: int, fleet: Sequence[str]) -> str:
+    """The worker whose turn it is to list in a READY slot (the fleet in name order)."""
+    return fleet[slot % len(fleet)]
