@@ -35,7 +35,8 @@ from typing import Any
 import docker
 
 from bench.common import REPO, by_kind, percentile, prefect_worker_pool
-from dagent.sources.prefect.listing import ROSTER_FIRST
+from dagent.sources.prefect.claims import claimer
+from dagent.sources.prefect.listing import ROSTER_FIRST, position
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
@@ -92,6 +93,31 @@ def _cpu_and_rss(pids: list[int]) -> tuple[float, float]:
             status = Path(f"/proc/{p}/status").read_text()
             rss += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
     return cpu, rss
+
+
+def _refused(log: list[tuple[float, str, str, str]], names: list[str], size: int) -> dict[str, Any]:
+    """A dagent fleet's claims of runs already taken (refused, or accepted and stepped back from) per run, by
+    the claimer's place for the run (0: its owner), and how long after the run's first accepted claim (p50, p95)."""
+    first: dict[str, float] = {}
+    for at, run, status, _ in log:
+        if status == "ACCEPT":
+            first.setdefault(run, at)
+    fleet = sorted(names)
+    places: Counter[str] = Counter()
+    late: list[float] = []
+    for at, run, status, message in log:
+        agent = claimer(message)
+        if (status == "ACCEPT" and first.get(run) == at) or agent is None:
+            continue  # a run's first accepted claim (a later one was accepted over a run already taken)
+        place = position(agent, run, fleet)
+        places["owner" if place == 0 else "second" if place == 1 else "third or later"] += 1
+        if run in first:
+            late.append(at - first[run])
+    late.sort()
+    return {
+        "per_run_by_place": {k: round(v / size, 3) for k, v in sorted(places.items())},
+        "after_first_accept_s": [round(percentile(late, q), 2) for q in (0.5, 0.95)] if late else None,
+    }
 
 
 class Starts:
@@ -217,9 +243,9 @@ class Scale:
             standin = self._deployment(pool, standin=True)
             # One Prefect worker takes about half a minute per 20 stand-in runs: below N = 5, a smaller burst.
             size = self.args.burst if n >= 5 else min(self.args.burst, SMALL_BURST)
-            point.burst = self._burst(standin, size, proxy)
+            point.burst = self._burst(standin, size, proxy, names=names if system == "dagent" else None)
             if system == "dagent" and n == max(self.args.fleet) and n > 1 and self.args.kills:
-                point.kills = self._burst(standin, self.args.kill_burst, proxy, fleet=fleet, pool=pool)
+                point.kills = self._burst(standin, self.args.kill_burst, proxy, fleet=fleet, pool=pool, names=names)
         finally:
             for process in fleet.values():
                 process.send_signal(signal.SIGTERM)
@@ -289,9 +315,12 @@ class Scale:
         proxy: FaultyHTTPProxy,
         fleet: dict[str, subprocess.Popen[bytes]] | None = None,
         pool: str = "",
+        names: list[str] | None = None,
     ) -> dict[str, Any]:
-        """`size` stand-in runs made at once (8 at a time); with `fleet`, kill -9 random agents meanwhile."""
+        """`size` stand-in runs made at once (8 at a time); with `fleet`, kill -9 random agents meanwhile
+        (`names`: a dagent fleet's, to tell its refused claims apart by who made them)."""
         claims_before, requests_before, server_before = len(proxy.claims), len(proxy.times), self._server_cpu()
+        log_before = len(proxy.claim_log)
         created = time.time()
         killer = None
         if fleet is not None:
@@ -325,6 +354,8 @@ class Scale:
             "requests_per_run_by_kind": by_kind(proxy.requests[requests_before:], size),
             "server_cpu_s_per_run": round((self._server_cpu() - server_before) / size, 4),
         }
+        if names:
+            result["refused_claims"] = _refused(proxy.claim_log[log_before:], names, size)
         if fleet is not None:
             result["kills"] = self.args.kills
         return result

@@ -138,6 +138,7 @@ class FaultyHTTPProxy:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self.claims: list[tuple[str, str]] = []  # (flow run id, the answer's status) of each PENDING proposed
+        self.claim_log: list[tuple[float, str, str, str]] = []  # (when answered, run id, status, the state's message)
         self.refuse_websockets = False  # the event stream is down: upgrades get 503
         self._tunnels: list[socket.socket] = []
         self.faults: dict[str, int] = {"503": 0, "429": 0, "reset": 0, "slow": 0}
@@ -243,10 +244,12 @@ class FaultyHTTPProxy:
 
     def _note_claim(self, path: str, body: bytes, answer: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-            if json.loads(body)["state"]["type"] == "PENDING":
+            state = json.loads(body)["state"]
+            if state["type"] == "PENDING":
                 status = str(json.loads(answer).get("status"))
                 with self.lock:
                     self.claims.append((path.split("/")[-2], status))
+                    self.claim_log.append((time.time(), path.split("/")[-2], status, str(state.get("message") or "")))
 
     def stop(self) -> None:
         self.server.shutdown()
