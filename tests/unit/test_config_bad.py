@@ -73,7 +73,10 @@ BAD_ENV = [
     ({"PREFECT_API_URL": "localhost:4200"}, "env PREFECT_API_URL: api.url"),
     ({"DAGENT_CONFIG": "/no/such/agent.toml"}, "config file not found (DAGENT_CONFIG)"),
     ({"DAGENT_API__TOKEN_FILE": "/no/such/token"}, "env DAGENT_API__TOKEN_FILE: api.token_file: cannot read"),
-    ({"DAGENT_API__TOKEN_FILE": "~nosuchuser0/t"}, "env DAGENT_API__TOKEN_FILE: api.token_file: '~nosuchuser0/t': cannot expand ~"),
+    (
+        {"DAGENT_API__TOKEN_FILE": "~nosuchuser0/t"},
+        "env DAGENT_API__TOKEN_FILE: api.token_file: '~nosuchuser0/t': cannot expand ~",
+    ),
     ({"DAGENT_CONFIG": "~nosuchuser0/agent.toml"}, "'~nosuchuser0/agent.toml': cannot expand ~ (DAGENT_CONFIG)"),
     ({"DAGENT_HEALTH__ADDRESS": ":80"}, "env DAGENT_HEALTH__ADDRESS: health.address"),
 ]

@@ -57,6 +57,7 @@ class World:
         self.claim_answer: Callable[[str], tuple[int, Any]] | None = None
         self.workers: dict[str, str] = {}  # the pool's workers and their status
         self.history: dict[str, list[dict[str, Any]]] = {}  # GET /flow_run_states/
+        self.paused = False  # the pool: its list answers nothing
         self.lock = threading.Lock()
 
     def __call__(self, method: str, path: str, body: Any) -> tuple[int, Any]:
@@ -66,7 +67,12 @@ class World:
             if path.endswith("/workers/filter"):
                 return 200, [{"name": n, "status": st} for n, st in self.workers.items()]
             if path.endswith("/get_scheduled_flow_runs"):
-                return 200, [{"flow_run": r} for i, r in self.runs.items() if self.states[i]["type"] == "SCHEDULED"]
+                if self.paused:
+                    return 200, []
+                scheduled = [{"flow_run": r} for i, r in self.runs.items()
+                             if self.states[i]["type"] == "SCHEDULED" and r.get("work_queue_id") != "paused-queue"
+                             and (r.get("empirical_policy") or {}).get("retry_type") != "in_process"]  # fmt: skip
+                return 200, scheduled[: (body or {}).get("limit", len(scheduled))]
             if method == "POST" and path.endswith("/set_state"):
                 run_id = path.split("/")[2]
                 if body["state"]["type"] == "PENDING" and self.claim_answer is not None:
@@ -164,13 +170,13 @@ def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(mo
     assert woke.wait(2) and runs._should_list()  # its turn came: list
 
 
-def test_the_owner_of_an_announced_run_wakes_at_once_to_fetch_it() -> None:
+def test_the_owner_of_an_announced_run_lists_at_once_and_keeps_it_to_fetch() -> None:
     runs, woke = _scheduled(World())
     _just_listed(runs)
     _with_peers(runs)
     owned = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, ["a", *PEERS]) == 0)
     runs.announced(owned)
-    assert woke.wait(0.5) and owned in runs._own_heard and not runs._should_list()  # no list of the pool
+    assert woke.wait(0.5) and runs._should_list() and owned in runs._own_heard
 
 
 def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -662,6 +668,7 @@ def test_a_slow_server_cannot_keep_one_poll_listing(monkeypatch: pytest.MonkeyPa
     assert runs.next(1) is not None and len(lists) == 2  # stale: listed once more
     time.sleep(0.1)
     assert runs.next(1) is None and len(lists) == 2  # not a third time in one poll, nor others' runs from a stale list
+    assert runs.wake_armed and runs._timer_at - time.monotonic() < 5  # the runs it left: the next poll, a moment later
     runs.close()
 
 
@@ -705,72 +712,117 @@ def _pool_lists(calls: list[tuple[str, Any]]) -> int:
     return sum(1 for path, _ in calls if path.endswith("/get_scheduled_flow_runs"))
 
 
-def test_an_announced_run_this_agent_owns_is_fetched_by_id_and_claimed_without_a_list() -> None:
-    """Under a burst, every agent listing the pool's oldest runs meets the others there; its own, fetched, it meets nobody."""
+def _deep(n_theirs: int, n_mine: int, **extra: Any) -> tuple[World, list[str], list[str]]:
+    """A pool whose oldest `n_theirs` runs are other workers' and whose next `n_mine` are agent a's."""
     fleet = sorted(["a", *PEERS])
-    mine = _owned("a", fleet, True)
-    world = World([_made(mine, 0), _made(_late_run("a", 1), 0)])
-    runs, calls, woke = _counting(world)
-    runs.announced(mine)
-    assert woke.is_set()  # at once: nobody goes before its owner
+    ids = [f"r{i}" for i in range(3000)]
+    theirs = [r for r in ids if listing.position("a", r, fleet) > 0][:n_theirs]
+    mine = [r for r in ids if listing.position("a", r, fleet) == 0][:n_mine]
+    runs = [_made(r, 600 - i) for i, r in enumerate(theirs)] + [
+        {**_made(r, 100 - i), **extra} for i, r in enumerate(mine)
+    ]
+    return World(runs), theirs, mine
+
+
+def test_an_owner_fetches_its_announced_runs_behind_the_page_and_tries_them_first() -> None:
+    """Under a burst every agent's page is the pool's oldest runs, mostly others': its own, fetched, it meets nobody at."""
+    world, theirs, mine = _deep(12, 2)
+    runs, calls, _ = _counting(world)
+    for run_id in mine:
+        runs.announced(run_id)
     runs.begin()
-    assert runs.next(1)["id"] == mine  # type: ignore[index]
-    [(_, body)] = [(p, b) for p, b in calls if p == "/flow_runs/filter"]
-    assert body["flow_runs"]["id"]["any_"] == [mine] and body["flow_runs"]["state"]["type"]["any_"] == ["SCHEDULED"]
-    assert body["work_pools"]["name"]["any_"] == ["pool"] and _pool_lists(calls) == 0
-    world.states[mine] = {"type": "PENDING", "id": "p"}
-    runs.begin()
-    assert runs.next(1) is None and _pool_lists(calls) == 0  # tried once: not fetched again, nothing due
+    assert runs.next(1)["id"] == mine[0]  # type: ignore[index]
+    [body] = [b for p, b in calls if p == "/flow_runs/filter"]
+    assert body["flow_runs"]["id"]["any_"] == mine and body["flow_runs"]["state"]["type"]["any_"] == ["SCHEDULED"]
+    assert body["work_pools"]["name"]["any_"] == ["pool"] and _pool_lists(calls) == 1
+    assert runs.next(1)["id"] == mine[1]  # type: ignore[index]
+    assert runs.next(1)["id"] in theirs  # type: ignore[index]  # then the others'
     runs.close()
 
 
-def test_an_own_run_taken_meanwhile_is_forgotten_and_one_not_tried_yet_is_fetched_again() -> None:
-    fleet = sorted(["a", *PEERS])
-    mine = [r for r in (f"r{i}" for i in range(2000)) if listing.position("a", r, fleet) == 0][:3]
-    world = World([_made(r, 10 - i) for i, r in enumerate(mine)])
+def test_an_owner_takes_no_more_runs_than_the_pool_listed() -> None:
+    """A pool or queue at its concurrency limit lists fewer runs: the fetch does not get round it."""
+    world, theirs, mine = _deep(1, 3)
+    world.runs = {r: world.runs[r] for r in [*theirs, *mine]}
+    limited = World([world.runs[theirs[0]]])  # the list shows one run
+    runs, _, _ = _counting(world)
+    runs.client = PrefectClient(
+        _config(),
+        RoutingTransport(lambda m, p, b: (limited if p.endswith("/get_scheduled_flow_runs") else world)(m, p, b)),
+    )
+    for run_id in mine:
+        runs.announced(run_id)
+    runs.begin()
+    got = [runs.next(4), runs.next(4)]
+    assert got[0]["id"] == mine[0] and got[1] is None  # type: ignore[index]
+    runs.close()
+
+
+def test_nothing_is_fetched_from_a_paused_pool() -> None:
+    world, _, mine = _deep(2, 1)
+    world.paused = True
     runs, calls, _ = _counting(world)
+    runs.announced(mine[0])
+    runs.begin()
+    assert runs.next(1) is None and not [p for p, _ in calls if p == "/flow_runs/filter"]
+    runs.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"work_queue_id": "paused-queue"}, {"empirical_policy": {"retry_type": "in_process"}}],
+    ids=["a queue the list did not show", "retried in-process"],
+)
+def test_an_owner_leaves_fetched_runs_prefects_list_would_not_show(extra: dict[str, Any]) -> None:
+    world, theirs, mine = _deep(2, 1, **extra)
+    runs, _, _ = _counting(world)
+    runs.announced(mine[0])
+    runs.begin()
+    got = [runs.next(4), runs.next(4), runs.next(4)]
+    assert sorted(r["id"] for r in got if r) == sorted(theirs) and got[2] is None
+    assert mine[0] not in runs._own_heard  # left for a list to show
+    runs.close()
+
+
+def test_an_own_run_taken_meanwhile_is_forgotten() -> None:
+    world, _, mine = _deep(12, 2)
+    runs, _, _ = _counting(world)
     for run_id in mine:
         runs.announced(run_id)
     world.states[mine[0]] = {"type": "PENDING", "id": "p"}  # taken by another, not heard yet
     runs.begin()
     assert runs.next(1)["id"] == mine[1]  # type: ignore[index]
-    assert mine[0] not in runs._own_heard and mine[2] in runs._own_heard
-    runs._backlog.clear()  # as when a backlog goes stale
-    runs.begin()
-    assert runs.next(1)["id"] == mine[2]  # type: ignore[index]
-    assert sum(1 for p, _ in calls if p == "/flow_runs/filter") == 2 and _pool_lists(calls) == 0
+    assert mine[0] not in runs._own_heard
     runs.close()
 
 
 def test_an_own_run_due_later_waits_for_its_time() -> None:
-    fleet = sorted(["a", *PEERS])
-    mine = _owned("a", fleet, True)
     later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
-    world = World([{**_made(mine, 0), "expected_start_time": later, "next_scheduled_start_time": later}])
+    world, _, mine = _deep(2, 1, expected_start_time=later, next_scheduled_start_time=later)
     runs, _, _ = _counting(world)
-    runs.announced(mine)
+    runs.announced(mine[0])
     runs.begin()
-    assert runs.next(1) is None and runs._own_heard[mine] > time.monotonic() + 3000 and runs.wake_armed
+    while (flow_run := runs.next(1)) is not None:
+        assert flow_run["id"] != mine[0]
+    assert runs._own_heard[mine[0]] > time.monotonic() + 3000 and runs.wake_armed
     runs.close()
 
 
-def test_without_the_stream_or_alone_nothing_is_fetched_by_id() -> None:
-    world = World([_made("r1", 0)])
-    runs, calls, _ = _scheduled_counting_alone(world)
-    runs.announced("r1")
-    runs.begin()
-    assert runs.next(1)["id"] == "r1"  # type: ignore[index]
-    assert not [p for p, _ in calls if p == "/flow_runs/filter"] and _pool_lists(calls) == 1
-
-
-def _scheduled_counting_alone(world: World) -> tuple[ScheduledRuns, list[tuple[str, Any]], threading.Event]:
+@pytest.mark.parametrize("alone", [True, False])
+def test_alone_or_without_the_stream_nothing_is_fetched_by_id(alone: bool) -> None:
+    world, _, mine = _deep(2, 1)
     calls: list[tuple[str, Any]] = []
 
     def handler(method: str, path: str, body: Any) -> tuple[int, Any]:
         calls.append((path, body))
         return world(method, path, body)
 
-    woke = threading.Event()
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(handler)), "a", "pool", [], 0.0, 1.0,
-                         lambda: True, woke.set)  # fmt: skip
-    return runs, calls, woke
+                         lambda: alone, lambda: None)  # fmt: skip
+    if not alone:
+        _with_peers(runs)
+    runs._own_heard[mine[0]] = 0.0
+    runs.begin()
+    assert runs.next(1) is not None and _pool_lists(calls) == 1
+    assert not [p for p, _ in calls if p == "/flow_runs/filter"]
+    runs.close()

@@ -11,12 +11,15 @@ a reconnect: a run it announced is found at the next slot, by whichever agent ow
 
 Agents of one pool spread their claims by rendezvous hashing: every worker of the fleet has a rank
 for every run (a hash of its name and the run's id), and a run's owner is the worker that ranks it
-first. A run announced on the event stream is its owner's at once: the owner fetches the runs it
-owns by id (still SCHEDULED, oldest first), with no list of the pool, so under a burst the agents
-do not meet at the pool's oldest runs. Every other agent's turn comes TURN seconds per worker
+first. A run announced on the event stream is its owner's at once: with its list of the pool, the
+owner fetches the announced runs it owns by id (still SCHEDULED, oldest first), so under a burst
+the agents do not all meet at the pool's oldest runs. The list still decides what may be taken:
+Prefect's leaves out paused pools and queues, queues at their concurrency limit and runs retried
+in-process, so only fetched runs of the queues it shows are taken, and no more runs than it listed.
+Every other agent's turn comes TURN seconds per worker
 ranked before it after the run became claimable, whether it heard of the run on the stream or found
 it in a list: if the owner had no room, the next takes it a moment later, and the others hear it
-taken before their turn. A run costs one fetch or list and one claim, not one per agent.
+taken before their turn. A run costs one list (and fetch) and one claim, not one per agent.
 
 Within a list of the pool, an agent tries the runs it owns first, oldest first, then those it ranks
 second, and so on; the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, up
@@ -25,7 +28,7 @@ poll: under a burst the event stream trails the claims by seconds, and a claim o
 from an older list is mostly refused (or, for a run that has already ended, accepted and then
 stepped back from: three requests and a state the user sees). A poll going down a stale page, claim
 after refused claim, once sent claims a minute after their runs were taken. The runs of its own a
-list or fetch names stay good for OWNED_FRESH: the others come to them only after their own.
+list names stay good for OWNED_FRESH: within their pages, the others try their own runs before them.
 
 The loop thread lists and takes; the event stream and the wake-up timer mark a list due or a run
 taken. Shared fields are guarded by one lock, never held across the request.
@@ -116,7 +119,6 @@ class ScheduledRuns:
         self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
         self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
         self._own_heard: dict[str, float] = {}  # announced runs this agent owns → not before (monotonic)
-        self._may_fetch = True  # this poll has not fetched its own announced runs yet (the loop thread's own)
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
         self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
@@ -162,9 +164,8 @@ class ScheduledRuns:
             elif not alone:
                 self._offers[run_id] = now + turn
                 self._arm()
-        if alone:
-            self.mark_due()
         if alone or turn == 0:
+            self.mark_due()
             self.wake()
 
     def _turn(self, run_id: str) -> float:
@@ -180,7 +181,7 @@ class ScheduledRuns:
         if self._backlog and time.monotonic() - self.listed_at > keep:
             self._backlog.clear()
             self.mark_due()
-        self._may_list, self._relisted, self._may_fetch = True, False, True
+        self._may_list, self._relisted = True, False
         every = ROSTER_FIRST[self._roster_reads - 1] if 0 < self._roster_reads <= len(ROSTER_FIRST) else ROSTER_EVERY
         if streaming and time.monotonic() - self._roster_at >= every:
             self._read_roster()
@@ -201,24 +202,24 @@ class ScheduledRuns:
             self._roster = frozenset(names)
 
     def next(self, limit: int) -> dict[str, Any] | None:
-        """The next run worth a claim, oldest first; None when none is left (lists once a poll; in a fleet, once
-        more when the first list went stale)."""
+        """The next run worth a claim, its own first, oldest first; None when none is left (lists once a poll,
+        fetching its announced runs with the list; in a fleet, once more when the first list went stale)."""
         while True:
             if self._backlog and self._stale():
                 # Others' runs are not tried from a stale list (see the module's docstring); this
                 # agent's own are, while they keep.
                 own = time.monotonic() - self._answered_at <= OWNED_FRESH
-                self._backlog = [r for r in self._backlog if own and r["id"] in self._own]
-                self.mark_due()
-                if not self._relisted:
-                    # Once more within a poll: its claims take seconds on a busy server. Not more: a
-                    # server slow to answer would otherwise keep the poll listing.
-                    self._may_list, self._relisted = True, True
-            if not self._backlog and self._may_fetch:
-                self._may_fetch = False
-                self._backlog = self._fetch_own(limit)
-                if self._backlog:
-                    continue
+                kept = [r for r in self._backlog if own and r["id"] in self._own]
+                if len(kept) < len(self._backlog):
+                    self.mark_due()
+                    if not self._relisted:
+                        # Once more within a poll: its claims take seconds on a busy server. Not
+                        # more: a server slow to answer would otherwise keep the poll listing.
+                        self._may_list, self._relisted = True, True
+                    else:
+                        # The poll ends with runs it did not try: the next one, a moment later.
+                        self.wake_at(datetime.now(timezone.utc) + timedelta(seconds=FLEET_FRESH))
+                self._backlog = kept
             if not self._backlog:
                 if not self._may_list or not self._should_list():
                     return None
@@ -232,18 +233,26 @@ class ScheduledRuns:
             flow_run = self._backlog.pop(0)
             with self._lock:
                 gone = flow_run["id"] in self._taken
-                self._own_heard.pop(flow_run["id"], None)  # tried now (a later fetch would find it taken)
+                # Tried now: if it is not claimed (labels, a WAIT), the others take it at their turn.
+                self._own_heard.pop(flow_run["id"], None)
             if not gone:
                 return flow_run
 
-    def _fetch_own(self, limit: int) -> list[dict[str, Any]]:
-        """This agent's own announced runs that are still scheduled and due, by id, oldest first: a
-        burst's runs go to their owners without a list of the pool, fresh, and so without a conflict."""
+    def _fetch_own(self, limit: int, listed: list[dict[str, Any]], due_by: datetime) -> list[dict[str, Any]]:
+        """This agent's own announced runs that are still scheduled and due, fetched by id, oldest first.
+
+        Only what the pool's list just showed open: Prefect's list leaves out paused pools and
+        queues, queues at their concurrency limit and runs the engine retries in-process, and a
+        fetch by id knows none of that. So the fetched runs are those of the queues `listed` has
+        runs of, and the caller takes no more runs than it listed.
+        """
+        queues = {r.get("work_queue_id") for r in listed}
         now = time.monotonic()
         with self._lock:
             heard = sorted((at, run_id) for run_id, at in self._own_heard.items() if at <= now)
-        ids = [run_id for _, run_id in heard[: min(OWN_FETCH_MAX, 2 * limit)]]
-        if not ids or not self.streaming():
+        seen = {r["id"] for r in listed}
+        ids = [run_id for _, run_id in heard if run_id not in seen][: min(OWN_FETCH_MAX, 2 * limit)]
+        if not ids:
             return []
         body: dict[str, Any] = {
             "flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": ["SCHEDULED"]}}},
@@ -251,18 +260,13 @@ class ScheduledRuns:
             "sort": "EXPECTED_START_TIME_ASC",
             "limit": len(ids),
         }
-        if self.work_queues:
-            body["work_pool_queues"] = {"name": {"any_": list(self.work_queues)}}
-        self.listed_at = time.monotonic()
         try:
             items = self.client.call("POST", "/flow_runs/filter", body)
             if not isinstance(items, list):
                 raise SourceError("Prefect API: /flow_runs/filter: expected a list")
         except SourceError as e:
-            log.debug("could not fetch this agent's own runs (%s); the pool's list serves", e)
+            log.debug("could not fetch this agent's own runs (%s); the list serves", e)
             return []
-        self._answered_at = time.monotonic()
-        due_by = datetime.now(timezone.utc) + timedelta(seconds=self.prefetch)
         runs, later = [], {}
         for flow_run in items:
             if not isinstance(flow_run, dict) or flow_run.get("id") not in ids:
@@ -270,18 +274,15 @@ class ScheduledRuns:
             start = start_time(flow_run)
             if start is not None and start > due_by:
                 later[flow_run["id"]] = start
-            else:
+            elif flow_run.get("work_queue_id") in queues and not _retried_in_process(flow_run):
                 runs.append(flow_run)
         with self._lock:
-            for run_id in set(ids) - {r["id"] for r in runs}:  # taken, or gone; a run due later waits for its time
-                self._own_heard.pop(run_id, None)
+            for run_id in set(ids) - {r["id"] for r in runs} - set(later):
+                self._own_heard.pop(run_id, None)  # taken or gone, or for the list to show: no longer to fetch
             for run_id, start in later.items():
                 self._own_heard[run_id] = now + (start - due_by).total_seconds()
-            self._taken = set()
-            self._listed = frozenset(r["id"] for r in runs)
         if later:
             self.wake_at(min(later.values()) - timedelta(seconds=self.prefetch))
-        self._own = frozenset(r["id"] for r in runs)
         return runs
 
     def _stale(self) -> bool:
@@ -346,13 +347,16 @@ class ScheduledRuns:
             start, run_id = min(later)
             # Each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
+        listed, fleet = runs, self.fleet()
+        fetched = self._fetch_own(limit, listed, due_by) if len(fleet) > 1 and listed and self.streaming() else []
         runs = self._in_turn(runs, now)
-        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns,
-        # oldest first (a stable sort).
-        fleet = self.fleet()
+        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns
+        # (and those it fetched), oldest first (stable sorts), and takes no more than were listed.
         places = {r["id"]: position(self.agent, r["id"], fleet) for r in runs}
         runs.sort(key=lambda r: places[r["id"]])
-        self._own = frozenset(run_id for run_id, place in places.items() if place == 0)
+        own = sorted([r for r in runs if places[r["id"]] == 0] + fetched, key=lambda r: start_time(r) or EPOCH)
+        runs = (own + [r for r in runs if places[r["id"]] > 0])[: len(listed)]
+        self._own = frozenset(r["id"] for r in own)
         with self._lock:
             self._taken = set()
             self._listed = frozenset(r["id"] for r in runs)
@@ -431,3 +435,9 @@ class ScheduledRuns:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
+
+
+def _retried_in_process(flow_run: dict[str, Any]) -> bool:
+    """AwaitingRetry while its engine sleeps and runs it again itself: not a run to claim."""
+    policy = flow_run.get("empirical_policy")
+    return isinstance(policy, dict) and policy.get("retry_type") == "in_process"
