@@ -9,11 +9,15 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import docker
 import pytest
 
+from dagent.config import load_config
+from dagent.sources.prefect.client import PrefectClient
+from dagent.sources.prefect.listing import ScheduledRuns
 from tests.helpers import AgentProcess, Dagent, wait_for
 from tests.integration import infra, prefect_infra
 from tests.integration.conftest import not_here
@@ -425,3 +429,38 @@ def test_registry_credentials_block_and_a_prefect_variable_are_resolved(
     [container] = dagent.containers(run_id)
     assert container.attrs["Config"]["Cmd"] == ["true"] and container.attrs["Config"]["Image"] == remote
     assert "pa55-word" not in log and "pa55-word" not in json.dumps(container.attrs)
+
+
+def test_an_owners_fetch_by_id_takes_only_what_prefects_list_shows_open(api: PrefectAPI) -> None:
+    """Against Prefect's server: the fetch of an owner's announced runs by id, and the list that gates it (a paused
+    queue, then a paused pool, list nothing, and so nothing is fetched)."""
+    pool = f"pool-{uuid.uuid4().hex[:8]}"
+    api.call("POST", "/work_pools/", {"name": pool, "type": "docker"})
+    deployment = api.deployment(pool, "flows.py:hello", {"image": "unused"})
+    ids = [api.run(deployment) for _ in range(3)]
+    config = load_config({"name": "a", "source": "prefect", "api": {"url": api.url, "work_pool": pool}}, environ={})
+    calls: list[str] = []
+    client = PrefectClient(config.config)
+    call = client.call
+    client.call = lambda method, path, *args, **kw: calls.append(path) or call(method, path, *args, **kw)  # type: ignore[method-assign]
+    runs = ScheduledRuns(client, "a", pool, [], 0.0, 1.0, lambda: True, lambda: None)
+    for peer in ("p1", "p2", "p3"):
+        runs.heard_taken(f"x-{peer}", by_peer=True, peer_name=peer)
+    queue = api.call("POST", f"/work_pools/{pool}/queues/filter", {})[0]
+    listed = [{"id": "not-a-run", "work_queue_id": queue["id"]}]
+    due_by = datetime.now(timezone.utc) + timedelta(seconds=5)
+    runs._own_heard = dict.fromkeys(ids, 0.0)
+    fetched = runs._fetch_own(4, listed, due_by)
+    assert [r["id"] for r in fetched] == ids  # all three, oldest first
+    api.set_state(ids[0], "PENDING")
+    runs._own_heard = dict.fromkeys(ids, 0.0)
+    assert [r["id"] for r in runs._fetch_own(4, listed, due_by)] == ids[1:]  # a taken run is not fetched
+    for paused in (f"/work_queues/{queue['id']}", f"/work_pools/{pool}"):
+        api.call("PATCH", paused, {"is_paused": True})
+        runs._own_heard = dict.fromkeys(ids, 0.0)
+        calls.clear()
+        runs.mark_due()
+        runs.begin()
+        assert runs.next(4) is None and "/flow_runs/filter" not in calls, paused
+        api.call("PATCH", paused, {"is_paused": False})
+    runs.close()

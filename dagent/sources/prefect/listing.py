@@ -16,10 +16,10 @@ owner fetches the announced runs it owns by id (still SCHEDULED, oldest first), 
 the agents do not all meet at the pool's oldest runs. The list still decides what may be taken:
 Prefect's leaves out paused pools and queues, queues at their concurrency limit and runs retried
 in-process, so only fetched runs of the queues it shows are taken, and no more runs than it listed.
-Every other agent's turn comes TURN seconds per worker
-ranked before it after the run became claimable, whether it heard of the run on the stream or found
-it in a list: if the owner had no room, the next takes it a moment later, and the others hear it
-taken before their turn. A run costs one list (and fetch) and one claim, not one per agent.
+Every other agent's turn comes TURN seconds per worker ranked before it after the run became
+claimable, whether it heard of the run on the stream or found it in a list: if the owner had no
+room, the next takes it a moment later, and the others hear it taken before their turn. A run
+costs one list (and fetch) and one claim, not one per agent.
 
 Within a list of the pool, an agent tries the runs it owns first, oldest first, then those it ranks
 second, and so on; the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, up
@@ -66,10 +66,10 @@ PEERS_FORGOTTEN = 600.0
 # the most workers a page grows for (a page is used for FLEET_FRESH only, and costs the server
 # by the runs it answers).
 PAGE_MAX = 200
-# The most of its own announced runs an agent fetches by id at once (two per free slot).
-OWN_FETCH_MAX = 50
 OWNED_PER_PAGE = 2
 FLEET_PAGE = 4
+# The most of its own announced runs an agent fetches by id at once (two per free slot).
+OWN_FETCH_MAX = 50
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
 # How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
@@ -153,8 +153,8 @@ class ScheduledRuns:
             return sorted({self.agent, *self._peers, *self._roster})
 
     def announced(self, run_id: str) -> None:
-        """The event stream says a run was scheduled: list now when alone; in a fleet, fetch it now if this
-        agent owns it, or list at this agent's turn."""
+        """The event stream says a run was scheduled: list now when alone or when this agent owns it (and
+        then fetch it with the list); otherwise list at this agent's turn."""
         turn = self._turn(run_id)  # before the lock: fleet() takes it
         now = time.monotonic()
         with self._lock:
@@ -313,8 +313,8 @@ class ScheduledRuns:
         due_by = now + timedelta(seconds=self.prefetch)
         ahead = SAFETY_LIST if self.streaming() else 0.0
         # More than we can take: some need labels we lack, or go to others. With a fleet, a page wide
-        # enough to hold runs this agent owns. A list costs the server by the runs it answers, not
-        # by the page asked for: only a deep queue fills a wide page.
+        # enough to hold some runs this agent owns; not wider, as a fleet's list is good for
+        # FLEET_FRESH only and the server's cost of a list grows with the runs it answers.
         requested = min(PAGE_MAX, max(limit * OWNED_PER_PAGE * min(len(self.fleet()), FLEET_PAGE), 10))
         body: dict[str, Any] = {"scheduled_before": (due_by + timedelta(seconds=ahead)).isoformat(), "limit": requested}
         if self.work_queues:
