@@ -387,9 +387,12 @@ def tables(results: dict[str, Any]) -> str:
     rows = [
         "| N | system | idle requests/min per agent | idle server CPU-s/min per agent (net) | dispatch p50 / p95 (s) "
         "| burst: runs, wall (s) | started twice / never | refused claims per run / runs accepted twice "
-        "| server CPU-s per run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server CPU-s per run | measured (UTC) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    meta = results["meta"]
+    measured = {(r["system"], r["n"]): r["when"] for r in meta.get("remeasured", [])}
+    machine = {(r["system"], r["n"]): r.get("machine", r["when"]) for r in meta.get("remeasured", [])}
     for n in fleet:
         for p in _pair(points, n):
             if p is None:
@@ -402,17 +405,19 @@ def tables(results: dict[str, Any]) -> str:
                 f"| {lat.get('p50_s', '–')} / {lat.get('p95_s', '–')} | {b.get('runs')}, {b.get('wall_s')} "
                 f"| {b.get('started_twice')} / {b.get('never_started')} "
                 f"| {b.get('conflicts_per_run')} / {b.get('runs_accepted_more_than_once')} "
-                f"| {b.get('server_cpu_s_per_run')} |"
+                f"| {b.get('server_cpu_s_per_run')} | {measured.get((p.system, n), meta.get('when', '–'))[:16]} |"
             )
-    ratios = ["", "| N | idle requests, dagent / worker | idle server CPU, dagent / worker | burst wall, dagent / worker |",
-              "|---|---|---|---|"]  # fmt: skip
+    ratios = ["", "| N | idle requests, dagent / worker | idle server CPU, dagent / worker | burst wall, dagent / worker "
+              "| both on one machine |", "|---|---|---|---|---|"]  # fmt: skip
     for n in fleet:
         d, w = _pair(points, n)
         if d and w:
+            # Points of different runs may come from different machines of the same kind.
+            same = machine.get(("dagent", n)) == machine.get(("worker", n))
             ratios.append(
                 f"| {n} | {_r(d.idle_requests_per_min, w.idle_requests_per_min)} "
                 f"| {_r(max(d.idle_server_cpu_s_per_min, 0.0), w.idle_server_cpu_s_per_min)} "
-                f"| {_r(d.burst.get('wall_s'), w.burst.get('wall_s'))} |"
+                f"| {_r(d.burst.get('wall_s'), w.burst.get('wall_s'))} | {'yes' if same else 'no'} |"
             )
     kills = [Point(**p) for p in points if p.get("kills")]
     extra = []
@@ -562,6 +567,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _machine() -> str:
+    """This machine's boot, as told apart from another's: points to compare must share it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return os.uname().nodename
+
+
 def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]], started: float) -> dict[str, Any]:
     results = {
         "points": points,
@@ -572,6 +585,7 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
             "concurrency": CONCURRENCY, "server_background_cpu_s_per_min": round(scale.baseline_cpu_s_per_min, 3),
             "prefect": prefect_infra.PREFECT, "prefect_docker": prefect_infra.PREFECT_DOCKER, "cpus": os.cpu_count(),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "took_s": round(time.time() - started),
+            "machine": _machine(),
         },
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
@@ -585,7 +599,7 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
         meta = before["meta"]
         meta["fleet"] = sorted({*meta["fleet"], *results["meta"]["fleet"]})
         again = [r for r in meta.get("remeasured", []) if (r["system"], r["n"]) not in mine]
-        again += [{"system": s, "n": n, **{k: results["meta"][k] for k in ("when", "server_background_cpu_s_per_min")}}
+        again += [{"system": s, "n": n, **{k: results["meta"][k] for k in ("when", "server_background_cpu_s_per_min", "machine")}}
                   for s, n in sorted(mine)]  # fmt: skip
         meta["remeasured"] = again
         order = {(s, n): i for i, (n, s) in enumerate((n, s) for n in meta["fleet"] for s in ("dagent", "worker"))}
