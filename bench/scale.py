@@ -413,7 +413,7 @@ def tables(results: dict[str, Any]) -> str:
         d, w = _pair(points, n)
         if d and w:
             # Points of different runs may come from different machines of the same kind.
-            same = machine.get(("dagent", n)) == machine.get(("worker", n))
+            same = machine.get(("dagent", n), meta.get("machine")) == machine.get(("worker", n), meta.get("machine"))
             ratios.append(
                 f"| {n} | {_r(d.idle_requests_per_min, w.idle_requests_per_min)} "
                 f"| {_r(max(d.idle_server_cpu_s_per_min, 0.0), w.idle_server_cpu_s_per_min)} "
