@@ -36,7 +36,8 @@ import docker
 
 from bench.common import REPO, by_kind, percentile, prefect_worker_pool
 from dagent.sources.prefect.claims import claimer
-from dagent.sources.prefect.listing import ROSTER_FIRST, position
+from dagent.sources.prefect.fleet import position
+from dagent.sources.prefect.listing import ROSTER_FIRST
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
