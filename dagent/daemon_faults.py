@@ -75,11 +75,21 @@ _TLS_REASONS = (
 )
 
 
-def reason(error: BaseException) -> str:
+# A TLS 1.3 server that wants a client certificate may close the socket before its alert is read;
+# OpenSSL then reports an EOF in the handshake instead of "certificate required".
+_TLS_EOF = ("EOF occurred in violation of protocol", "UNEXPECTED_EOF_WHILE_READING")
+
+
+def reason(error: BaseException, *, sent_no_client_cert: bool = False) -> str:
+    """What went wrong reaching the daemon, in a few words; TLS failures name the key to look at."""
     text = str(error)
     for marker, meaning in _TLS_REASONS:
         if marker in text:
             return meaning
+    if any(marker in text for marker in _TLS_EOF):
+        if sent_no_client_cert:
+            return "TLS: handshake closed; the daemon wants a client certificate (docker.tls.client_cert)"
+        return "TLS: the daemon closed the handshake (does it trust docker.tls.client_cert?)"
     for marker in ("Connection refused", "No such file or directory", "Name or service not known", "timed out"):
         if marker in text:
             return marker.lower()

@@ -71,8 +71,13 @@ class DockerRuntime:
             raise DaemonError(f"docker: {what}: {explain(e)}") from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise DaemonError(
-                f"docker: {what}: cannot reach the daemon at {self.base_url} (docker.base_url): {reason(e)}"
+                f"docker: {what}: cannot reach the daemon at {self.base_url} (docker.base_url): "
+                f"{reason(e, sent_no_client_cert=self._sends_no_client_cert())}"
             ) from e
+
+    def _sends_no_client_cert(self) -> bool:
+        files = dockerclient.tls_files(self.config)
+        return files is not None and files["client_cert"] is None
 
     @property
     def client(self) -> docker.DockerClient:

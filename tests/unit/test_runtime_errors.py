@@ -8,7 +8,7 @@ import docker.errors
 import pytest
 import requests
 
-from dagent.daemon_faults import PERMANENT_DOCKER_ERRORS, STATUS_JUDGED_DOCKER_ERRORS, is_transient
+from dagent.daemon_faults import PERMANENT_DOCKER_ERRORS, STATUS_JUDGED_DOCKER_ERRORS, is_transient, reason
 
 
 def test_every_docker_error_class_is_classified() -> None:
@@ -58,3 +58,22 @@ def test_connection_faults_are_transient() -> None:
         assert is_transient(wrapped)
     assert not is_transient(docker.errors.DockerException("bad config"))
     assert not is_transient(ValueError("not ours"))
+
+
+# What urllib3 says when a TLS 1.3 daemon drops a handshake that came without a client certificate
+# before its alert is read (the race seen in CI), and when the alert did arrive.
+_EOF = "HTTPSConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: /version (Caused by SSLError(SSLEOFError(8, '[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol (_ssl.c:1006)')))"
+_ALERT = "HTTPSConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: /version (Caused by SSLError(SSLError(1, '[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)')))"
+
+
+@pytest.mark.parametrize("text", [_EOF, _ALERT])
+def test_a_refused_handshake_without_a_client_certificate_names_the_key(text: str) -> None:
+    error = requests.exceptions.SSLError(text)
+    assert reason(error, sent_no_client_cert=True).endswith(
+        "the daemon wants a client certificate (docker.tls.client_cert)"
+    )
+
+
+def test_an_eof_with_a_client_certificate_sent_does_not_claim_one_is_missing() -> None:
+    said = reason(requests.exceptions.SSLError(_EOF), sent_no_client_cert=False)
+    assert "wants a client certificate" not in said and "docker.tls.client_cert" in said
