@@ -19,6 +19,9 @@ from dagent.sources.prefect.claims import EPOCH, start_time, when
 # to rarely meet.
 TURN = 0.5
 SPREAD = 4.0
+# A run its owner has not taken this long after it was announced waits on a busy owner: the worker
+# ranked second may take it from then on, newest first, while the owner goes oldest first.
+STEAL_AFTER = SPREAD
 
 
 def rank(agent: str, run_id: str) -> float:

@@ -21,6 +21,12 @@ claimable, whether it heard of the run on the stream or found it in a list: if t
 room, the next takes it a moment later, and the others hear it taken before their turn. A run
 costs one list (and fetch) and one claim, not one per agent.
 
+Under a burst the owners are busy and their runs wait; the agents that run out of their own then
+once all met at the pool's oldest runs, which are exactly the ones their busy owners take next. So
+the agent ranked second for an announced run fetches it too once its owner has left it STEAL_AFTER,
+newest first, after its own: owners work from the oldest end of their runs and their seconds from
+the newest (work stealing), they meet at the last of them, and no two seconds share a run.
+
 Within a list of the pool, an agent tries the runs it owns first, oldest first, then those it ranks
 second, and so on; the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, up
 to FLEET_PAGE workers). In a fleet a list is trusted for FLEET_FRESH seconds only, even within a
@@ -46,7 +52,7 @@ from typing import Any
 from dagent.errors import SourceError
 from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
-from dagent.sources.prefect.fleet import claimable_since, position, rank, slot_owner, turn
+from dagent.sources.prefect.fleet import STEAL_AFTER, claimable_since, position, rank, slot_owner, turn
 
 __all__ = ["ScheduledRuns", "position", "rank"]
 
@@ -119,6 +125,7 @@ class ScheduledRuns:
         self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
         self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
         self._own_heard: dict[str, float] = {}  # announced runs this agent owns → not before (monotonic)
+        self._seconds_heard: dict[str, float] = {}  # announced runs it ranks second → stealable from (monotonic)
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
         self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
@@ -137,6 +144,7 @@ class ScheduledRuns:
         with self._lock:
             self._offers.pop(run_id, None)
             self._own_heard.pop(run_id, None)
+            self._seconds_heard.pop(run_id, None)
             if run_id in self._listed:
                 self._taken.add(run_id)
             if by_peer:
@@ -154,17 +162,21 @@ class ScheduledRuns:
 
     def announced(self, run_id: str) -> None:
         """The event stream says a run was scheduled: list now when alone or when this agent owns it (and
-        then fetch it with the list); otherwise list at this agent's turn."""
-        turn = self._turn(run_id)  # before the lock: fleet() takes it
+        then fetch it with the list); otherwise list at this agent's turn (and, ranked second, fetch it
+        from STEAL_AFTER on)."""
+        fleet = self.fleet()  # before the lock: fleet() takes it
+        place, wait = position(self.agent, run_id, fleet), turn(self.agent, run_id, fleet)
         now = time.monotonic()
         with self._lock:
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
-            if not alone and turn == 0:
+            if not alone and place == 0:
                 self._own_heard[run_id] = now
             elif not alone:
-                self._offers[run_id] = now + turn
+                if place == 1:
+                    self._seconds_heard[run_id] = now + STEAL_AFTER
+                self._offers[run_id] = now + wait
                 self._arm()
-        if alone or turn == 0:
+        if alone or place == 0:
             self.mark_due()
             self.wake()
 
@@ -235,11 +247,16 @@ class ScheduledRuns:
                 gone = flow_run["id"] in self._taken
                 # Tried now: if it is not claimed (labels, a WAIT), the others take it at their turn.
                 self._own_heard.pop(flow_run["id"], None)
+                self._seconds_heard.pop(flow_run["id"], None)
             if not gone:
                 return flow_run
 
-    def _fetch_own(self, limit: int, listed: list[dict[str, Any]], due_by: datetime) -> list[dict[str, Any]]:
-        """This agent's own announced runs that are still scheduled and due, fetched by id, oldest first.
+    def _fetch_heard(
+        self, limit: int, listed: list[dict[str, Any]], due_by: datetime
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Announced runs still scheduled and due, fetched by id: this agent's own, oldest first, and those
+        it ranks second that their owners left past STEAL_AFTER, newest first (work stealing: the owner
+        goes from the oldest end, the second from the newest, and they meet last).
 
         Only what the pool's list just showed open: Prefect's list leaves out paused pools and
         queues, queues at their concurrency limit and runs the engine retries in-process, and a
@@ -248,12 +265,19 @@ class ScheduledRuns:
         """
         queues = {r.get("work_queue_id") for r in listed}
         now = time.monotonic()
-        with self._lock:
-            heard = sorted((at, run_id) for run_id, at in self._own_heard.items() if at <= now)
         seen = {r["id"] for r in listed}
-        ids = [run_id for _, run_id in heard if run_id not in seen][: min(OWN_FETCH_MAX, 2 * limit)]
+        with self._lock:
+            for run_id in [r for r, at in self._seconds_heard.items() if at < now - SAFETY_LIST]:
+                del self._seconds_heard[run_id]  # its taking was not heard (a reconnect): the lists cover it
+            own = [r for _, r in sorted((at, r) for r, at in self._own_heard.items() if at <= now) if r not in seen]
+            seconds = sorted(((at, r) for r, at in self._seconds_heard.items() if r not in seen), reverse=True)
+        cap = min(OWN_FETCH_MAX, 2 * limit)
+        ids = own[:cap] + [r for at, r in seconds if at <= now][: cap - len(own[:cap])]
+        waiting = [at for at, _ in seconds if at > now]
+        if waiting:
+            self.wake_at(datetime.now(timezone.utc) + timedelta(seconds=min(waiting) - now))
         if not ids:
-            return []
+            return [], []
         body: dict[str, Any] = {
             "flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": ["SCHEDULED"]}}},
             "work_pools": {"name": {"any_": [self.work_pool]}},
@@ -265,8 +289,8 @@ class ScheduledRuns:
             if not isinstance(items, list):
                 raise SourceError("Prefect API: /flow_runs/filter: expected a list")
         except SourceError as e:
-            log.debug("could not fetch this agent's own runs (%s); the list serves", e)
-            return []
+            log.debug("could not fetch runs by id (%s); the list serves", e)
+            return [], []
         runs, later = [], {}
         for flow_run in items:
             if not isinstance(flow_run, dict) or flow_run.get("id") not in ids:
@@ -278,12 +302,20 @@ class ScheduledRuns:
                 runs.append(flow_run)
         with self._lock:
             for run_id in set(ids) - {r["id"] for r in runs} - set(later):
-                self._own_heard.pop(run_id, None)  # taken or gone, or for the list to show: no longer to fetch
+                # Taken or gone, or for the list to show: no longer to fetch.
+                self._own_heard.pop(run_id, None)
+                self._seconds_heard.pop(run_id, None)
             for run_id, start in later.items():
-                self._own_heard[run_id] = now + (start - due_by).total_seconds()
+                wait = (start - due_by).total_seconds()
+                if run_id in self._own_heard:
+                    self._own_heard[run_id] = now + wait
+                else:
+                    self._seconds_heard[run_id] = now + wait + STEAL_AFTER
         if later:
             self.wake_at(min(later.values()) - timedelta(seconds=self.prefetch))
-        return runs
+        mine = set(own)
+        stolen = sorted((r for r in runs if r["id"] not in mine), key=lambda r: start_time(r) or EPOCH, reverse=True)
+        return [r for r in runs if r["id"] in mine], stolen
 
     def _stale(self) -> bool:
         """In a fleet, a list answered more than FLEET_FRESH ago: others may have taken its runs, unheard yet."""
@@ -348,14 +380,18 @@ class ScheduledRuns:
             # Each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
         listed, fleet = runs, self.fleet()
-        fetched = self._fetch_own(limit, listed, due_by) if len(fleet) > 1 and listed and self.streaming() else []
+        fetched: list[dict[str, Any]] = []
+        stolen: list[dict[str, Any]] = []
+        if len(fleet) > 1 and listed and self.streaming():
+            fetched, stolen = self._fetch_heard(limit, listed, due_by)
         runs = self._in_turn(runs, now)
-        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns
-        # (and those it fetched), oldest first (stable sorts), and takes no more than were listed.
+        # The page holds the pool's oldest runs; each agent starts with the runs it owns (listed or
+        # fetched), oldest first, then those it steals, then the page's others by its place for them
+        # (stable sorts), and takes no more than were listed.
         places = {r["id"]: position(self.agent, r["id"], fleet) for r in runs}
         runs.sort(key=lambda r: places[r["id"]])
         own = sorted([r for r in runs if places[r["id"]] == 0] + fetched, key=lambda r: start_time(r) or EPOCH)
-        runs = (own + [r for r in runs if places[r["id"]] > 0])[: len(listed)]
+        runs = (own + stolen + [r for r in runs if places[r["id"]] > 0])[: len(listed)]
         self._own = frozenset(r["id"] for r in own)
         with self._lock:
             self._taken = set()
