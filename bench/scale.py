@@ -328,7 +328,8 @@ class Scale:
             killer = threading.Thread(target=self._kill_some, args=(fleet, pool, proxy), daemon=True)
             killer.start()
         with ThreadPoolExecutor(8) as pool_:
-            ids = list(pool_.map(lambda _: self.api.run(deployment), range(size)))
+            made = list(pool_.map(lambda _: (self.api.run(deployment), time.time()), range(size)))
+        ids = [run_id for run_id, _ in made]
         states = self._settle(ids, 1800)
         if killer is not None:
             killer.join()
@@ -357,6 +358,13 @@ class Scale:
         }
         if names:
             result["refused_claims"] = _refused(proxy.claim_log[log_before:], names, size)
+            if self.args.dump_claims:
+                # Every claim answer of the burst, for a closer look than the summary gives.
+                dump = Path(self.args.dump_claims) / f"claims-{names[0].rsplit('-', 1)[0]}-{size}-{int(created)}.json"
+                dump.parent.mkdir(parents=True, exist_ok=True)
+                dump.write_text(
+                    json.dumps({"fleet": names, "created": dict(made), "claims": proxy.claim_log[log_before:]})
+                )
         if fleet is not None:
             result["kills"] = self.args.kills
         return result
@@ -524,6 +532,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--rates", help="arrival rates of real flows, runs/s (default 0.1,0.2,0.3; the first at every N)"
     )
+    parser.add_argument("--dump-claims", metavar="DIR", help="write each dagent burst's claim answers there (JSON)")
     parser.add_argument("--sweep-at", type=int, default=5, help="the N at which every rate is measured (default 5)")
     parser.add_argument("--latency-runs", type=int, help="real flows per arrival rate (default 8)")
     parser.add_argument("--kills", type=int, help="kill -9s of dagent agents at the largest N (default 8; 0: none)")
