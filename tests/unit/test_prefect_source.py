@@ -808,79 +808,81 @@ def test_an_own_run_due_later_waits_for_its_time() -> None:
     runs.close()
 
 
-def _ranked_second(n_head: int, n_tail: int) -> tuple[World, list[str], list[str]]:
-    """A pool whose oldest `n_head` runs are others' and whose newest `n_tail` agent a ranks second, oldest first."""
+def _backlog_of(owner: str, n_head: int, n_tail: int) -> tuple[World, list[str], list[str]]:
+    """A pool whose oldest `n_head` runs are others' and whose newest `n_tail` are `owner`'s, oldest first."""
     fleet = sorted(["a", *PEERS])
-    ids = [f"r{i}" for i in range(3000)]
-    head = [r for r in ids if listing.position("a", r, fleet) > 1][:n_head]
-    tail = [r for r in ids if listing.position("a", r, fleet) == 1][:n_tail]
-    return (
-        World([_made(r, 600 - i) for i, r in enumerate(head)] + [_made(r, 100 - i) for i, r in enumerate(tail)]),
-        head,
-        tail,
-    )
+    ids = [f"s{i}" for i in range(3000)]
+    head = [r for r in ids if fleet_module.owner(r, fleet) not in ("a", owner)][:n_head]
+    tail = [r for r in ids if fleet_module.owner(r, fleet) == owner][:n_tail]
+    made = [_made(r, 600 - i) for i, r in enumerate(head)] + [_made(r, 100 - i) for i, r in enumerate(tail)]
+    return World(made), head, tail
 
 
-def test_a_second_with_nothing_of_its_own_steals_the_newest_of_what_owners_left(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Under a burst, owners go oldest first: the one ranked second takes from the other end, not the page's head."""
+def test_a_free_agent_steals_from_a_busy_owners_backlog_never_its_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a saturated fleet the pool's oldest runs are their owners' next: a thief takes from behind them."""
     monkeypatch.setattr(listing, "STEAL_AFTER", 0.3)
-    world, head, tail = _ranked_second(12, 3)  # the tail is behind a page of 10
+    world, head, tail = _backlog_of("p1", 12, 4)
     runs, calls, _ = _counting(world)
     for run_id in tail:
         runs.announced(run_id)
+        time.sleep(0.01)
     time.sleep(0.4)
     runs.mark_due()  # its turn came
     runs.begin()
-    assert runs.next(1)["id"] == tail[-1]  # type: ignore[index]
+    first = runs.next(1)
     [body] = [b for p, b in calls if p == "/flow_runs/filter"]
-    assert sorted(body["flow_runs"]["id"]["any_"]) == sorted(tail[1:])  # two per free slot, the newest
-    assert runs.next(1)["id"] == tail[-2]  # type: ignore[index]
+    fetched = body["flow_runs"]["id"]["any_"]
+    assert len(fetched) == 2 and tail[0] not in fetched  # two per free slot, never p1's next
+    assert first is not None and first["id"] == fetched[0]
+    assert runs.next(1)["id"] == fetched[1]  # type: ignore[index]
     assert runs.next(1)["id"] in head  # type: ignore[index]  # then the page
     runs.close()
 
 
-def test_a_second_leaves_a_run_to_its_owner_until_steal_after(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_thief_leaves_a_run_to_its_owner_until_steal_after(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listing, "STEAL_AFTER", 0.5)
     monkeypatch.setattr(listing, "FLEET_FRESH", 0.2)  # the page's others are not tried once woken
-    world, head, tail = _ranked_second(12, 1)
+    monkeypatch.setattr(fleet_module, "TURN", 0.0)  # its turn at them comes at once: not what wakes it later
+    world, head, tail = _backlog_of("p1", 12, 2)
     runs, calls, woke = _counting(world)
-    runs.announced(tail[0])
-    runs.mark_due()  # its turn came
+    for run_id in tail:
+        runs.announced(run_id)
     runs.begin()
     assert runs.next(1)["id"] in head and not [p for p, _ in calls if p == "/flow_runs/filter"]  # type: ignore[index]
+    time.sleep(0.1)
     woke.clear()
     assert woke.wait(2)  # woken when it may steal
     runs.begin()
-    assert runs.next(1)["id"] == tail[0]  # type: ignore[index]
+    assert runs.next(1)["id"] == tail[1]  # type: ignore[index]
     runs.close()
 
 
 def test_own_runs_come_before_stolen_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listing, "STEAL_AFTER", 0.0)
-    world, _, mine = _deep(4, 1)
-    seconds, _, tail = _ranked_second(0, 1)
-    world.runs.update(seconds.runs)
-    world.states.update(seconds.states)
+    world, _, mine = _deep(40, 1)  # both behind the page
+    other, _, tail = _backlog_of("p2", 0, 2)
+    world.runs.update(other.runs)
+    world.states.update(other.states)
     runs, _, _ = _counting(world)
-    runs.announced(tail[0])
-    runs.announced(mine[0])
+    for run_id in [*tail, mine[0]]:
+        runs.announced(run_id)
+        time.sleep(0.01)
     runs.begin()
-    assert [runs.next(4)["id"], runs.next(4)["id"]] == [mine[0], tail[0]]  # type: ignore[index]
+    assert [runs.next(4)["id"], runs.next(4)["id"]] == [mine[0], tail[1]]  # type: ignore[index]
     runs.close()
 
 
 def test_a_stolen_run_taken_meanwhile_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listing, "STEAL_AFTER", 0.0)
-    world, _, tail = _ranked_second(12, 2)
+    world, _, tail = _backlog_of("p3", 12, 3)
     runs, _, _ = _counting(world)
     for run_id in tail:
         runs.announced(run_id)
-    world.states[tail[1]] = {"type": "PENDING", "id": "p"}  # its owner got there first, not heard yet
+        time.sleep(0.01)
+    world.states[tail[1]] = {"type": "PENDING", "id": "p"}  # taken by another, not heard yet
     runs.mark_due()
     runs.begin()
-    assert runs.next(1)["id"] == tail[0] and not runs._seconds_heard  # type: ignore[index]
+    assert runs.next(1)["id"] == tail[2] and set(runs._others_heard) == {tail[0]}  # type: ignore[index]
     runs.close()
 
 

@@ -1,4 +1,4 @@
-"""Who of a pool's workers goes first for a run (pure): rendezvous ranks, turns, and READY slots.
+"""Who of a pool's workers goes first for a run (pure): rendezvous ranks, turns, READY slots, and steals.
 
 Every worker of the fleet has a rank for every run (a hash of its name and the run's id); a run's
 owner is the worker that ranks it first, and every other worker's turn comes TURN seconds per
@@ -19,8 +19,8 @@ from dagent.sources.prefect.claims import EPOCH, start_time, when
 # to rarely meet.
 TURN = 0.5
 SPREAD = 4.0
-# A run its owner has not taken this long after it was announced waits on a busy owner: the worker
-# ranked second may take it from then on, newest first, while the owner goes oldest first.
+# A run its owner has not taken this long after it was announced waits on a busy owner: from then
+# on another worker may steal it (see `steals`).
 STEAL_AFTER = SPREAD
 
 
@@ -28,6 +28,11 @@ def rank(agent: str, run_id: str) -> float:
     """An agent's place in the queue for a run, uniform in [0, 1): the lowest goes first."""
     digest = hashlib.blake2b(f"{agent}\0{run_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def owner(run_id: str, fleet: Sequence[str]) -> str:
+    """The worker of the fleet that ranks a run first."""
+    return min(fleet, key=lambda agent: rank(agent, run_id))
 
 
 def position(agent: str, run_id: str, fleet: Sequence[str]) -> int:
@@ -51,3 +56,22 @@ def claimable_since(flow_run: Mapping[str, Any], prefetch: float) -> datetime:
 def slot_owner(slot: int, fleet: Sequence[str]) -> str:
     """The worker whose turn it is to list in a READY slot (the fleet in name order)."""
     return fleet[slot % len(fleet)]
+
+
+def steals(heard: Mapping[str, tuple[str, int, float]], ripe_by: float) -> tuple[list[str], float | None]:
+    """Others' waiting runs worth stealing, best first, from `heard` (run → its owner, this agent's place
+    for it, when it was heard of): all but each owner's oldest, which is its owner's next, heard of by
+    `ripe_by`; those this agent ranks best first, then the newest. Also when the next one ripens.
+
+    Every free worker going for the pool's oldest runs meets their owners there, as those are their
+    owners' next too; across all the waiting runs, each thief's best places fall on other runs.
+    """
+    by_owner: dict[str, list[tuple[float, str]]] = {}
+    for run_id, (who, _, at) in heard.items():
+        by_owner.setdefault(who, []).append((at, run_id))
+    picks, later = [], []
+    for runs in by_owner.values():
+        runs.sort()
+        picks += [(heard[run_id][1], -at, run_id) for at, run_id in runs[1:] if at <= ripe_by]
+        later += [at for at, _ in runs[1:] if at > ripe_by]
+    return [run_id for *_, run_id in sorted(picks)], min(later, default=None)

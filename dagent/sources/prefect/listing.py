@@ -21,11 +21,12 @@ claimable, whether it heard of the run on the stream or found it in a list: if t
 room, the next takes it a moment later, and the others hear it taken before their turn. A run
 costs one list (and fetch) and one claim, not one per agent.
 
-Under a burst the owners are busy and their runs wait; the agents that run out of their own then
-once all met at the pool's oldest runs, which are exactly the ones their busy owners take next. So
-the agent ranked second for an announced run fetches it too once its owner has left it STEAL_AFTER,
-newest first, after its own: owners work from the oldest end of their runs and their seconds from
-the newest (work stealing), they meet at the last of them, and no two seconds share a run.
+When the fleet is saturated the owners are busy and their runs wait; the agents with a slot free
+and none of their own left then all went for the pool's oldest runs, and met there each other and
+the owners, whose next runs those are. So every agent keeps the announced runs of others it has
+not heard taken, and with its own it fetches by id the best of those to steal (`fleet.steals`:
+never an owner's oldest, and the runs it ranks best of all those waiting, so no two thieves go for
+the same one), once their owners have left them STEAL_AFTER.
 
 Within a list of the pool, an agent tries the runs it owns first, oldest first, then those it ranks
 second, and so on; the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, up
@@ -52,7 +53,16 @@ from typing import Any
 from dagent.errors import SourceError
 from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
-from dagent.sources.prefect.fleet import STEAL_AFTER, claimable_since, position, rank, slot_owner, turn
+from dagent.sources.prefect.fleet import (
+    STEAL_AFTER,
+    claimable_since,
+    owner,
+    position,
+    rank,
+    slot_owner,
+    steals,
+    turn,
+)
 
 __all__ = ["ScheduledRuns", "position", "rank"]
 
@@ -125,7 +135,8 @@ class ScheduledRuns:
         self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
         self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
         self._own_heard: dict[str, float] = {}  # announced runs this agent owns → not before (monotonic)
-        self._seconds_heard: dict[str, float] = {}  # announced runs it ranks second → stealable from (monotonic)
+        # Others' announced runs → their owner, this agent's place for them, when heard of (monotonic).
+        self._others_heard: dict[str, tuple[str, int, float]] = {}
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
         self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
@@ -144,7 +155,7 @@ class ScheduledRuns:
         with self._lock:
             self._offers.pop(run_id, None)
             self._own_heard.pop(run_id, None)
-            self._seconds_heard.pop(run_id, None)
+            self._others_heard.pop(run_id, None)
             if run_id in self._listed:
                 self._taken.add(run_id)
             if by_peer:
@@ -162,8 +173,7 @@ class ScheduledRuns:
 
     def announced(self, run_id: str) -> None:
         """The event stream says a run was scheduled: list now when alone or when this agent owns it (and
-        then fetch it with the list); otherwise list at this agent's turn (and, ranked second, fetch it
-        from STEAL_AFTER on)."""
+        then fetch it with the list); otherwise list at this agent's turn (and keep it, to steal)."""
         fleet = self.fleet()  # before the lock: fleet() takes it
         place, wait = position(self.agent, run_id, fleet), turn(self.agent, run_id, fleet)
         now = time.monotonic()
@@ -172,8 +182,7 @@ class ScheduledRuns:
             if not alone and place == 0:
                 self._own_heard[run_id] = now
             elif not alone:
-                if place == 1:
-                    self._seconds_heard[run_id] = now + STEAL_AFTER
+                self._others_heard[run_id] = (owner(run_id, fleet), place, now)
                 self._offers[run_id] = now + wait
                 self._arm()
         if alone or place == 0:
@@ -247,16 +256,15 @@ class ScheduledRuns:
                 gone = flow_run["id"] in self._taken
                 # Tried now: if it is not claimed (labels, a WAIT), the others take it at their turn.
                 self._own_heard.pop(flow_run["id"], None)
-                self._seconds_heard.pop(flow_run["id"], None)
+                self._others_heard.pop(flow_run["id"], None)
             if not gone:
                 return flow_run
 
     def _fetch_heard(
         self, limit: int, listed: list[dict[str, Any]], due_by: datetime
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Announced runs still scheduled and due, fetched by id: this agent's own, oldest first, and those
-        it ranks second that their owners left past STEAL_AFTER, newest first (work stealing: the owner
-        goes from the oldest end, the second from the newest, and they meet last).
+        """Announced runs still scheduled and due, fetched by id: this agent's own, oldest first, and the
+        best of others' to steal (`fleet.steals`), once their owners have left them STEAL_AFTER.
 
         Only what the pool's list just showed open: Prefect's list leaves out paused pools and
         queues, queues at their concurrency limit and runs the engine retries in-process, and a
@@ -267,15 +275,14 @@ class ScheduledRuns:
         now = time.monotonic()
         seen = {r["id"] for r in listed}
         with self._lock:
-            for run_id in [r for r, at in self._seconds_heard.items() if at < now - SAFETY_LIST]:
-                del self._seconds_heard[run_id]  # its taking was not heard (a reconnect): the lists cover it
+            for run_id in [r for r, (_, _, at) in self._others_heard.items() if at < now - SAFETY_LIST]:
+                del self._others_heard[run_id]  # its taking was not heard (a reconnect): the lists cover it
             own = [r for _, r in sorted((at, r) for r, at in self._own_heard.items() if at <= now) if r not in seen]
-            seconds = sorted(((at, r) for r, at in self._seconds_heard.items() if r not in seen), reverse=True)
+            picks, ripens = steals(self._others_heard, now - STEAL_AFTER)
         cap = min(OWN_FETCH_MAX, 2 * limit)
-        ids = own[:cap] + [r for at, r in seconds if at <= now][: cap - len(own[:cap])]
-        waiting = [at for at, _ in seconds if at > now]
-        if waiting:
-            self.wake_at(datetime.now(timezone.utc) + timedelta(seconds=min(waiting) - now))
+        ids = own[:cap] + [r for r in picks if r not in seen][: cap - len(own[:cap])]
+        if ripens is not None:
+            self.wake_at(datetime.now(timezone.utc) + timedelta(seconds=ripens + STEAL_AFTER - now))
         if not ids:
             return [], []
         body: dict[str, Any] = {
@@ -304,17 +311,18 @@ class ScheduledRuns:
             for run_id in set(ids) - {r["id"] for r in runs} - set(later):
                 # Taken or gone, or for the list to show: no longer to fetch.
                 self._own_heard.pop(run_id, None)
-                self._seconds_heard.pop(run_id, None)
+                self._others_heard.pop(run_id, None)
             for run_id, start in later.items():
                 wait = (start - due_by).total_seconds()
                 if run_id in self._own_heard:
                     self._own_heard[run_id] = now + wait
-                else:
-                    self._seconds_heard[run_id] = now + wait + STEAL_AFTER
+                elif run_id in self._others_heard:
+                    who, place, _ = self._others_heard[run_id]
+                    self._others_heard[run_id] = (who, place, now + wait)
         if later:
             self.wake_at(min(later.values()) - timedelta(seconds=self.prefetch))
-        mine = set(own)
-        stolen = sorted((r for r in runs if r["id"] not in mine), key=lambda r: start_time(r) or EPOCH, reverse=True)
+        mine, best = set(own), {run_id: i for i, run_id in enumerate(ids)}
+        stolen = sorted((r for r in runs if r["id"] not in mine), key=lambda r: best[r["id"]])
         return [r for r in runs if r["id"] in mine], stolen
 
     def _stale(self) -> bool:

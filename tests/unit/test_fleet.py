@@ -1,0 +1,45 @@
+"""fleet.steals: which of others' waiting runs a free agent goes for."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dagent.sources.prefect.fleet import owner, position, steals
+
+Heard = dict[str, tuple[str, int, float]]
+
+heard_maps = st.dictionaries(
+    st.text("abcdef0123", min_size=1, max_size=6),
+    st.tuples(st.sampled_from(["o1", "o2", "o3"]), st.integers(1, 5), st.floats(0, 100, allow_nan=False)),
+    max_size=30,
+)
+
+
+@given(heard_maps, st.floats(0, 100, allow_nan=False))
+def test_never_an_owners_next_and_every_other_ripe_run_best_place_first(heard: Heard, ripe_by: float) -> None:
+    picks, ripens = steals(heard, ripe_by)
+    nexts = {min((at, r) for r, (o, _, at) in heard.items() if o == who)[1] for who, _, _ in heard.values()}
+    assert set(picks) == {r for r, (_, _, at) in heard.items() if r not in nexts and at <= ripe_by}
+    assert [(heard[r][1], -heard[r][2]) for r in picks] == sorted((heard[r][1], -heard[r][2]) for r in picks)
+    later = [at for r, (_, _, at) in heard.items() if r not in nexts and at > ripe_by]
+    assert ripens == (min(later) if later else None)
+
+
+def test_newest_first_among_equal_places() -> None:
+    heard = {"x": ("o1", 1, 1.0), "y": ("o1", 1, 2.0), "z": ("o1", 1, 3.0), "w": ("o2", 1, 0.5), "v": ("o2", 2, 2.5)}
+    assert steals(heard, 10.0) == (["z", "y", "v"], None)  # x and w are their owners' next
+    assert steals(heard, 2.0) == (["y"], 2.5)
+
+
+def test_thieves_spread_over_a_backlog() -> None:
+    """Forty agents, two hundred runs waiting behind their owners: the thieves' first picks rarely coincide."""
+    fleet = [f"agent-{i}" for i in range(40)]
+    runs = [f"run-{i}" for i in range(200)]
+    firsts = []
+    for thief in fleet[:20]:
+        heard = {r: (owner(r, fleet), position(thief, r, fleet), float(i)) for i, r in enumerate(runs)}
+        mine = {r for r, (o, _, _) in heard.items() if o == thief}
+        picks, _ = steals({r: h for r, h in heard.items() if r not in mine}, 1000.0)
+        firsts.append(picks[0])
+    assert len(set(firsts)) >= 15
