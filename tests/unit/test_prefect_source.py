@@ -818,7 +818,7 @@ def _backlog_of(owner: str, n_head: int, n_tail: int) -> tuple[World, list[str],
     return World(made), head, tail
 
 
-def test_a_free_agent_steals_from_a_busy_owners_backlog_never_its_next(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_free_agent_steals_from_a_full_owners_backlog_its_next_last(monkeypatch: pytest.MonkeyPatch) -> None:
     """In a saturated fleet the pool's oldest runs are their owners' next: a thief takes from behind them."""
     monkeypatch.setattr(listing, "STEAL_AFTER", 0.3)
     world, head, tail = _backlog_of("p1", 12, 4)
@@ -836,6 +836,31 @@ def test_a_free_agent_steals_from_a_busy_owners_backlog_never_its_next(monkeypat
     assert first is not None and first["id"] == fetched[0]
     assert runs.next(1)["id"] == fetched[1]  # type: ignore[index]
     assert runs.next(1)["id"] in head  # type: ignore[index]  # then the page
+    runs.close()
+
+
+def test_a_run_is_left_to_a_dagent_owner_with_a_slot_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It takes its runs at once: the others would only meet it there. Once it is full, they go for it."""
+    monkeypatch.setattr(listing, "STEAL_AFTER", 0.0)
+    monkeypatch.setattr(listing, "OWNER_GRACE", 1000.0)
+    monkeypatch.setattr(listing, "FLEET_FRESH", 0.1)
+    world, _, tail = _backlog_of("p1", 0, 3)
+    runs, calls, _ = _counting(world)
+    runs.concurrency = 2  # each peer was heard claiming one run: a slot free
+    for run_id in tail:
+        runs.announced(run_id)
+    runs.mark_due()
+    runs.begin()
+    assert runs.next(1) is None and not [p for p, _ in calls if p == "/flow_runs/filter"]
+    runs.heard_taken("busy", by_peer=True, peer_name="p1")  # now full
+    runs.mark_due()
+    runs.begin()
+    assert runs.next(1)["id"] in tail  # type: ignore[index]
+    runs.heard_ended("busy")  # a slot free again
+    time.sleep(0.15)  # the last list is stale
+    runs.mark_due()
+    runs.begin()
+    assert runs.next(1) is None
     runs.close()
 
 

@@ -8,7 +8,7 @@ worker ranked before it, SPREAD at most, after the run became claimable.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,9 @@ SPREAD = 4.0
 # A run its owner has not taken this long after it was announced waits on a busy owner: from then
 # on another worker may steal it (see `steals`).
 STEAL_AFTER = SPREAD
+# How long a run is left to an owner heard to have a slot free, before the others' turns count: it
+# takes its runs at once, so one not taken by then is one it will not take (labels, a WAIT, gone).
+OWNER_GRACE = 10.0
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -58,20 +61,28 @@ def slot_owner(slot: int, fleet: Sequence[str]) -> str:
     return fleet[slot % len(fleet)]
 
 
-def steals(heard: Mapping[str, tuple[str, int, float]], ripe_by: float) -> tuple[list[str], float | None]:
+def steals(
+    heard: Mapping[str, tuple[str, int, float]], ripe_by: float, full: Collection[str]
+) -> tuple[list[str], float | None]:
     """Others' waiting runs worth stealing, best first, from `heard` (run → its owner, this agent's place
-    for it, when it was heard of): all but each owner's oldest, which is its owner's next, heard of by
-    `ripe_by`; those this agent ranks best first, then the newest. Also when the next one ripens.
+    for it, when it was heard of): those of the owners in `full` (running as many runs as they may)
+    heard of by `ripe_by`; the runs this agent ranks best first, then the newest, and each owner's
+    oldest, its next once a slot frees, last. Also when the next one ripens.
 
-    Every free worker going for the pool's oldest runs meets their owners there, as those are their
-    owners' next too; across all the waiting runs, each thief's best places fall on other runs.
+    An owner with a slot free takes its next run at once, so a thief going for it meets the owner;
+    and across all the waiting runs, each thief's best places fall on other runs.
     """
     by_owner: dict[str, list[tuple[float, str]]] = {}
     for run_id, (who, _, at) in heard.items():
-        by_owner.setdefault(who, []).append((at, run_id))
-    picks, later = [], []
+        if who in full:
+            by_owner.setdefault(who, []).append((at, run_id))
+    picks: list[tuple[bool, int, float, str]] = []
+    later: list[float] = []
     for runs in by_owner.values():
         runs.sort()
-        picks += [(heard[run_id][1], -at, run_id) for at, run_id in runs[1:] if at <= ripe_by]
-        later += [at for at, _ in runs[1:] if at > ripe_by]
+        for i, (at, run_id) in enumerate(runs):
+            if at <= ripe_by:
+                picks.append((i == 0, heard[run_id][1], -at, run_id))
+            else:
+                later.append(at)
     return [run_id for *_, run_id in sorted(picks)], min(later, default=None)

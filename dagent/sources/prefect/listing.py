@@ -54,6 +54,7 @@ from dagent.errors import SourceError
 from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.fleet import (
+    OWNER_GRACE,
     STEAL_AFTER,
     claimable_since,
     owner,
@@ -78,6 +79,8 @@ FLEET_FRESH = 1.0
 OWNED_FRESH = 10.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
+# The most runs of dagent peers kept as running, not heard to end (an end lost in a reconnect).
+CLAIMS_KEPT = 5000
 # The most runs one list asks for; in a fleet, the runs it asks for per free slot per worker, and
 # the most workers a page grows for (a page is used for FLEET_FRESH only, and costs the server
 # by the runs it answers).
@@ -108,6 +111,7 @@ class ScheduledRuns:
         poll_interval: float,
         streaming: Callable[[], bool],
         wake: Callable[[], None],
+        concurrency: int = 1,
     ) -> None:
         self.client = client
         self.agent = agent
@@ -117,6 +121,7 @@ class ScheduledRuns:
         self.poll_interval = poll_interval
         self.streaming = streaming
         self.wake = wake
+        self.concurrency = concurrency  # this agent's, taken for its peers' too
         # The loop thread's own.
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
         self.listed_at = 0.0  # when the last list was asked for (monotonic)
@@ -137,6 +142,7 @@ class ScheduledRuns:
         self._own_heard: dict[str, float] = {}  # announced runs this agent owns → not before (monotonic)
         # Others' announced runs → their owner, this agent's place for them, when heard of (monotonic).
         self._others_heard: dict[str, tuple[str, int, float]] = {}
+        self._claimed_by: dict[str, str] = {}  # runs dagent peers were heard claiming and not heard end → who
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
         self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
@@ -162,6 +168,21 @@ class ScheduledRuns:
                 self._peer_seen = time.monotonic()
             if peer_name and peer_name != self.agent:
                 self._peers[peer_name] = time.monotonic()
+                self._claimed_by[run_id] = peer_name
+                if len(self._claimed_by) > CLAIMS_KEPT:
+                    del self._claimed_by[next(iter(self._claimed_by))]  # an end not heard (a reconnect)
+
+    def heard_ended(self, run_id: str) -> None:
+        """The event stream says a run reached a final state: its claimer has a slot free again."""
+        with self._lock:
+            self._claimed_by.pop(run_id, None)
+
+    def _full(self) -> set[str]:
+        """(Under the lock) the dagent peers heard running as many runs as this agent may."""
+        running: dict[str, int] = {}
+        for peer in self._claimed_by.values():
+            running[peer] = running.get(peer, 0) + 1
+        return {peer for peer, n in running.items() if n >= self.concurrency}
 
     def fleet(self) -> list[str]:
         """The pool's workers in order, this agent included: its ONLINE roster, the dagent agents heard in claims."""
@@ -178,6 +199,7 @@ class ScheduledRuns:
         place, wait = position(self.agent, run_id, fleet), turn(self.agent, run_id, fleet)
         now = time.monotonic()
         with self._lock:
+            self._claimed_by.pop(run_id, None)  # scheduled again: its claimer stepped back
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
             if not alone and place == 0:
                 self._own_heard[run_id] = now
@@ -278,7 +300,7 @@ class ScheduledRuns:
             for run_id in [r for r, (_, _, at) in self._others_heard.items() if at < now - SAFETY_LIST]:
                 del self._others_heard[run_id]  # its taking was not heard (a reconnect): the lists cover it
             own = [r for _, r in sorted((at, r) for r, at in self._own_heard.items() if at <= now) if r not in seen]
-            picks, ripens = steals(self._others_heard, now - STEAL_AFTER)
+            picks, ripens = steals(self._others_heard, now - STEAL_AFTER, self._full())
         cap = min(OWN_FETCH_MAX, 2 * limit)
         ids = own[:cap] + [r for r in picks if r not in seen][: cap - len(own[:cap])]
         if ripens is not None:
@@ -412,12 +434,17 @@ class ScheduledRuns:
             return runs
         ready, turns = [], []
         self._first_seen = {r["id"]: self._first_seen.get(r["id"], now) for r in runs}
+        fleet = self.fleet()
+        with self._lock:
+            free = set(self._peers) - self._full()
         for flow_run in runs:
             # Claimable since it was made, or since `prefetch` before it is due if that is later (a
             # run that says neither is claimable now); and at the latest since this agent first saw
             # it, so a host whose clock lags the server's waits no longer than its turn.
             since = min(claimable_since(flow_run, self.prefetch), self._first_seen[flow_run["id"]])
             wait = self._turn(flow_run["id"])
+            if wait and owner(flow_run["id"], fleet) in free:
+                wait = max(wait, OWNER_GRACE)  # a dagent owner with a slot free: its to take
             comes = since + timedelta(seconds=wait)
             if wait == 0 or since == EPOCH or comes <= now:
                 ready.append(flow_run)
