@@ -450,11 +450,11 @@ def test_an_owners_fetch_by_id_takes_only_what_prefects_list_shows_open(api: Pre
     listed = [{"id": "not-a-run", "work_queue_id": queue["id"]}]
     due_by = datetime.now(timezone.utc) + timedelta(seconds=5)
     runs._own_heard = dict.fromkeys(ids, 0.0)
-    fetched, _ = runs._fetch_heard(4, listed, due_by)
+    fetched = runs._fetch_own(4, listed, due_by)
     assert [r["id"] for r in fetched] == ids  # all three, oldest first
     api.set_state(ids[0], "PENDING")
     runs._own_heard = dict.fromkeys(ids, 0.0)
-    assert [r["id"] for r in runs._fetch_heard(4, listed, due_by)[0]] == ids[1:]  # a taken run is not fetched
+    assert [r["id"] for r in runs._fetch_own(4, listed, due_by)] == ids[1:]  # a taken run is not fetched
     for paused in (f"/work_queues/{queue['id']}", f"/work_pools/{pool}"):
         api.call("PATCH", paused, {"is_paused": True})
         runs._own_heard = dict.fromkeys(ids, 0.0)

@@ -21,13 +21,6 @@ claimable, whether it heard of the run on the stream or found it in a list: if t
 room, the next takes it a moment later, and the others hear it taken before their turn. A run
 costs one list (and fetch) and one claim, not one per agent.
 
-When the fleet is saturated the owners are busy and their runs wait; the agents with a slot free
-and none of their own left then all went for the pool's oldest runs, and met there each other and
-the owners, whose next runs those are. So every agent keeps the announced runs of others it has
-not heard taken, and with its own it fetches by id the best of those to steal (`fleet.steals`:
-never an owner's oldest, and the runs it ranks best of all those waiting, so no two thieves go for
-the same one), once their owners have left them STEAL_AFTER.
-
 Within a list of the pool, an agent tries the runs it owns first, oldest first, then those it ranks
 second, and so on; the page grows with the fleet (OWNED_PER_PAGE runs per free slot per worker, up
 to FLEET_PAGE workers). In a fleet a list is trusted for FLEET_FRESH seconds only, even within a
@@ -53,17 +46,7 @@ from typing import Any
 from dagent.errors import SourceError
 from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
-from dagent.sources.prefect.fleet import (
-    OWNER_GRACE,
-    STEAL_AFTER,
-    claimable_since,
-    owner,
-    position,
-    rank,
-    slot_owner,
-    steals,
-    turn,
-)
+from dagent.sources.prefect.fleet import claimable_since, position, rank, slot_owner, turn
 
 __all__ = ["ScheduledRuns", "position", "rank"]
 
@@ -79,8 +62,6 @@ FLEET_FRESH = 1.0
 OWNED_FRESH = 10.0
 # How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
 PEERS_FORGOTTEN = 600.0
-# The most runs of dagent peers kept as running, not heard to end (an end lost in a reconnect).
-CLAIMS_KEPT = 5000
 # The most runs one list asks for; in a fleet, the runs it asks for per free slot per worker, and
 # the most workers a page grows for (a page is used for FLEET_FRESH only, and costs the server
 # by the runs it answers).
@@ -111,7 +92,6 @@ class ScheduledRuns:
         poll_interval: float,
         streaming: Callable[[], bool],
         wake: Callable[[], None],
-        concurrency: int = 1,
     ) -> None:
         self.client = client
         self.agent = agent
@@ -121,7 +101,6 @@ class ScheduledRuns:
         self.poll_interval = poll_interval
         self.streaming = streaming
         self.wake = wake
-        self.concurrency = concurrency  # this agent's, taken for its peers' too
         # The loop thread's own.
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
         self.listed_at = 0.0  # when the last list was asked for (monotonic)
@@ -140,9 +119,6 @@ class ScheduledRuns:
         self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
         self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
         self._own_heard: dict[str, float] = {}  # announced runs this agent owns → not before (monotonic)
-        # Others' announced runs → their owner, this agent's place for them, when heard of (monotonic).
-        self._others_heard: dict[str, tuple[str, int, float]] = {}
-        self._claimed_by: dict[str, str] = {}  # runs dagent peers were heard claiming and not heard end → who
         self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
         self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
@@ -161,28 +137,12 @@ class ScheduledRuns:
         with self._lock:
             self._offers.pop(run_id, None)
             self._own_heard.pop(run_id, None)
-            self._others_heard.pop(run_id, None)
             if run_id in self._listed:
                 self._taken.add(run_id)
             if by_peer:
                 self._peer_seen = time.monotonic()
             if peer_name and peer_name != self.agent:
                 self._peers[peer_name] = time.monotonic()
-                self._claimed_by[run_id] = peer_name
-                if len(self._claimed_by) > CLAIMS_KEPT:
-                    del self._claimed_by[next(iter(self._claimed_by))]  # an end not heard (a reconnect)
-
-    def heard_ended(self, run_id: str) -> None:
-        """The event stream says a run reached a final state: its claimer has a slot free again."""
-        with self._lock:
-            self._claimed_by.pop(run_id, None)
-
-    def _full(self) -> set[str]:
-        """(Under the lock) the dagent peers heard running as many runs as this agent may."""
-        running: dict[str, int] = {}
-        for peer in self._claimed_by.values():
-            running[peer] = running.get(peer, 0) + 1
-        return {peer for peer, n in running.items() if n >= self.concurrency}
 
     def fleet(self) -> list[str]:
         """The pool's workers in order, this agent included: its ONLINE roster, the dagent agents heard in claims."""
@@ -194,20 +154,17 @@ class ScheduledRuns:
 
     def announced(self, run_id: str) -> None:
         """The event stream says a run was scheduled: list now when alone or when this agent owns it (and
-        then fetch it with the list); otherwise list at this agent's turn (and keep it, to steal)."""
-        fleet = self.fleet()  # before the lock: fleet() takes it
-        place, wait = position(self.agent, run_id, fleet), turn(self.agent, run_id, fleet)
+        then fetch it with the list); otherwise list at this agent's turn."""
+        turn = self._turn(run_id)  # before the lock: fleet() takes it
         now = time.monotonic()
         with self._lock:
-            self._claimed_by.pop(run_id, None)  # scheduled again: its claimer stepped back
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
-            if not alone and place == 0:
+            if not alone and turn == 0:
                 self._own_heard[run_id] = now
             elif not alone:
-                self._others_heard[run_id] = (owner(run_id, fleet), place, now)
-                self._offers[run_id] = now + wait
+                self._offers[run_id] = now + turn
                 self._arm()
-        if alone or place == 0:
+        if alone or turn == 0:
             self.mark_due()
             self.wake()
 
@@ -278,15 +235,11 @@ class ScheduledRuns:
                 gone = flow_run["id"] in self._taken
                 # Tried now: if it is not claimed (labels, a WAIT), the others take it at their turn.
                 self._own_heard.pop(flow_run["id"], None)
-                self._others_heard.pop(flow_run["id"], None)
             if not gone:
                 return flow_run
 
-    def _fetch_heard(
-        self, limit: int, listed: list[dict[str, Any]], due_by: datetime
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Announced runs still scheduled and due, fetched by id: this agent's own, oldest first, and the
-        best of others' to steal (`fleet.steals`), once their owners have left them STEAL_AFTER.
+    def _fetch_own(self, limit: int, listed: list[dict[str, Any]], due_by: datetime) -> list[dict[str, Any]]:
+        """This agent's own announced runs that are still scheduled and due, fetched by id, oldest first.
 
         Only what the pool's list just showed open: Prefect's list leaves out paused pools and
         queues, queues at their concurrency limit and runs the engine retries in-process, and a
@@ -295,18 +248,12 @@ class ScheduledRuns:
         """
         queues = {r.get("work_queue_id") for r in listed}
         now = time.monotonic()
-        seen = {r["id"] for r in listed}
         with self._lock:
-            for run_id in [r for r, (_, _, at) in self._others_heard.items() if at < now - SAFETY_LIST]:
-                del self._others_heard[run_id]  # its taking was not heard (a reconnect): the lists cover it
-            own = [r for _, r in sorted((at, r) for r, at in self._own_heard.items() if at <= now) if r not in seen]
-            picks, ripens = steals(self._others_heard, now - STEAL_AFTER, self._full())
-        cap = min(OWN_FETCH_MAX, 2 * limit)
-        ids = own[:cap] + [r for r in picks if r not in seen][: cap - len(own[:cap])]
-        if ripens is not None:
-            self.wake_at(datetime.now(timezone.utc) + timedelta(seconds=ripens + STEAL_AFTER - now))
+            heard = sorted((at, run_id) for run_id, at in self._own_heard.items() if at <= now)
+        seen = {r["id"] for r in listed}
+        ids = [run_id for _, run_id in heard if run_id not in seen][: min(OWN_FETCH_MAX, 2 * limit)]
         if not ids:
-            return [], []
+            return []
         body: dict[str, Any] = {
             "flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": ["SCHEDULED"]}}},
             "work_pools": {"name": {"any_": [self.work_pool]}},
@@ -318,8 +265,8 @@ class ScheduledRuns:
             if not isinstance(items, list):
                 raise SourceError("Prefect API: /flow_runs/filter: expected a list")
         except SourceError as e:
-            log.debug("could not fetch runs by id (%s); the list serves", e)
-            return [], []
+            log.debug("could not fetch this agent's own runs (%s); the list serves", e)
+            return []
         runs, later = [], {}
         for flow_run in items:
             if not isinstance(flow_run, dict) or flow_run.get("id") not in ids:
@@ -331,21 +278,12 @@ class ScheduledRuns:
                 runs.append(flow_run)
         with self._lock:
             for run_id in set(ids) - {r["id"] for r in runs} - set(later):
-                # Taken or gone, or for the list to show: no longer to fetch.
-                self._own_heard.pop(run_id, None)
-                self._others_heard.pop(run_id, None)
+                self._own_heard.pop(run_id, None)  # taken or gone, or for the list to show: no longer to fetch
             for run_id, start in later.items():
-                wait = (start - due_by).total_seconds()
-                if run_id in self._own_heard:
-                    self._own_heard[run_id] = now + wait
-                elif run_id in self._others_heard:
-                    who, place, _ = self._others_heard[run_id]
-                    self._others_heard[run_id] = (who, place, now + wait)
+                self._own_heard[run_id] = now + (start - due_by).total_seconds()
         if later:
             self.wake_at(min(later.values()) - timedelta(seconds=self.prefetch))
-        mine, best = set(own), {run_id: i for i, run_id in enumerate(ids)}
-        stolen = sorted((r for r in runs if r["id"] not in mine), key=lambda r: best[r["id"]])
-        return [r for r in runs if r["id"] in mine], stolen
+        return runs
 
     def _stale(self) -> bool:
         """In a fleet, a list answered more than FLEET_FRESH ago: others may have taken its runs, unheard yet."""
@@ -410,18 +348,14 @@ class ScheduledRuns:
             # Each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
         listed, fleet = runs, self.fleet()
-        fetched: list[dict[str, Any]] = []
-        stolen: list[dict[str, Any]] = []
-        if len(fleet) > 1 and listed and self.streaming():
-            fetched, stolen = self._fetch_heard(limit, listed, due_by)
+        fetched = self._fetch_own(limit, listed, due_by) if len(fleet) > 1 and listed and self.streaming() else []
         runs = self._in_turn(runs, now)
-        # The page holds the pool's oldest runs; each agent starts with the runs it owns (listed or
-        # fetched), oldest first, then those it steals, then the page's others by its place for them
-        # (stable sorts), and takes no more than were listed.
+        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns
+        # (and those it fetched), oldest first (stable sorts), and takes no more than were listed.
         places = {r["id"]: position(self.agent, r["id"], fleet) for r in runs}
         runs.sort(key=lambda r: places[r["id"]])
         own = sorted([r for r in runs if places[r["id"]] == 0] + fetched, key=lambda r: start_time(r) or EPOCH)
-        runs = (own + stolen + [r for r in runs if places[r["id"]] > 0])[: len(listed)]
+        runs = (own + [r for r in runs if places[r["id"]] > 0])[: len(listed)]
         self._own = frozenset(r["id"] for r in own)
         with self._lock:
             self._taken = set()
@@ -434,17 +368,12 @@ class ScheduledRuns:
             return runs
         ready, turns = [], []
         self._first_seen = {r["id"]: self._first_seen.get(r["id"], now) for r in runs}
-        fleet = self.fleet()
-        with self._lock:
-            free = set(self._peers) - self._full()
         for flow_run in runs:
             # Claimable since it was made, or since `prefetch` before it is due if that is later (a
             # run that says neither is claimable now); and at the latest since this agent first saw
             # it, so a host whose clock lags the server's waits no longer than its turn.
             since = min(claimable_since(flow_run, self.prefetch), self._first_seen[flow_run["id"]])
             wait = self._turn(flow_run["id"])
-            if wait and owner(flow_run["id"], fleet) in free:
-                wait = max(wait, OWNER_GRACE)  # a dagent owner with a slot free: its to take
             comes = since + timedelta(seconds=wait)
             if wait == 0 or since == EPOCH or comes <= now:
                 ready.append(flow_run)

@@ -70,7 +70,7 @@ class PrefectSource:
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
         self._scheduled = ScheduledRuns(
             self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
-            config.effective_poll_interval, self._streaming, lambda: self._wake(), config.concurrency,
+            config.effective_poll_interval, self._streaming, lambda: self._wake(),
         )  # fmt: skip
         self._last_cancel_check = 0.0  # the loop thread's own
         # Shared by the loop, the run threads, the event stream and the timers: guarded by _lock.
@@ -156,8 +156,6 @@ class PrefectSource:
             # Claimed (or cancelled) since we listed it; a claim not in our words is another agent's.
             peer = state == "PENDING" and message != self._claim_note
             self._scheduled.heard_taken(run_id, by_peer=peer, peer_name=claimer(message) if peer else None)
-            if state in FINAL_STATES:
-                self._scheduled.heard_ended(run_id)
             with self._lock:
                 if run_id in self._mine:
                     self._heard[run_id] = state
