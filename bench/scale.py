@@ -6,8 +6,8 @@
 
 Each agent is a process of its own with its own name, all on one machine: what is measured is the
 server's side, which does not care whether its workers share a host. Per N and per system: the
-server's requests and CPU at idle (net of its own background work, measured first with nothing
-attached), dispatch latency of real flows under a steady arrival rate, a burst of stand-in runs
+server's requests and CPU at idle (net of its own background work, measured with nothing attached
+just before each point), dispatch latency of real flows under a steady arrival rate, a burst of stand-in runs
 (wall time, each started exactly once, claim attempts per run), and for dagent, kill -9 of random
 agents during a burst. Writes bench/results/scale.json and two plots beside it; prints the tables.
 """
@@ -60,6 +60,9 @@ class Point:
     up_s: float = 0.0  # start → every agent heartbeating
     idle_requests_per_min: float = 0.0  # all N agents together
     idle_server_cpu_s_per_min: float = 0.0  # Prefect server + Postgres, less the server's own background
+    # That background, measured just before this point's agents start: it grows with the runs the
+    # database holds, so a point after bursts must not be netted against the first one's.
+    background_cpu_s_per_min: float | None = None
     idle_agent_cpu_s_per_min: float = 0.0  # all N agents together
     idle_rss_mb: float = 0.0  # all N agents together
     idle_requests_by_kind: dict[str, float] = field(default_factory=dict)
@@ -174,9 +177,13 @@ class Scale:
     def baseline(self) -> None:
         """The server's own background work (its services, Postgres), with nothing attached."""
         time.sleep(10)
+        self.baseline_cpu_s_per_min = self._background()
+
+    def _background(self) -> float:
+        """CPU-s/min the server uses with no agents of the bench attached."""
         before, t = self._server_cpu(), time.monotonic()
         time.sleep(self.args.idle or BASELINE_WINDOW)
-        self.baseline_cpu_s_per_min = (self._server_cpu() - before) / ((time.monotonic() - t) / 60)
+        return (self._server_cpu() - before) / ((time.monotonic() - t) / 60)
 
     # --- fleets --------------------------------------------------------------------------------
 
@@ -224,6 +231,8 @@ class Scale:
         self._pool(system, pool)
         proxy = FaultyHTTPProxy(self.server.api_url.removesuffix("/api"), count_all=True)
         names = [f"{pool}-{i}" for i in range(n)]
+        time.sleep(10)  # the last point's agents and containers are gone
+        point.background_cpu_s_per_min = round(self._background(), 3)
         started = time.monotonic()
         fleet = {name: self._agent(system, pool, name, proxy) for name in names}
         try:
@@ -270,7 +279,10 @@ class Scale:
         agent_cpu_after, rss = agents()
         point.idle_requests_per_min = round((len(proxy.times) - requests) / minutes, 2)
         point.idle_requests_by_kind = by_kind(proxy.requests[requests:], minutes)
-        net = (self._server_cpu() - server) / minutes - self.baseline_cpu_s_per_min
+        background = point.background_cpu_s_per_min
+        net = (self._server_cpu() - server) / minutes - (
+            self.baseline_cpu_s_per_min if background is None else background
+        )
         point.idle_server_cpu_s_per_min = round(net, 3)
         point.idle_agent_cpu_s_per_min = round((agent_cpu_after - agent_cpu) / minutes, 3)
         point.idle_rss_mb = round(rss, 1)
