@@ -76,7 +76,10 @@ class DockerRuntime:
             ) from e
 
     def _sends_no_client_cert(self) -> bool:
-        files = dockerclient.tls_files(self.config)
+        try:
+            files = dockerclient.tls_files(self.config)
+        except Exception:  # only words an error message: never raise over the error being told
+            return False
         return files is not None and files["client_cert"] is None
 
     @property
