@@ -61,6 +61,7 @@ class InboxSource:
 
     def recover(self, containers: Mapping[str, ContainerInfo], live: Collection[str] = ()) -> Sequence[Claim]:
         """Claimed runs of this agent that must go on; crashed ones are reported here."""
+        self._sweep()
         claims = []
         for path in sorted(self.mine.glob("*.toml")):
             try:
@@ -174,6 +175,19 @@ class InboxSource:
         """Nothing to release."""
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Remove what a kill -9 left between the steps of a report or a refusal."""
+        for marker in self.mine.glob("*.started"):
+            if not marker.with_suffix(".toml").exists():
+                # Its run file had moved to done/ or failed/ when the agent was killed: finished.
+                marker.unlink(missing_ok=True)
+        # A report's temporary file is removed before its run file leaves claimed/, so only runs
+        # still claimed here can have one; other agents' are theirs to sweep.
+        ours = {path.stem for path in self.mine.glob("*.toml")}
+        for tmp in self.done.glob(".*.tmp"):
+            if tmp.name[1:].rsplit(".", 2)[0] in ours:
+                tmp.unlink(missing_ok=True)
 
     def _marker(self, run_id: str) -> Path:
         return self.mine / f"{run_id}.started"

@@ -147,6 +147,7 @@ def test_kill_9_at_random_moments(dagent: Dagent, inbox: Path, image: str, tmp_p
         assert starts.count(run_id) <= 1, f"{run_id} started {starts.count(run_id)} times"
         assert done[run_id]["outcome"] == ("succeeded" if run_id in starts else "crashed")
     assert list((inbox / "claimed" / dagent.name).glob("*")) == []
+    assert list((inbox / "done").glob(".*")) == []  # no report's temporary file left by a kill
 
 
 def test_two_agents_one_inbox(dagent: Dagent, inbox: Path, image: str, tmp_path: Path) -> None:

@@ -110,6 +110,28 @@ def test_recover_rules(tmp_path: Path) -> None:
     assert (source.done / "reported.toml").exists()
 
 
+def test_recovery_sweeps_markers_a_crash_left_behind_a_finished_run(tmp_path: Path) -> None:
+    """Killed after the run file moved to done/ or failed/ but before its marker went: no marker stays."""
+    source = _source(tmp_path)
+    for name in ("archived", "refused", "running"):
+        _drop(source, name)
+    claims = {c.run.id: c for c in source.poll(10)}
+    for claim in claims.values():
+        source.starting(claim)
+    # The crash's leftovers: the run file already moved on, its marker not yet removed.
+    (source.done / "archived.json").write_text("{}")
+    Path(claims["archived"].handle).rename(source.done / "archived.toml")
+    Path(claims["refused"].handle).rename(source.failed / "refused.toml")
+    # Killed between writing a report's temporary file and linking it: the run is reported crashed.
+    (source.done / ".running.4242.tmp").write_text("{}")
+    (source.done / ".someone-elses.4242.tmp").write_text("{}")  # not this agent's to remove
+    resumed = source.recover({"running": _info("running")})
+    assert [c.run.id for c in resumed] == ["running"]
+    assert sorted(p.name for p in source.mine.iterdir()) == ["running.started", "running.toml"]
+    assert json.loads((source.done / "archived.json").read_text()) == {}  # reported once, not again
+    assert sorted(p.name for p in source.done.glob(".*")) == [".someone-elses.4242.tmp"]
+
+
 def test_cancel_before_start(tmp_path: Path) -> None:
     """cancel/<id> for a run still in new/ reports it cancelled without running it."""
     source = _source(tmp_path)
