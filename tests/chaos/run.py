@@ -209,6 +209,11 @@ def _inbox_row(
     row.stuck = sum(1 for i in missing if i in waiting)
     row.lost = len(missing) - row.stuck
     _each_once(row, ids, count, outcomes, expected)
+    # What a kill between two steps of a finished run could leave: its marker, a report's temp file.
+    debris = [p for p in inbox.glob("claimed/*/*.started") if not p.with_suffix(".toml").exists()]
+    debris += list(inbox.glob("done/.*"))
+    if debris:
+        row.failures.append(f"{len(debris)} file(s) left behind by finished runs (e.g. {debris[0].name})")
     row.orphans = _orphans(agents)
     row.notes.append(", ".join(f"{n} {o}" for o, n in Counter(outcomes[i] for i in ids if i in outcomes).items()))
     return row
