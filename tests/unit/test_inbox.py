@@ -122,7 +122,7 @@ def test_recovery_sweeps_markers_a_crash_left_behind_a_finished_run(tmp_path: Pa
     (source.done / "archived.json").write_text("{}")
     Path(claims["archived"].handle).rename(source.done / "archived.toml")
     Path(claims["refused"].handle).rename(source.failed / "refused.toml")
-    # Killed between writing a report's temporary file and linking it: the run is reported crashed.
+    # Killed between writing a report's temporary file and linking it: the run is still claimed.
     (source.done / ".running.4242.tmp").write_text("{}")
     (source.done / ".someone-elses.4242.tmp").write_text("{}")  # not this agent's to remove
     resumed = source.recover({"running": _info("running")})
