@@ -67,6 +67,8 @@ class Point:
     idle_rss_mb: float = 0.0  # all N agents together
     idle_requests_by_kind: dict[str, float] = field(default_factory=dict)
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # arrival rate (runs/s) → p50, p95
+    # Stand-in runs at a steady rate the fleet keeps up with: claim conflicts when agents are not saturated.
+    steady: dict[str, Any] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
     kills: dict[str, Any] = field(default_factory=dict)
 
@@ -245,12 +247,17 @@ class Scale:
             # first two minutes (a fleet started together is still coming ONLINE at the first).
             startup = 15.0 + (sum(ROSTER_FIRST) if system == "dagent" else 0.0)
             time.sleep(max(15.0, startup - (time.monotonic() - started)))
-            self._idle(point, proxy, fleet, self.args.idle or IDLE_WINDOW[system])
+            if not self.args.steady_only:
+                self._idle(point, proxy, fleet, self.args.idle or IDLE_WINDOW[system])
+            standin = self._deployment(pool, standin=True)
+            if self.args.steady_runs:
+                point.steady = self._steady(standin, proxy, names=names if system == "dagent" else None)
+            if self.args.steady_only:
+                return point
             real = self._deployment(pool, standin=False)
             rates = self.args.rates if n == self.args.sweep_at else self.args.rates[:1]
             for rate in rates:
                 point.latency[str(rate)] = self._latency(real, rate)
-            standin = self._deployment(pool, standin=True)
             # One Prefect worker takes about half a minute per 20 stand-in runs: below N = 5, a smaller burst.
             size = self.args.burst if n >= 5 else min(self.args.burst, SMALL_BURST)
             point.burst = self._burst(standin, size, proxy, names=names if system == "dagent" else None)
@@ -348,8 +355,6 @@ class Scale:
             states = self._settle(ids, 300)  # the last restarted agents adopt what their predecessors left
         time.sleep(5)
         died = [self.starts.died[r] for r in ids if r in self.starts.died]
-        claims = proxy.claims[claims_before:]
-        accepted = Counter(run for run, status in claims if status == "ACCEPT")
         left = self.client.containers.list(all=True, filters={"label": "io.prefect.flow-run-id"})
         result = {
             "runs": size,
@@ -359,6 +364,50 @@ class Scale:
             "never_started": sum(1 for r in ids if self.starts.starts[r] == 0),
             "stuck": sum(n for s, n in states.items() if s in ("PENDING", "RUNNING", "CANCELLING")),
             "orphans": sum(1 for c in left if c.labels.get("io.prefect.flow-run-id") in set(ids)),
+            **self._claims(proxy, (claims_before, requests_before, server_before, log_before), made, names),
+        }
+        if fleet is not None:
+            result["kills"] = self.args.kills
+        return result
+
+    def _steady(self, deployment: str, proxy: FaultyHTTPProxy, names: list[str] | None) -> dict[str, Any]:
+        """Stand-in runs made one every 1/rate seconds, a rate the fleet keeps up with: created → container
+        started, and the claims each run cost when no agent is short of room."""
+        rate, size = self.args.steady, self.args.steady_runs
+        before = (len(proxy.claims), len(proxy.times), self._server_cpu(), len(proxy.claim_log))
+        made: list[tuple[str, float]] = []
+        for _ in range(size):
+            t = time.time()
+            made.append((self.api.run(deployment), t))
+            time.sleep(max(0.0, t + 1 / rate - time.time()))
+        ids = [run_id for run_id, _ in made]
+        states = self._settle(ids, 600)
+        time.sleep(5)
+        lag = sorted(self.starts.first[r] - t for r, t in made if r in self.starts.first)
+        return {
+            "rate": rate,
+            "runs": size,
+            "states": states,
+            "started_twice": sum(1 for r in ids if self.starts.starts[r] > 1),
+            "never_started": sum(1 for r in ids if self.starts.starts[r] == 0),
+            "dispatch_p50_s": round(statistics.median(lag), 3) if lag else None,
+            "dispatch_p95_s": round(percentile(lag, 0.95), 3) if lag else None,
+            **self._claims(proxy, before, made, names),
+        }
+
+    def _claims(
+        self,
+        proxy: FaultyHTTPProxy,
+        before: tuple[int, int, float, int],
+        made: list[tuple[str, float]],
+        names: list[str] | None,
+    ) -> dict[str, Any]:
+        """What the runs `made` cost in claims and requests since `before` (claims, requests, server CPU, claim log)."""
+        claims_before, requests_before, server_before, log_before = before
+        size = len(made)
+        claims = proxy.claims[claims_before:]
+        accepted = Counter(run for run, status in claims if status == "ACCEPT")
+        result: dict[str, Any] = {
             "claim_attempts_per_run": round(len(claims) / size, 3),
             # PENDING proposals the server refused (ABORT, REJECT, WAIT): another agent had the run.
             "conflicts_per_run": round(sum(1 for _, status in claims if status != "ACCEPT") / size, 3),
@@ -371,14 +420,14 @@ class Scale:
         if names:
             result["refused_claims"] = _refused(proxy.claim_log[log_before:], names, size)
             if self.args.dump_claims:
-                # Every claim answer of the burst, for a closer look than the summary gives.
-                dump = Path(self.args.dump_claims) / f"claims-{names[0].rsplit('-', 1)[0]}-{size}-{int(created)}.json"
+                # Every claim answer, for a closer look than the summary gives.
+                dump = (
+                    Path(self.args.dump_claims) / f"claims-{names[0].rsplit('-', 1)[0]}-{size}-{int(made[0][1])}.json"
+                )
                 dump.parent.mkdir(parents=True, exist_ok=True)
                 dump.write_text(
                     json.dumps({"fleet": names, "created": dict(made), "claims": proxy.claim_log[log_before:]})
                 )
-        if fleet is not None:
-            result["kills"] = self.args.kills
         return result
 
     def _kill_some(self, fleet: dict[str, subprocess.Popen[bytes]], pool: str, proxy: FaultyHTTPProxy) -> None:
@@ -440,6 +489,22 @@ def tables(results: dict[str, Any]) -> str:
                 f"| {_r(max(d.idle_server_cpu_s_per_min, 0.0), w.idle_server_cpu_s_per_min)} "
                 f"| {_r(d.burst.get('wall_s'), w.burst.get('wall_s'))} | {'yes' if same else 'no'} |"
             )
+    steady = ["", "Claims at a steady rate (stand-in runs one every 1/rate seconds, a rate every fleet keeps up with):", "",
+              "| N | system | runs, rate (runs/s) | dispatch p50 / p95 (s) | started twice / never "
+              "| refused claims per run | runs accepted twice | measured (UTC) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for n in fleet:
+        for p in _pair(points, n):
+            if p is None or not p.steady:
+                continue
+            st = p.steady
+            steady.append(
+                f"| {n} | {'dagent' if p.system == 'dagent' else 'Prefect worker'} | {st['runs']}, {st['rate']} "
+                f"| {st['dispatch_p50_s']} / {st['dispatch_p95_s']} | {st['started_twice']} / {st['never_started']} "
+                f"| {st['conflicts_per_run']} | {st['runs_accepted_more_than_once']} "
+                f"| {st.get('when', measured.get((p.system, n), meta.get('when', '–')))[:16]} |"
+            )
+    if len(steady) == 5:
+        steady = []
     kills = [Point(**p) for p in points if p.get("kills")]
     extra = []
     for p in kills:
@@ -450,7 +515,7 @@ def tables(results: dict[str, Any]) -> str:
             f"{k['never_started']}, stuck {k['stuck']}, orphans {k['orphans']}, wall {k['wall_s']} s, refused claims "
             f"{k['conflicts_per_run']} per run, runs accepted twice {k['runs_accepted_more_than_once']}."
         )
-    return "\n".join(rows + ratios + extra + ["", paper(results)])
+    return "\n".join(rows + ratios + steady + extra + ["", paper(results)])
 
 
 def paper(results: dict[str, Any]) -> str:
@@ -545,6 +610,11 @@ def main(argv: list[str]) -> int:
         "--rates", help="arrival rates of real flows, runs/s (default 0.1,0.2,0.3; the first at every N)"
     )
     parser.add_argument("--dump-claims", metavar="DIR", help="write each dagent burst's claim answers there (JSON)")
+    parser.add_argument("--steady", type=float, default=0.5,
+                        help="arrival rate of the steady row's stand-in runs, runs/s (default 0.5)")  # fmt: skip
+    parser.add_argument("--steady-runs", type=int, help="stand-in runs of the steady row (default 150; 0: none)")
+    parser.add_argument("--steady-only", action="store_true",
+                        help="measure only the steady row; with --merge, put it into the points already there")  # fmt: skip
     parser.add_argument("--sweep-at", type=int, default=5, help="the N at which every rate is measured (default 5)")
     parser.add_argument("--latency-runs", type=int, help="real flows per arrival rate (default 8)")
     parser.add_argument("--kills", type=int, help="kill -9s of dagent agents at the largest N (default 8; 0: none)")
@@ -566,6 +636,8 @@ def main(argv: list[str]) -> int:
     args.idle = args.idle or (20 if args.quick else None)
     args.rates = [float(r) for r in (args.rates or ("0.2" if args.quick else "0.1,0.2,0.3")).split(",")]
     args.latency_runs = args.latency_runs or (4 if args.quick else 8)
+    args.steady_runs = (30 if args.quick else 150) if args.steady_runs is None else args.steady_runs
+    args.merge = args.merge or args.steady_only  # a steady row alone is no point of its own
     args.kills = 3 if args.kills is None and args.quick else 8 if args.kills is None else args.kills
     started = time.time()
     with infra.docker_engine():
@@ -616,6 +688,15 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
         # Points measured again (say after a change to one system) replace theirs; the run that made
         # them is named beside the first run's meta.
         before = json.loads(out.read_text())
+        if args.steady_only:
+            # Only the steady row was measured: it joins the points already there, which keep the rest.
+            steady = {(p["system"], p["n"]): p["steady"] for p in points}
+            for p in before["points"]:
+                if (p["system"], p["n"]) in steady:
+                    p["steady"] = {**steady[(p["system"], p["n"])], "when": results["meta"]["when"],
+                                   "machine": results["meta"]["machine"]}  # fmt: skip
+            out.write_text(json.dumps(before, indent=2) + "\n")
+            return before
         mine = {(p["system"], p["n"]) for p in points}
         kept = [p for p in before["points"] if (p["system"], p["n"]) not in mine]
         meta = before["meta"]
