@@ -179,6 +179,25 @@ def test_the_owner_of_an_announced_run_lists_at_once_and_keeps_it_to_fetch() -> 
     assert woke.wait(0.5) and runs._should_list() and owned in runs._own_heard
 
 
+def test_a_server_slow_to_answer_stretches_this_agents_turn() -> None:
+    """The turn of an announced run waits for the round trips of the claims ahead of it."""
+    world = World()
+
+    def slow(method: str, path: str, body: Any) -> tuple[int, Any]:
+        time.sleep(0.4)
+        return world(method, path, body)
+
+    client = PrefectClient(_config(), RoutingTransport(slow))
+    runs = ScheduledRuns(client, "a", "pool", [], 0.0, 1.0, lambda: True, lambda: None)
+    _with_peers(runs)
+    run_id = _late_run("a", 1)
+    at_rest = runs._turn(run_id)
+    client.call("POST", "/work_pools/pool/get_scheduled_flow_runs", {})
+    assert client.round_trip() >= 0.4
+    assert runs._turn(run_id) >= at_rest + (fleet_module.OWNER_TRIPS * 0.4 - fleet_module.TURN)
+    runs.close()
+
+
 def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fleet_module, "TURN", 0.2)
     runs, woke = _scheduled(World())

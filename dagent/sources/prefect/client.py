@@ -6,7 +6,9 @@ promise a Session is thread-safe), all with the same headers and auth.
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +20,8 @@ from dagent.config import AgentConfig
 from dagent.errors import SourceError, one_line
 
 TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
+# How many of the last answers' round trips tell how busy the server is now.
+ROUND_TRIPS_KEPT = 32
 
 
 class _Transient(Exception):
@@ -63,12 +67,19 @@ class PrefectClient:
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self._requests = 0
+        self._round_trips: collections.deque[float] = collections.deque(maxlen=ROUND_TRIPS_KEPT)
 
     @property
     def sent(self) -> int:
         """Requests sent so far, retries included (the benchmark's requests-per-run figure)."""
         with self._lock:
             return self._requests
+
+    def round_trip(self) -> float:
+        """The median time the server took to answer this agent's last requests, in seconds (0 before any)."""
+        with self._lock:
+            kept = sorted(self._round_trips)
+        return kept[len(kept) // 2] if kept else 0.0
 
     @property
     def session(self) -> requests.Session:
@@ -103,7 +114,10 @@ class PrefectClient:
                 self._requests += 1
             if tries is not None:
                 tries.append(1)
+            sent = time.monotonic()
             response = session.request(method, self.url + path, json=body, timeout=self.timeout)
+            with self._lock:
+                self._round_trips.append(time.monotonic() - sent)
             if response.status_code in TRANSIENT_STATUS:
                 raise _Transient(f"{method} {path} -> {response.status_code}", _retry_after(response))
             return response

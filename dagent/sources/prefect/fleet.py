@@ -2,7 +2,8 @@
 
 Every worker of the fleet has a rank for every run (a hash of its name and the run's id); a run's
 owner is the worker that ranks it first, and every other worker's turn comes TURN seconds per
-worker ranked before it, SPREAD at most, after the run became claimable.
+worker ranked before it, SPREAD at most, after the run became claimable; longer while the server is
+slow to answer (see turn()).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from dagent.sources.prefect.claims import EPOCH, start_time, when
 
 # A run waits this long for each worker that ranks it before this agent (long enough to hear the
 # claim of the one before), and at most SPREAD: past it, the agents still waiting are few enough
-# to rarely meet.
+# to rarely meet. When the server is slow to answer, a turn is never shorter than the round trips a
+# claim takes: OWNER_TRIPS for the owner (list, fetch, claim), one for each worker after it.
 TURN = 0.5
 SPREAD = 4.0
+OWNER_TRIPS = 3
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -33,9 +36,18 @@ def position(agent: str, run_id: str, fleet: Sequence[str]) -> int:
     return sum(1 for other in fleet if other != agent and rank(other, run_id) < mine)
 
 
-def turn(agent: str, run_id: str, fleet: Sequence[str]) -> float:
-    """Seconds from when a run became claimable to this agent's turn at it."""
-    return min(SPREAD, TURN * position(agent, run_id, fleet))
+def turn(agent: str, run_id: str, fleet: Sequence[str], round_trip: float = 0.0) -> float:
+    """Seconds from when a run became claimable to this agent's turn at it, given how long the server now
+    takes to answer a request (`round_trip`)."""
+    place = position(agent, run_id, fleet)
+    if place == 0:
+        return 0.0
+    # At rest, TURN per worker ranked before this agent, SPREAD at most; under a slow server, the
+    # owner's head start and each step after it stretch to the round trips they take, or the agents
+    # whose turn comes claim the run before the owner's claim has landed (a steady 0.5 runs/s at
+    # N = 20 met a slow spell of the server so: up to five claims of one run, 0.45 refused per run).
+    head, step = max(TURN, OWNER_TRIPS * round_trip), max(TURN, round_trip)
+    return head + (min(place, round(SPREAD / TURN)) - 1) * step
 
 
 def claimable_since(flow_run: Mapping[str, Any], prefetch: float) -> datetime:

@@ -17,8 +17,9 @@ the agents do not all meet at the pool's oldest runs. The list still decides wha
 Prefect's leaves out paused pools and queues, queues at their concurrency limit and runs retried
 in-process, so only fetched runs of the queues it shows are taken, and no more runs than it listed.
 Every other agent's turn comes TURN seconds per worker ranked before it after the run became
-claimable, whether it heard of the run on the stream or found it in a list: if the owner had no
-room, the next takes it a moment later, and the others hear it taken before their turn. A run
+claimable (longer while the server is slow to answer: a turn never comes before the round trips of
+the claims ahead of it), whether it heard of the run on the stream or found it in a list: if the
+owner had no room, the next takes it a moment later, and the others hear it taken before their turn. A run
 costs one list (and fetch) and one claim, not one per agent.
 
 Within a list of the pool, an agent tries the runs it owns first, oldest first, then those it ranks
@@ -170,7 +171,7 @@ class ScheduledRuns:
 
     def _turn(self, run_id: str) -> float:
         """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it."""
-        return turn(self.agent, run_id, self.fleet())
+        return turn(self.agent, run_id, self.fleet(), self.client.round_trip())
 
     def begin(self) -> None:
         """Start of a poll: drop a backlog too old to trust, and allow one list."""
