@@ -170,7 +170,8 @@ class ScheduledRuns:
             self.wake()
 
     def _turn(self, run_id: str) -> float:
-        """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it."""
+        """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it, or
+        the round trips of their claims while the server is slow."""
         return turn(self.agent, run_id, self.fleet(), self.client.round_trip())
 
     def begin(self) -> None:
