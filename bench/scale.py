@@ -609,7 +609,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--rates", help="arrival rates of real flows, runs/s (default 0.1,0.2,0.3; the first at every N)"
     )
-    parser.add_argument("--dump-claims", metavar="DIR", help="write the claim answers of each dagent burst and steady row there (JSON)")
+    parser.add_argument(
+        "--dump-claims", metavar="DIR", help="write the claim answers of each dagent burst and steady row there (JSON)"
+    )
     parser.add_argument("--steady", type=float, default=0.5,
                         help="arrival rate of the steady row's stand-in runs, runs/s (default 0.5)")  # fmt: skip
     parser.add_argument("--steady-runs", type=int, help="stand-in runs of the steady row (default 150; 0: none)")
