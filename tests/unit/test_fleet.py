@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,3 +41,21 @@ def test_turns_keep_their_order_and_only_grow_with_the_round_trip(run_id: str, s
     assert all(fleet.turn(a, run_id, FLEET, slower) >= t for a, t in zip(by_place, turns, strict=True))
     # Never shorter than at rest.
     assert all(fleet.turn(a, run_id, FLEET, slow) >= fleet.turn(a, run_id, FLEET) for a in FLEET)
+
+
+def test_a_trailing_stream_moves_when_a_run_counts_as_heard_not_when_it_is_due() -> None:
+    made = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    run = {"created": made.isoformat(), "expected_start_time": made.isoformat()}
+    assert fleet.claimable_since(run, 0.0) == made
+    assert fleet.claimable_since(run, 0.0, stream_lag=20.0) == made + timedelta(seconds=20)
+    # Due an hour after it was made: its owner heard of it long before, whatever the lag.
+    later = {**run, "expected_start_time": (made + timedelta(hours=1)).isoformat()}
+    assert fleet.claimable_since(later, 10.0, stream_lag=20.0) == made + timedelta(hours=1, seconds=-10)
+
+
+def test_an_owner_slow_to_claim_stretches_the_head_start_up_to_head_max() -> None:
+    places = _places("run-3")
+    assert fleet.turn(places[1], "run-3", FLEET, 0.5, reaction=9.0) == 9.5
+    assert fleet.turn(places[2], "run-3", FLEET, 0.5, reaction=9.0) == 10.0
+    assert fleet.turn(places[1], "run-3", FLEET, 0.5, reaction=600.0) == fleet.HEAD_MAX
+    assert fleet.turn(places[0], "run-3", FLEET, 0.5, reaction=9.0) == 0.0

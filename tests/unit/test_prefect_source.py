@@ -21,6 +21,7 @@ from dagent.sources.prefect import fleet as fleet_module
 from dagent.sources.prefect import lookups as lookups_module
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
+from dagent.sources.prefect.pace import Pace
 from tests.fakes import RoutingTransport
 
 NAME = "unit"
@@ -709,6 +710,66 @@ def test_a_host_whose_clock_lags_waits_no_longer_than_its_turn(monkeypatch: pyte
     runs.close()
 
 
+class _FixedPace(Pace):
+    def __init__(self, lag: float = 0.0, reaction: float = 0.0) -> None:
+        super().__init__()
+        self.fixed = {"lag": lag, "reaction": reaction}
+
+    def lag(self) -> float:
+        return self.fixed["lag"]
+
+    def reaction(self) -> float:
+        return self.fixed["reaction"]
+
+
+def test_a_trailing_event_stream_holds_the_others_turns_back_until_the_owner_can_have_heard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An owner hears of a run on the stream: while the stream trails, a turn counted from the run's making
+    would come before its owner has heard of it (a burst at N = 40: 20 s behind, 0.35 refused claims per run)."""
+    monkeypatch.setattr(fleet_module, "TURN", 0.2)
+    theirs = _late_run("a", 1)
+    world = World([_made(theirs, 1)])  # made a second ago: at rest, its turn has come
+    woke, pace = threading.Event(), _FixedPace(lag=1.5)  # the owner heard of it half a second ago
+    runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(world)), "a", "pool", [], 0.0, 1.0,
+                         lambda: True, woke.set, pace)  # fmt: skip
+    _with_peers(runs)
+    runs.begin()
+    assert runs.next(4) is None and runs.wake_armed
+    assert woke.wait(3)
+    runs.begin()
+    assert runs.next(4)["id"] == theirs  # type: ignore[index]
+    runs.close()
+
+
+def test_an_owner_slow_to_get_to_its_claims_stretches_the_others_turns() -> None:
+    runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(World())), "a", "pool", [], 0.0, 1.0,
+                         lambda: True, lambda: None, _FixedPace(reaction=9.0))  # fmt: skip
+    _with_peers(runs)
+    assert runs._turn(_late_run("a", 1)) >= 9.0
+
+
+def test_a_claim_heard_on_the_stream_measures_how_far_it_trails() -> None:
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    assert [c.run.id for c in source.poll(4)] == ["r1"]
+    time.sleep(0.2)
+    source._on_state("PENDING", "r1", NOTE)  # our own claim, heard
+    assert source._pace.lag() > 0.1
+    source._on_state("PENDING", "r2", "Claimed by dagent agent 'other'")  # another's: no sample
+    assert len(source._pace._lags) == 1
+
+
+def test_an_owner_times_itself_from_hearing_of_its_run_to_its_claim() -> None:
+    owned = next(r for r in (f"r{i}" for i in range(1000)) if listing.position(NAME, r, sorted([NAME, *PEERS])) == 0)
+    source, _ = _source(World([_flow_run(owned)]))
+    _with_peers(source._scheduled)
+    source._scheduled.announced(owned)
+    time.sleep(0.2)
+    source._claim(owned, listed_at=time.monotonic())
+    assert 0.15 < source._pace.reaction() < 1.0
+
+
 # --- a fleet's own runs, fetched by id -----------------------------------------------------------------
 
 
@@ -824,6 +885,7 @@ def test_an_own_run_due_later_waits_for_its_time() -> None:
     while (flow_run := runs.next(1)) is not None:
         assert flow_run["id"] != mine[0]
     assert runs._own_heard[mine[0]] > time.monotonic() + 3000 and runs.wake_armed
+    assert mine[0] not in runs.pace._announced  # its claim in an hour will not be taken for the owner's pace
     runs.close()
 
 

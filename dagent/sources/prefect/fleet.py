@@ -3,7 +3,7 @@
 Every worker of the fleet has a rank for every run (a hash of its name and the run's id); a run's
 owner is the worker that ranks it first, and every other worker's turn comes TURN seconds per
 worker ranked before it, SPREAD at most, after the run became claimable; longer while the server is
-slow to answer (see turn()).
+slow to answer (see turn()), and counted from when its owner can have heard of it (see claimable_since()).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dagent.sources.prefect.claims import EPOCH, start_time, when
 TURN = 0.5
 SPREAD = 4.0
 OWNER_TRIPS = 3
+# However slow the fleet: a run whose owner is gone or full waits no longer than this for the next.
+HEAD_MAX = 60.0
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -36,9 +38,10 @@ def position(agent: str, run_id: str, fleet: Sequence[str]) -> int:
     return sum(1 for other in fleet if other != agent and rank(other, run_id) < mine)
 
 
-def turn(agent: str, run_id: str, fleet: Sequence[str], round_trip: float = 0.0) -> float:
+def turn(agent: str, run_id: str, fleet: Sequence[str], round_trip: float = 0.0, reaction: float = 0.0) -> float:
     """Seconds from when a run became claimable to this agent's turn at it, given how long the server now
-    takes to answer a request (`round_trip`)."""
+    takes to answer a request (`round_trip`) and an owner to send its claim once it heard of its run
+    (`reaction`)."""
     place = position(agent, run_id, fleet)
     if place == 0:
         return 0.0
@@ -46,15 +49,23 @@ def turn(agent: str, run_id: str, fleet: Sequence[str], round_trip: float = 0.0)
     # owner's head start and each step after it stretch to the round trips they take, or the agents
     # whose turn comes claim the run before the owner's claim has landed (a steady 0.5 runs/s at
     # N = 20 met a slow spell of the server so: up to five claims of one run, 0.45 refused per run).
-    head, step = max(TURN, OWNER_TRIPS * round_trip), max(TURN, round_trip)
+    # A loaded owner takes longer than its round trips to get to its claim (a burst at N = 40: 9 s
+    # after hearing of its run, 20 s for one in ten): the head start covers that too, HEAD_MAX at most.
+    head = min(HEAD_MAX, max(TURN, OWNER_TRIPS * round_trip, reaction + round_trip))
+    step = max(TURN, round_trip)
     return head + (min(place, round(SPREAD / TURN)) - 1) * step
 
 
-def claimable_since(flow_run: Mapping[str, Any], prefetch: float) -> datetime:
-    """Since it was made, or since `prefetch` before it is due if that is later; EPOCH for a run that says neither."""
+def claimable_since(flow_run: Mapping[str, Any], prefetch: float, stream_lag: float = 0.0) -> datetime:
+    """When its owner can have claimed it: since it was made and heard of on an event stream that trails by
+    `stream_lag` seconds, or since `prefetch` before it is due if that is later; EPOCH for a run that says neither.
+    """
     made = when({"timestamp": flow_run.get("created")})
     due = start_time(flow_run)
-    return max(made, due - timedelta(seconds=prefetch) if due else EPOCH)
+    # A turn counted from the run's making alone comes before its owner has heard of it when the
+    # stream trails: a burst at N = 40 had it 20 s behind, and 0.35 refused claims per run.
+    heard = made + timedelta(seconds=stream_lag) if made != EPOCH else EPOCH
+    return max(heard, due - timedelta(seconds=prefetch) if due else EPOCH)
 
 
 def slot_owner(slot: int, fleet: Sequence[str]) -> str:

@@ -18,7 +18,9 @@ Prefect's leaves out paused pools and queues, queues at their concurrency limit 
 in-process, so only fetched runs of the queues it shows are taken, and no more runs than it listed.
 Every other agent's turn comes TURN seconds per worker ranked before it after the run became
 claimable (longer while the server is slow to answer: a turn never comes before the round trips of
-the claims ahead of it), whether it heard of the run on the stream or found it in a list: if the
+the claims ahead of it, nor before an owner as loaded as this agent gets to its claim; and for a run
+found in a list, counted from when its owner heard of it on a stream that trails, see pace), whether
+it heard of the run on the stream or found it in a list: if the
 owner had no room, the next takes it a moment later, and the others hear it taken before their turn. A run
 costs one list (and fetch) and one claim, not one per agent.
 
@@ -48,6 +50,7 @@ from dagent.errors import SourceError
 from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.fleet import claimable_since, position, rank, slot_owner, turn
+from dagent.sources.prefect.pace import Pace
 
 __all__ = ["ScheduledRuns", "position", "rank"]
 
@@ -93,6 +96,7 @@ class ScheduledRuns:
         poll_interval: float,
         streaming: Callable[[], bool],
         wake: Callable[[], None],
+        pace: Pace | None = None,
     ) -> None:
         self.client = client
         self.agent = agent
@@ -102,6 +106,7 @@ class ScheduledRuns:
         self.poll_interval = poll_interval
         self.streaming = streaming
         self.wake = wake
+        self.pace = pace or Pace()  # how far the event stream trails, how long an owner takes
         # The loop thread's own.
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
         self.listed_at = 0.0  # when the last list was asked for (monotonic)
@@ -162,6 +167,7 @@ class ScheduledRuns:
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
             if not alone and turn == 0:
                 self._own_heard[run_id] = now
+                self.pace.announced(run_id)
             elif not alone:
                 self._offers[run_id] = now + turn
                 self._arm()
@@ -172,7 +178,7 @@ class ScheduledRuns:
     def _turn(self, run_id: str) -> float:
         """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it, or
         the round trips of their claims while the server is slow."""
-        return turn(self.agent, run_id, self.fleet(), self.client.round_trip())
+        return turn(self.agent, run_id, self.fleet(), self.client.round_trip(), self.pace.reaction())
 
     def begin(self) -> None:
         """Start of a poll: drop a backlog too old to trust, and allow one list."""
@@ -283,6 +289,7 @@ class ScheduledRuns:
                 self._own_heard.pop(run_id, None)  # taken or gone, or for the list to show: no longer to fetch
             for run_id, start in later.items():
                 self._own_heard[run_id] = now + (start - due_by).total_seconds()
+                self.pace.not_due(run_id)
         if later:
             self.wake_at(min(later.values()) - timedelta(seconds=self.prefetch))
         return runs
@@ -370,11 +377,17 @@ class ScheduledRuns:
             return runs
         ready, turns = [], []
         self._first_seen = {r["id"]: self._first_seen.get(r["id"], now) for r in runs}
+        # Its owner hears of a run on the stream, this agent found it in a list: the turns count from
+        # when the owner can have heard of it.
+        lag = timedelta(seconds=self.pace.lag() if self.streaming() else 0.0)
         for flow_run in runs:
-            # Claimable since it was made, or since `prefetch` before it is due if that is later (a
-            # run that says neither is claimable now); and at the latest since this agent first saw
-            # it, so a host whose clock lags the server's waits no longer than its turn.
-            since = min(claimable_since(flow_run, self.prefetch), self._first_seen[flow_run["id"]])
+            # Claimable since its owner heard of it, or since `prefetch` before it is due if that is
+            # later (a run that says neither is claimable now); and at the latest since this agent
+            # first saw it (and the owner heard of it), so a host whose clock lags the server's waits
+            # no longer than its turn.
+            since = min(
+                claimable_since(flow_run, self.prefetch, lag.total_seconds()), self._first_seen[flow_run["id"]] + lag
+            )
             wait = self._turn(flow_run["id"])
             comes = since + timedelta(seconds=wait)
             if wait == 0 or since == EPOCH or comes <= now:

@@ -33,6 +33,7 @@ from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
 from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.logship import LogShipper
 from dagent.sources.prefect.lookups import Lookups
+from dagent.sources.prefect.pace import Pace
 from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
@@ -68,9 +69,10 @@ class PrefectSource:
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
+        self._pace = Pace()
         self._scheduled = ScheduledRuns(
             self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
-            config.effective_poll_interval, self._streaming, lambda: self._wake(),
+            config.effective_poll_interval, self._streaming, lambda: self._wake(), self._pace,
         )  # fmt: skip
         self._last_cancel_check = 0.0  # the loop thread's own
         # Shared by the loop, the run threads, the event stream and the timers: guarded by _lock.
@@ -155,6 +157,8 @@ class PrefectSource:
         else:
             # Claimed (or cancelled) since we listed it; a claim not in our words is another agent's.
             peer = state == "PENDING" and message != self._claim_note
+            if state == "PENDING" and not peer:
+                self._pace.heard(run_id, self.client.round_trip())
             self._scheduled.heard_taken(run_id, by_peer=peer, peer_name=claimer(message) if peer else None)
             with self._lock:
                 if run_id in self._mine:
@@ -245,7 +249,10 @@ class PrefectSource:
 
     def _claim(self, run_id: str, listed_at: float) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
+        self._pace.sent(run_id)
         answer = self._runs.claim(run_id, listed_at)
+        if not answer.ours:
+            self._pace.dropped(run_id)
         if answer.ours:
             self._track(run_id, mine=True)
             log.info("claimed flow run %s", run_id)
