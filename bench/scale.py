@@ -36,6 +36,7 @@ import docker
 
 from bench.common import REPO, by_kind, percentile, prefect_worker_pool
 from dagent.sources.prefect.claims import claimer
+from dagent.sources.prefect.events import StateEventWatcher
 from dagent.sources.prefect.fleet import position
 from dagent.sources.prefect.listing import ROSTER_FIRST
 from tests.integration import infra, prefect_infra
@@ -151,6 +152,40 @@ class Starts:
         self._events.close()
 
 
+class Ear:
+    """The pool's event stream as an agent hears it: when each run's SCHEDULED and first PENDING came."""
+
+    def __init__(self, api_url: str, pool_id: str) -> None:
+        self.scheduled: dict[str, float] = {}
+        self.pending: dict[str, float] = {}
+        self._watcher = StateEventWatcher(api_url, pool_id, None, self._on_state)
+        self._watcher.start()
+
+    def _on_state(self, state: str, run_id: str, message: str) -> None:
+        heard = {"SCHEDULED": self.scheduled, "PENDING": self.pending}.get(state)
+        if heard is not None:
+            heard.setdefault(run_id, time.time())
+
+    def close(self) -> None:
+        self._watcher.stop()
+
+
+def _stream_lag(ear: Ear, made: list[tuple[str, float]], log: list[tuple[float, str, str, str]]) -> dict[str, Any]:
+    """How far the event stream trailed: a run's SCHEDULED behind its creation, its PENDING behind the
+    first accepted claim (p50, p95 in seconds), and the runs never heard of."""
+    accepted: dict[str, float] = {}
+    for at, run, status, _ in log:
+        if status == "ACCEPT":
+            accepted.setdefault(run, at)
+    scheduled = sorted(ear.scheduled[r] - t for r, t in made if r in ear.scheduled)
+    pending = sorted(ear.pending[r] - accepted[r] for r, _ in made if r in ear.pending and r in accepted)
+    return {
+        "scheduled_after_created_s": [round(percentile(scheduled, q), 2) for q in (0.5, 0.95)] if scheduled else None,
+        "pending_after_claim_s": [round(percentile(pending, q), 2) for q in (0.5, 0.95)] if pending else None,
+        "unheard": sum(1 for r, _ in made if r not in ear.scheduled),
+    }
+
+
 class Scale:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -163,6 +198,7 @@ class Scale:
         self.starts = Starts(self.client)
         self.random = random.Random(3)
         self.baseline_cpu_s_per_min = 0.0
+        self.ear: Ear | None = None  # the dagent pool's event stream, while its point is measured
 
     def close(self) -> None:
         self.starts.close()
@@ -233,6 +269,8 @@ class Scale:
         self._pool(system, pool)
         proxy = FaultyHTTPProxy(self.server.api_url.removesuffix("/api"), count_all=True)
         names = [f"{pool}-{i}" for i in range(n)]
+        if system == "dagent":
+            self.ear = Ear(self.server.api_url, str(self.api.call("GET", f"/work_pools/{pool}")["id"]))
         time.sleep(10)  # the last point's agents and containers are gone
         point.background_cpu_s_per_min = round(self._background(), 3)
         started = time.monotonic()
@@ -272,6 +310,9 @@ class Scale:
                 except subprocess.TimeoutExpired:
                     process.kill()
             proxy.stop()
+            if self.ear is not None:
+                self.ear.close()
+                self.ear = None
         return point
 
     def _idle(
@@ -419,15 +460,17 @@ class Scale:
         }
         if names:
             result["refused_claims"] = _refused(proxy.claim_log[log_before:], names, size)
+            if self.ear is not None:
+                result["stream_lag"] = _stream_lag(self.ear, made, proxy.claim_log[log_before:])
             if self.args.dump_claims:
                 # Every claim answer, for a closer look than the summary gives.
                 dump = (
                     Path(self.args.dump_claims) / f"claims-{names[0].rsplit('-', 1)[0]}-{size}-{int(made[0][1])}.json"
                 )
                 dump.parent.mkdir(parents=True, exist_ok=True)
-                dump.write_text(
-                    json.dumps({"fleet": names, "created": dict(made), "claims": proxy.claim_log[log_before:]})
-                )
+                heard = {"scheduled": self.ear.scheduled, "pending": self.ear.pending} if self.ear else {}
+                answers = proxy.claim_log[log_before:]
+                dump.write_text(json.dumps({"fleet": names, "created": dict(made), "claims": answers, "heard": heard}))
         return result
 
     def _kill_some(self, fleet: dict[str, subprocess.Popen[bytes]], pool: str, proxy: FaultyHTTPProxy) -> None:
