@@ -59,3 +59,11 @@ def test_an_owner_slow_to_claim_stretches_the_head_start_up_to_head_max() -> Non
     assert fleet.turn(places[2], "run-3", FLEET, 0.5, reaction=9.0) == 10.0
     assert fleet.turn(places[1], "run-3", FLEET, 0.5, reaction=600.0) == fleet.HEAD_MAX
     assert fleet.turn(places[0], "run-3", FLEET, 0.5, reaction=9.0) == 0.0
+
+
+def test_a_trailing_stream_stretches_every_step_after_the_head_up_to_turn_max() -> None:
+    """Each agent after the owner waits to hear the claim before it: no list for a run already taken."""
+    places = _places("run-4")
+    assert fleet.turn(places[1], "run-4", FLEET, 0.5, stream_lag=10.0) == 1.5
+    assert fleet.turn(places[2], "run-4", FLEET, 0.5, stream_lag=10.0) == 1.5 + 10.5
+    assert fleet.turn(places[39], "run-4", FLEET, 0.5, stream_lag=30.0) == fleet.TURN_MAX

@@ -728,7 +728,8 @@ def test_a_trailing_event_stream_holds_the_others_turns_back_until_the_owner_can
     """An owner hears of a run on the stream: while the stream trails, a turn counted from the run's making
     would come before its owner has heard of it (a burst at N = 40: 20 s behind, 0.35 refused claims per run)."""
     monkeypatch.setattr(fleet_module, "TURN", 0.2)
-    theirs = _late_run("a", 1)
+    fleet = sorted(["a", *PEERS])
+    theirs = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, fleet) == 1)
     world = World([_made(theirs, 1)])  # made a second ago: at rest, its turn has come
     woke, pace = threading.Event(), _FixedPace(lag=1.5)  # the owner heard of it half a second ago
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(world)), "a", "pool", [], 0.0, 1.0,

@@ -24,6 +24,7 @@ SPREAD = 4.0
 OWNER_TRIPS = 3
 # However slow the fleet: a run whose owner is gone or full waits no longer than this for the next.
 HEAD_MAX = 60.0
+TURN_MAX = 2 * HEAD_MAX
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -38,10 +39,17 @@ def position(agent: str, run_id: str, fleet: Sequence[str]) -> int:
     return sum(1 for other in fleet if other != agent and rank(other, run_id) < mine)
 
 
-def turn(agent: str, run_id: str, fleet: Sequence[str], round_trip: float = 0.0, reaction: float = 0.0) -> float:
+def turn(
+    agent: str,
+    run_id: str,
+    fleet: Sequence[str],
+    round_trip: float = 0.0,
+    reaction: float = 0.0,
+    stream_lag: float = 0.0,
+) -> float:
     """Seconds from when a run became claimable to this agent's turn at it, given how long the server now
-    takes to answer a request (`round_trip`) and an owner to send its claim once it heard of its run
-    (`reaction`)."""
+    takes to answer a request (`round_trip`), an owner to send its claim once it heard of its run
+    (`reaction`) and the event stream to tell of a claim (`stream_lag`)."""
     place = position(agent, run_id, fleet)
     if place == 0:
         return 0.0
@@ -51,9 +59,12 @@ def turn(agent: str, run_id: str, fleet: Sequence[str], round_trip: float = 0.0,
     # N = 20 met a slow spell of the server so: up to five claims of one run, 0.45 refused per run).
     # A loaded owner takes longer than its round trips to get to its claim (a burst at N = 40: 9 s
     # after hearing of its run, 20 s for one in ten): the head start covers that too, HEAD_MAX at most.
+    # Each step after it waits for the claim before to be heard, or every agent whose turn comes lists
+    # the pool for a run already taken (a burst at N = 40: 3.7 such lists per run, most of the
+    # server's load).
     head = min(HEAD_MAX, max(TURN, OWNER_TRIPS * round_trip, reaction + round_trip))
-    step = max(TURN, round_trip)
-    return head + (min(place, round(SPREAD / TURN)) - 1) * step
+    step = max(TURN, round_trip + stream_lag)
+    return min(head + (min(place, round(SPREAD / TURN)) - 1) * step, TURN_MAX)
 
 
 def claimable_since(flow_run: Mapping[str, Any], prefetch: float, stream_lag: float = 0.0) -> datetime:
