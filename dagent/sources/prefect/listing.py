@@ -177,7 +177,7 @@ class ScheduledRuns:
 
     def _turn(self, run_id: str) -> float:
         """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it, or
-        the round trips of their claims while the server is slow."""
+        longer while the server is slow or the fleet loaded (see fleet.turn)."""
         lag = self.pace.lag() if self.streaming() else 0.0
         return turn(self.agent, run_id, self.fleet(), self.client.round_trip(), self.pace.reaction(), lag)
 
