@@ -251,16 +251,16 @@ class PrefectSource:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
         self._pace.sent(run_id)
         answer = self._runs.claim(run_id, listed_at)
-        if not answer.ours:
-            self._pace.dropped(run_id)
         if answer.ours:
             self._track(run_id, mine=True)
             log.info("claimed flow run %s", run_id)
-        elif answer.wait is not None:
+            return True
+        self._pace.dropped(run_id)  # not heard back: a refused claim makes no event
+        if answer.wait is not None:
             delay = answer.wait or self.config.effective_poll_interval
             log.debug("flow run %s: WAIT; trying again in %.0f s", run_id, delay)
             self._scheduled.wake_at(datetime.now(timezone.utc) + timedelta(seconds=delay))
-        return answer.ours
+        return False
 
     def _job_variables(self, flow_run: Mapping[str, Any], deployment: Mapping[str, Any] | None) -> dict[str, Any]:
         """The run's job configuration, rendered from the pool's base job template as Prefect renders it."""
