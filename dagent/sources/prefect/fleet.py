@@ -22,9 +22,10 @@ from dagent.sources.prefect.claims import EPOCH, start_time, when
 TURN = 0.5
 SPREAD = 4.0
 OWNER_TRIPS = 3
-# However slow the fleet: a run whose owner is gone or full waits no longer than this for the next.
-HEAD_MAX = 60.0
-TURN_MAX = 2 * HEAD_MAX
+# However slow the fleet: a run whose owner is gone or full waits no longer than HEAD_MAX for the
+# next, and the steps after it take STEPS_MAX in all at most.
+HEAD_MAX = 300.0
+STEPS_MAX = 120.0
 
 
 def rank(agent: str, run_id: str) -> float:
@@ -48,8 +49,8 @@ def turn(
     stream_lag: float = 0.0,
 ) -> float:
     """Seconds from when a run became claimable to this agent's turn at it, given how long the server now
-    takes to answer a request (`round_trip`), an owner to send its claim once it heard of its run
-    (`reaction`) and the event stream to tell of a claim (`stream_lag`)."""
+    takes to answer a request (`round_trip`), the fleet to claim a run once it was heard of (`reaction`)
+    and the event stream to tell of a claim (`stream_lag`)."""
     place = position(agent, run_id, fleet)
     if place == 0:
         return 0.0
@@ -58,13 +59,16 @@ def turn(
     # whose turn comes claim the run before the owner's claim has landed (a steady 0.5 runs/s at
     # N = 20 met a slow spell of the server so: up to five claims of one run, 0.45 refused per run).
     # A loaded owner takes longer than its round trips to get to its claim (a burst at N = 40: 9 s
-    # after hearing of its run, 20 s for one in ten): the head start covers that too, HEAD_MAX at most.
+    # after hearing of its run, 20 s for one in ten): the head start covers that too. Capped at 60 s,
+    # it was shorter than a saturating burst's queues (30 s after hearing, 86 s for one in ten). Timed
+    # on an agent's own few claims, it was too short at large N: others took 15 % of the runs, each
+    # one a race with an owner about to claim it; timed on the whole fleet's claims, 7 % (see pace).
     # Each step after it waits for the claim before to be heard, or every agent whose turn comes lists
     # the pool for a run already taken (a burst at N = 40: 3.7 such lists per run, most of the
     # server's load).
     head = min(HEAD_MAX, max(TURN, OWNER_TRIPS * round_trip, reaction + round_trip))
     step = max(TURN, round_trip + stream_lag)
-    return min(head + (min(place, round(SPREAD / TURN)) - 1) * step, TURN_MAX)
+    return head + min((min(place, round(SPREAD / TURN)) - 1) * step, STEPS_MAX)
 
 
 def claimable_since(flow_run: Mapping[str, Any], prefetch: float, stream_lag: float = 0.0) -> datetime:
