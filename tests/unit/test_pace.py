@@ -1,4 +1,4 @@
-"""How fast this agent's claims go: the event stream's lag and an owner's reaction, from its own claims."""
+"""How fast the fleet's claims go: the event stream's lag, from this agent's claims, and the time to a claim, from all."""
 
 from __future__ import annotations
 
@@ -24,24 +24,38 @@ def test_the_stream_lag_is_how_late_this_agent_hears_its_own_accepted_claims() -
     assert len(pace._lags) == 1
 
 
-def test_the_reaction_is_from_hearing_of_an_own_run_to_sending_its_claim() -> None:
+def test_the_fleets_pace_is_from_hearing_of_a_run_to_hearing_its_claim_by_anyone() -> None:
+    """Every agent hears every run of the pool scheduled and claimed: each times the whole fleet."""
     pace = Pace()
-    pace.sent("r0")  # found in a list, never announced: no reaction
+    pace.claimed("r0")  # never heard scheduled: nothing to time
     assert pace.reaction() == 0.0
-    pace.announced("r1")
+    pace.scheduled("r1")
+    pace.scheduled("r2")
+    pace.scheduled("r3")
     time.sleep(0.2)
-    pace.sent("r1")
+    pace.claimed("r1")  # its owner's claim, or another's that took it from a slow owner: both count
     assert 0.15 <= pace.reaction() < 0.5
-    pace.announced("r2")
-    pace.not_due("r2")  # due in an hour: claimed then, which says nothing of the owner's pace
-    pace.sent("r2")
-    assert len(pace._reactions) == 1
+    pace.left("r2")  # cancelled: says nothing of the fleet's pace
+    pace.claimed("r2")
+    pace.not_due("r3")  # due in an hour: claimed then
+    pace.claimed("r3")
+    assert len(pace._claims) == 1 and not pace._scheduled
+
+
+def test_a_claim_long_after_its_run_was_heard_of_was_of_a_run_due_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pace_module, "HORIZON", 0.1)
+    pace = Pace()
+    pace.scheduled("r1")
+    time.sleep(0.2)
+    pace.claimed("r1")
+    assert pace.reaction() == 0.0
 
 
 def test_old_samples_no_longer_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst's pace is not a quiet hour's."""
     pace = Pace()
-    pace.announced("r1")
+    pace.scheduled("r1")
+    pace.claimed("r1")
     pace.sent("r1")
     pace.heard("r1", 0.0)
     monkeypatch.setattr(pace_module, "RECENT", 0.0)
@@ -53,6 +67,6 @@ def test_runs_never_heard_back_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(pace_module, "PENDING", 3)
     pace = Pace()
     for i in range(10):
-        pace.announced(f"r{i}")
+        pace.scheduled(f"r{i}")
         pace.sent(f"s{i}")
-    assert len(pace._announced) == 3 and len(pace._sent) == 3
+    assert len(pace._scheduled) == 3 and len(pace._sent) == 3

@@ -750,6 +750,35 @@ def test_an_owner_slow_to_get_to_its_claims_stretches_the_others_turns() -> None
     assert runs._turn(_late_run("a", 1)) >= 9.0
 
 
+def test_an_agent_takes_anothers_run_only_once_it_waited_as_long_as_its_own_runs_wait() -> None:
+    """A fair queue, and a burst's start before any claim has timed the fleet's pace: its own runs waiting
+    stretch its turns at others'."""
+    fleet = sorted(["a", *PEERS])
+    runs, _ = _scheduled(World())
+    _with_peers(runs)
+    theirs = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, fleet) == 1)
+    assert runs._turn(theirs) < 1.0
+    runs.announced(_owned("a", fleet, True))
+    time.sleep(1.0)
+    assert runs._turn(theirs) >= 1.0
+    runs.close()
+
+
+def test_its_own_runs_no_longer_wait_once_a_list_shows_nothing_of_its_queues_due() -> None:
+    """A run of a queue it does not serve, or of a paused one, would stretch its turns for ever."""
+    fleet = sorted(["a", *PEERS])
+    runs, _ = _scheduled(World())  # the list shows nothing
+    _with_peers(runs)
+    theirs = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, fleet) == 1)
+    runs.announced(_owned("a", fleet, True))
+    time.sleep(1.0)
+    assert runs._turn(theirs) >= 1.0
+    runs.begin()
+    assert runs.next(4) is None
+    assert runs._turn(theirs) < 1.0
+    runs.close()
+
+
 def test_a_claim_heard_on_the_stream_measures_how_far_it_trails() -> None:
     world = World([_flow_run("r1")])
     source, _ = _source(world)
@@ -761,14 +790,24 @@ def test_a_claim_heard_on_the_stream_measures_how_far_it_trails() -> None:
     assert len(source._pace._lags) == 1
 
 
-def test_an_owner_times_itself_from_hearing_of_its_run_to_its_claim() -> None:
-    owned = next(r for r in (f"r{i}" for i in range(1000)) if listing.position(NAME, r, sorted([NAME, *PEERS])) == 0)
-    source, _ = _source(World([_flow_run(owned)]))
-    _with_peers(source._scheduled)
-    source._scheduled.announced(owned)
+def test_every_claim_heard_on_the_stream_times_the_fleets_pace() -> None:
+    source, _ = _source(World())
+    for run_id in ("r1", "r2", "r3"):
+        source._on_state("SCHEDULED", run_id)
     time.sleep(0.2)
-    source._claim(owned, listed_at=time.monotonic())
-    assert 0.15 < source._pace.reaction() < 1.0
+    source._on_state("PENDING", "r1", "Claimed by dagent agent 'other'")
+    source._on_state("PENDING", "r2", NOTE)
+    source._on_state("CANCELLED", "r3")
+    assert 0.15 < source._pace.reaction() < 1.0 and len(source._pace._claims) == 2
+
+
+def test_a_run_a_list_shows_due_later_does_not_time_the_fleets_pace() -> None:
+    later = {**_flow_run("r1"), "expected_start_time": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}
+    source, _ = _source(World([later]))
+    source._on_state("SCHEDULED", "r1")
+    assert source.poll(4) == []
+    source._on_state("PENDING", "r1", "Claimed by dagent agent 'other'")
+    assert source._pace.reaction() == 0.0
 
 
 # --- a fleet's own runs, fetched by id -----------------------------------------------------------------
@@ -881,12 +920,13 @@ def test_an_own_run_due_later_waits_for_its_time() -> None:
     later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
     world, _, mine = _deep(2, 1, expected_start_time=later, next_scheduled_start_time=later)
     runs, _, _ = _counting(world)
+    runs.pace.scheduled(mine[0])
     runs.announced(mine[0])
     runs.begin()
     while (flow_run := runs.next(1)) is not None:
         assert flow_run["id"] != mine[0]
     assert runs._own_heard[mine[0]] > time.monotonic() + 3000 and runs.wake_armed
-    assert mine[0] not in runs.pace._announced  # its claim in an hour will not be taken for the owner's pace
+    assert mine[0] not in runs.pace._scheduled  # its claim in an hour will not time the fleet's pace
     runs.close()
 
 

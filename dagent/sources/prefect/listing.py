@@ -18,8 +18,9 @@ Prefect's leaves out paused pools and queues, queues at their concurrency limit 
 in-process, so only fetched runs of the queues it shows are taken, and no more runs than it listed.
 Every other agent's turn comes TURN seconds per worker ranked before it after the run became
 claimable (longer while the server is slow to answer: a turn never comes before the round trips of
-the claims ahead of it, nor before an owner as loaded as this agent gets to its claim; and for a run
-found in a list, counted from when its owner heard of it on a stream that trails, see pace), whether
+the claims ahead of it, nor before the fleet's owners get to nine claims in ten, nor before another's
+run waited as long as this agent's own runs wait; and for a run found in a list, counted from when its
+owner heard of it on a stream that trails, see pace), whether
 it heard of the run on the stream or found it in a list: if the
 owner had no room, the next takes it a moment later, and the others hear it taken before their turn. A run
 costs one list (and fetch) and one claim, not one per agent.
@@ -167,7 +168,6 @@ class ScheduledRuns:
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
             if not alone and turn == 0:
                 self._own_heard[run_id] = now
-                self.pace.announced(run_id)
             elif not alone:
                 self._offers[run_id] = now + turn
                 self._arm()
@@ -179,7 +179,13 @@ class ScheduledRuns:
         """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it, or
         longer while the server is slow or the fleet loaded (see fleet.turn)."""
         lag = self.pace.lag() if self.streaming() else 0.0
-        return turn(self.agent, run_id, self.fleet(), self.client.round_trip(), self.pace.reaction(), lag)
+        now = time.monotonic()
+        with self._lock:
+            # Its own runs waiting now: at a burst's start, before claims time the fleet's pace, and a
+            # fair queue after it: another's run is not taken before it waited as long as its own wait.
+            waiting = max((now - at for at in self._own_heard.values() if at <= now), default=0.0)
+        reaction = max(self.pace.reaction(), waiting)
+        return turn(self.agent, run_id, self.fleet(), self.client.round_trip(), reaction, lag)
 
     def begin(self) -> None:
         """Start of a poll: drop a backlog too old to trust, and allow one list."""
@@ -351,6 +357,7 @@ class ScheduledRuns:
             start = start_time(flow_run)
             if start is not None and start > due_by:
                 later.append((start, flow_run["id"]))
+                self.pace.not_due(flow_run["id"])
             else:
                 runs.append(flow_run)
         if later:
@@ -358,6 +365,12 @@ class ScheduledRuns:
             # Each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
         listed, fleet = runs, self.fleet()
+        if not listed:
+            with self._lock:
+                # Nothing of its queues is due: its announced runs heard before this list are none it
+                # may take now (another queue's, a paused one's), and no longer wait for it.
+                for run_id in [r for r, at in self._own_heard.items() if at <= self.listed_at]:
+                    del self._own_heard[run_id]
         fetched = self._fetch_own(limit, listed, due_by) if len(fleet) > 1 and listed and self.streaming() else []
         runs = self._in_turn(runs, now)
         # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns

@@ -153,12 +153,17 @@ class PrefectSource:
 
     def _on_state(self, state: str, run_id: str, message: str = "") -> None:
         if state == "SCHEDULED":
+            self._pace.scheduled(run_id)
             self._scheduled.announced(run_id)
         else:
             # Claimed (or cancelled) since we listed it; a claim not in our words is another agent's.
             peer = state == "PENDING" and message != self._claim_note
-            if state == "PENDING" and not peer:
-                self._pace.heard(run_id, self.client.round_trip())
+            if state == "PENDING":
+                self._pace.claimed(run_id)
+                if not peer:
+                    self._pace.heard(run_id, self.client.round_trip())
+            else:
+                self._pace.left(run_id)
             self._scheduled.heard_taken(run_id, by_peer=peer, peer_name=claimer(message) if peer else None)
             with self._lock:
                 if run_id in self._mine:
