@@ -42,6 +42,15 @@ def test_the_fleets_pace_is_from_hearing_of_a_run_to_hearing_its_claim_by_anyone
     assert len(pace._claims) == 1 and not pace._scheduled
 
 
+def test_a_run_marked_late_counts_from_when_it_was_first_heard_of() -> None:
+    pace = Pace()
+    pace.scheduled("r1")
+    time.sleep(0.2)
+    pace.scheduled("r1")  # Late: a SCHEDULED state 15 s past its time
+    pace.claimed("r1")
+    assert pace.reaction() >= 0.15
+
+
 def test_a_claim_long_after_its_run_was_heard_of_was_of_a_run_due_later(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pace_module, "HORIZON", 0.1)
     pace = Pace()

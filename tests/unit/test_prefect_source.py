@@ -764,6 +764,26 @@ def test_an_agent_takes_anothers_run_only_once_it_waited_as_long_as_its_own_runs
     runs.close()
 
 
+def test_a_run_marked_late_keeps_its_place_and_its_turn() -> None:
+    """Prefect marks a run Late (a SCHEDULED state) 15 s past its time: under a burst, most runs before
+    they are claimed. Taken as new, it went behind the owner's newer runs, and others' turns restarted."""
+    fleet = sorted(["a", *PEERS])
+    runs, _ = _scheduled(World())
+    _with_peers(runs)
+    mine = [r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, fleet) == 0][:2]
+    theirs = _late_run("a", 1)
+    runs.announced(mine[0])
+    runs.announced(theirs)
+    turn_at = runs._offers[theirs]
+    time.sleep(0.2)
+    runs.announced(mine[1])
+    runs.announced(mine[0])  # Late
+    runs.announced(theirs)  # Late
+    assert sorted(runs._own_heard, key=runs._own_heard.__getitem__) == mine
+    assert runs._offers[theirs] == turn_at
+    runs.close()
+
+
 def test_its_own_runs_no_longer_wait_once_a_list_shows_nothing_of_its_queues_due() -> None:
     """A run of a queue it does not serve, or of a paused one, would stretch its turns for ever."""
     fleet = sorted(["a", *PEERS])

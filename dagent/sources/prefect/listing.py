@@ -161,15 +161,18 @@ class ScheduledRuns:
 
     def announced(self, run_id: str) -> None:
         """The event stream says a run was scheduled: list now when alone or when this agent owns it (and
-        then fetch it with the list); otherwise list at this agent's turn."""
+        then fetch it with the list); otherwise list at this agent's turn. A run heard of again (Prefect
+        marks a run Late, a SCHEDULED state, 15 s past its time) keeps its place and its turn."""
         turn = self._turn(run_id)  # before the lock: fleet() takes it
         now = time.monotonic()
         with self._lock:
             alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
+            # Taken as new, a Late run went behind the owner's newer runs and others' turns at it
+            # started again: under a burst, most runs are marked Late before they are claimed.
             if not alone and turn == 0:
-                self._own_heard[run_id] = now
+                self._own_heard[run_id] = min(now, self._own_heard.get(run_id, now))
             elif not alone:
-                self._offers[run_id] = now + turn
+                self._offers[run_id] = min(now + turn, self._offers.get(run_id, now + turn))
                 self._arm()
         if alone or turn == 0:
             self.mark_due()

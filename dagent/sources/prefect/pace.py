@@ -29,9 +29,11 @@ class Pace:
         self._claims: deque[tuple[float, float]] = deque(maxlen=KEPT)
 
     def scheduled(self, run_id: str) -> None:
-        """A run of the pool was heard of on the event stream."""
+        """A run of the pool was heard of on the event stream (once more when it is marked Late: it counts
+        from the first)."""
         with self._lock:
-            _put(self._scheduled, run_id)
+            if run_id not in self._scheduled:
+                _put(self._scheduled, run_id)
 
     def not_due(self, run_id: str) -> None:
         """A run heard of turned out to be due later: its claim will not time the fleet's pace."""
