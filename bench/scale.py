@@ -304,11 +304,15 @@ class Scale:
         finally:
             for process in fleet.values():
                 process.send_signal(signal.SIGTERM)
+            # One minute for the whole fleet, not each: 20 of Prefect's workers slow to stop once held
+            # a finished point for a quarter of an hour.
+            deadline = time.monotonic() + 60
             for process in fleet.values():
                 try:
-                    process.wait(timeout=60)
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     process.kill()
+                    process.wait()
             proxy.stop()
             if self.ear is not None:
                 self.ear.close()

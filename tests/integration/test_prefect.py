@@ -334,7 +334,14 @@ def test_an_agent_that_loses_the_event_stream_polls_and_loses_no_run(
         with AgentProcess(dagent, config) as agent:
             wait_for(lambda: api.pool(pool) is not None, 30, "the pool")
             deployment = _deploy(api, pool, flow_image, "flows.py:hello")
-            time.sleep(4)
+
+            def quiet() -> bool:
+                # On a loaded host the stream may take seconds to connect; until then the agent polls.
+                seen = lists()
+                time.sleep(4)
+                return lists() == seen
+
+            wait_for(quiet, 60, "an idle agent that stops listing once the event stream is up")
             before = lists()
             time.sleep(8)
             assert lists() - before <= 1, "an idle agent with the event stream up listed at every poll"
