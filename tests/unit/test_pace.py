@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from dagent.sources.prefect import fleet
 from dagent.sources.prefect import pace as pace_module
 from dagent.sources.prefect.pace import Pace
 
@@ -79,3 +80,56 @@ def test_runs_never_heard_back_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -
         pace.scheduled(f"r{i}")
         pace.sent(f"s{i}")
     assert len(pace._scheduled) == 3 and len(pace._sent) == 3
+
+
+def _fleet_of_two_queues(monkeypatch: pytest.MonkeyPatch, hours: float) -> float:
+    """Agents serving different queues of one pool: half the runs are owned by an agent that does not serve
+    their queue, so the next agent takes each once its turn comes (the head start: the pace, plus a round
+    trip); the others are claimed by their owners in 1.5 s. The pace after `hours`."""
+    import heapq
+    import random
+
+    clock = [0.0]
+    monkeypatch.setattr(pace_module.time, "monotonic", lambda: clock[0])
+    pace, rng = Pace(), random.Random(1)
+    events: list[tuple[float, int, str, str]] = []
+    t, i = 0.0, 0
+    while t < hours * 3600:
+        t += rng.expovariate(0.1)
+        i += 1
+        heapq.heappush(events, (t, i, "scheduled", f"r{i}"))
+    while events:
+        clock[0], i, what, run_id = heapq.heappop(events)
+        if what == "scheduled":
+            pace.scheduled(run_id)
+            if i % 2:
+                heapq.heappush(events, (clock[0] + 1.5, i, "owner", run_id))
+            else:  # its owner serves another queue: the other agent's turn, then its claim heard 1.5 s later
+                taker = max(("a", "b"), key=lambda name: fleet.rank(name, run_id))
+                head = fleet.turn(taker, run_id, ["a", "b"], round_trip=0.2, reaction=pace.reaction())
+                heapq.heappush(events, (clock[0] + head + 1.5, i, "next", run_id))
+        else:
+            pace.claimed(run_id, took_turn=what == "next")
+    return pace.reaction()
+
+
+def test_runs_taken_at_a_turn_do_not_push_the_pace_up_for_ever(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack: each run taken at its turn was heard of a head start ago, so counted in full it set the
+    next head start longer still (0 → 15 → 42 → 68 s over an hour, towards HEAD_MAX), while the agents that
+    could take the runs sat idle. Counted no slower than the owners' own claims are now, it stays put."""
+    assert _fleet_of_two_queues(monkeypatch, 2.0) < 5.0
+
+
+def test_runs_taken_from_owners_that_are_slow_themselves_do_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a burst the runs taken from a busy owner are its slowest: left out, the head start would shrink,
+    others take more, and shrink it again. They count as far as the owners' own claims are slow."""
+    clock = [0.0]
+    monkeypatch.setattr(pace_module.time, "monotonic", lambda: clock[0])
+    pace = Pace()
+    for i in range(40):
+        pace.scheduled(f"r{i}")
+    for i in range(40):  # owners busy: their own claims 0.5 s apart; the ten slowest runs taken at a turn
+        clock[0] = 0.5 * (i + 1) if i < 30 else 16.0 + (i - 30)
+        pace.claimed(f"r{i}", took_turn=i >= 30)
+    owners_p90 = sorted(0.5 * (i + 1) for i in range(30))[27]
+    assert pace.reaction() > owners_p90 + 5

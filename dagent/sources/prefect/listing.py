@@ -18,7 +18,7 @@ Prefect's leaves out paused pools and queues, queues at their concurrency limit 
 in-process, so only fetched runs of the queues it shows are taken, and no more runs than it listed.
 Every other agent's turn comes TURN seconds per worker ranked before it after the run became
 claimable (longer while the server is slow to answer: a turn never comes before the round trips of
-the claims ahead of it, nor before the fleet's owners get to nine claims in ten, nor before another's
+the claims ahead of it, nor before the fleet gets to nine claims in ten, nor before another's
 run waited as long as this agent's own runs wait; and for a run found in a list, counted from when its
 owner heard of it on a stream that trails, see pace), whether
 it heard of the run on the stream or found it in a list: if the
@@ -107,7 +107,7 @@ class ScheduledRuns:
         self.poll_interval = poll_interval
         self.streaming = streaming
         self.wake = wake
-        self.pace = pace or Pace()  # how far the event stream trails, how long an owner takes
+        self.pace = pace or Pace()  # how far the event stream trails, how long the fleet takes to claim
         # The loop thread's own.
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
         self.listed_at = 0.0  # when the last list was asked for (monotonic)

@@ -10,23 +10,34 @@ from collections import deque
 
 # The last KEPT samples of the last RECENT seconds count (a burst's pace is not a quiet hour's); at
 # most PENDING runs wait for their second half of a sample (a claim never heard, say). A run claimed
-# more than HORIZON after it was heard of was due later: its wait says nothing of the fleet's pace.
+# more than HORIZON after it was heard of was due later, or held in a paused queue: its wait says
+# nothing of the fleet's pace. (One held less long still counts, and lifts the head start for RECENT
+# at most: a run is not told due later by its event, only by a list that shows it.)
 KEPT = 64
 RECENT = 300.0
 PENDING = 4096
 HORIZON = 300.0
+# A run another agent took at its turn had waited out a head start the pace itself set: counted in
+# full, each such run set the next head start longer still (a pool whose agents serve different
+# queues: half its runs owned by an agent that cannot take them, and the head start climbing 1 s a
+# minute towards fleet.HEAD_MAX). Left out, the runs taken from a busy owner, its slowest, go missing
+# and the head start shrinks under a burst. So they count, as slow as the owners' own claims are now
+# at most: TAKEN_CAP times their 90th percentile.
+TAKEN_CAP = 1.5
 
 
 class Pace:
     """The fleet's claims, timed by this agent: it hears every run of the pool scheduled and claimed, by
-    whichever agent, so each agent measures the whole fleet, and all of them measure the same."""
+    whichever agent, so each agent measures the whole fleet, and all of them nearly the same (a run an
+    agent's own list shows due later is left out by that agent only)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._scheduled: dict[str, float] = {}  # runs heard of on the stream, not yet claimed → when (monotonic)
         self._sent: dict[str, float] = {}  # its own claims sent, not yet heard back → when (monotonic)
         self._lags: deque[tuple[float, float]] = deque(maxlen=KEPT)  # (when, seconds)
-        self._claims: deque[tuple[float, float]] = deque(maxlen=KEPT)
+        self._claims: deque[tuple[float, float]] = deque(maxlen=KEPT)  # claimed by the run's owner, or a worker
+        self._taken: deque[tuple[float, float]] = deque(maxlen=KEPT)  # claimed by another agent at its turn
 
     def scheduled(self, run_id: str) -> None:
         """A run of the pool was heard of on the event stream (once more when it is marked Late: it counts
@@ -40,19 +51,18 @@ class Pace:
         with self._lock:
             self._scheduled.pop(run_id, None)
 
-    def claimed(self, run_id: str) -> None:
-        """A run was heard claimed, by any agent or worker."""
+    def claimed(self, run_id: str, took_turn: bool = False) -> None:
+        """A run was heard claimed: by its owner or one of Prefect's workers, or (`took_turn`) by another
+        dagent agent whose turn at it had come."""
         now = time.monotonic()
         with self._lock:
             heard = self._scheduled.pop(run_id, None)
-            # Claims by others than its owner count too: left out, the runs taken from a slow owner
-            # would be missing from the samples, always the slowest; the head start would shrink, others
-            # would take more, and shrink it again.
             if heard is not None and now - heard <= HORIZON:
-                self._claims.append((now, now - heard))
+                (self._taken if took_turn else self._claims).append((now, now - heard))
 
     def left(self, run_id: str) -> None:
-        """A run left SCHEDULED otherwise than claimed (cancelled, deleted): nothing to time."""
+        """A run left SCHEDULED otherwise than claimed (cancelled, say): nothing to time. (A deleted run tells
+        nothing on the stream: it waits among the PENDING oldest until pushed out.)"""
         with self._lock:
             self._scheduled.pop(run_id, None)
 
@@ -76,18 +86,24 @@ class Pace:
 
     def lag(self) -> float:
         """How far the event stream trails the server now, in seconds: the median (0 with nothing recent)."""
-        return self._quantile(self._lags, 0.5)
+        return _quantile(self._recent(self._lags), 0.5)
 
     def reaction(self) -> float:
         """How long after a run is heard of its claim is heard now, in seconds: the 90th percentile of the
-        fleet's claims (0 with nothing recent)."""
-        return self._quantile(self._claims, 0.9)
+        fleet's claims, those taken at a turn counted no slower than TAKEN_CAP times the owners' (0 with
+        nothing recent)."""
+        owners = self._recent(self._claims)
+        cap = TAKEN_CAP * _quantile(owners, 0.9)
+        return _quantile(sorted(owners + [min(value, cap) for value in self._recent(self._taken)]), 0.9)
 
-    def _quantile(self, samples: deque[tuple[float, float]], q: float) -> float:
+    def _recent(self, samples: deque[tuple[float, float]]) -> list[float]:
         now = time.monotonic()
         with self._lock:
-            recent = sorted(value for at, value in samples if now - at <= RECENT)
-        return recent[min(len(recent) - 1, int(q * len(recent)))] if recent else 0.0
+            return sorted(value for at, value in samples if now - at <= RECENT)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def _put(pending: dict[str, float], run_id: str) -> None:

@@ -28,6 +28,7 @@ from dagent.sources.prefect import jobvars, template
 from dagent.sources.prefect.claims import FINAL_STATES, claim_note, claimer
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.events import StateEventWatcher
+from dagent.sources.prefect.fleet import position
 from dagent.sources.prefect.flowruns import FlowRuns
 from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
 from dagent.sources.prefect.listing import ScheduledRuns
@@ -159,7 +160,10 @@ class PrefectSource:
             # Claimed (or cancelled) since we listed it; a claim not in our words is another agent's.
             peer = state == "PENDING" and message != self._claim_note
             if state == "PENDING":
-                self._pace.claimed(run_id)
+                # A dagent agent other than the run's owner claims it only once its turn has come.
+                name = claimer(message)
+                took_turn = name is not None and position(name, run_id, self._scheduled.fleet()) > 0
+                self._pace.claimed(run_id, took_turn=took_turn)
                 if not peer:
                     self._pace.heard(run_id, self.client.round_trip())
             else:
