@@ -536,7 +536,7 @@ def tables(results: dict[str, Any]) -> str:
                 f"| {_r(max(d.idle_server_cpu_s_per_min, 0.0), w.idle_server_cpu_s_per_min)} "
                 f"| {_r(d.burst.get('wall_s'), w.burst.get('wall_s'))} | {'yes' if same else 'no'} |"
             )
-    steady = ["", "Claims at a steady rate (stand-in runs one every 1/rate seconds, a rate every fleet keeps up with):", "",
+    steady = ["", "Claims at a steady rate (stand-in runs one every 1/rate seconds, a rate every fleet from N = 5 keeps up with; the lone worker does not):", "",
               "| N | system | runs, rate (runs/s) | dispatch p50 / p95 (s) | started twice / never "
               "| refused claims per run | runs accepted twice | measured (UTC) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for n in fleet:

@@ -818,8 +818,8 @@ def test_every_claim_heard_on_the_stream_times_the_fleets_pace() -> None:
     source._on_state("PENDING", "r1", "Claimed by dagent agent 'other'")
     source._on_state("PENDING", "r2", NOTE)
     source._on_state("CANCELLED", "r3")
-    samples = [*source._pace._claims, *source._pace._taken]
-    assert len(samples) == 2 and all(0.15 < seconds < 1.0 for _, seconds in samples)
+    samples = source._pace._claims
+    assert len(samples) == 2 and all(0.15 < seconds < 1.0 for _, seconds, _ in samples)
 
 
 def test_a_claim_by_an_agent_whose_turn_came_is_told_from_its_owners() -> None:
@@ -828,12 +828,16 @@ def test_a_claim_by_an_agent_whose_turn_came_is_told_from_its_owners() -> None:
     ids = [f"r{i}" for i in range(40)]
     theirs = next(r for r in ids if fleet_module.position("other", r, ["other", NAME]) == 0)
     taken = next(r for r in ids if fleet_module.position("other", r, ["other", NAME]) == 1)
-    for run_id in (theirs, taken, "r-mine"):
+    mine_at_turn = next(
+        r for r in ids if r not in (theirs, taken) and fleet_module.position(NAME, r, ["other", NAME]) == 1
+    )
+    for run_id in (theirs, taken, "r-worker", mine_at_turn):
         source._on_state("SCHEDULED", run_id)
     source._on_state("PENDING", theirs, "Claimed by dagent agent 'other'")
     source._on_state("PENDING", taken, "Claimed by dagent agent 'other'")
-    source._on_state("PENDING", "r-mine", "Claimed by a worker that leaves no name")  # Prefect's own: as an owner
-    assert len(source._pace._claims) == 2 and len(source._pace._taken) == 1
+    source._on_state("PENDING", "r-worker", "Claimed by a worker that leaves no name")  # Prefect's own: as an owner
+    source._on_state("PENDING", mine_at_turn, NOTE)  # this agent's own claim of another's run
+    assert [taken for _, _, taken in source._pace._claims] == [False, True, False, True]
 
 
 def test_a_run_a_list_shows_due_later_does_not_time_the_fleets_pace() -> None:

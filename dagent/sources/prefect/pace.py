@@ -36,8 +36,8 @@ class Pace:
         self._scheduled: dict[str, float] = {}  # runs heard of on the stream, not yet claimed → when (monotonic)
         self._sent: dict[str, float] = {}  # its own claims sent, not yet heard back → when (monotonic)
         self._lags: deque[tuple[float, float]] = deque(maxlen=KEPT)  # (when, seconds)
-        self._claims: deque[tuple[float, float]] = deque(maxlen=KEPT)  # claimed by the run's owner, or a worker
-        self._taken: deque[tuple[float, float]] = deque(maxlen=KEPT)  # claimed by another agent at its turn
+        # (when, seconds, taken at a turn): by the run's owner or a Prefect worker, or another agent at its turn
+        self._claims: deque[tuple[float, float, bool]] = deque(maxlen=KEPT)
 
     def scheduled(self, run_id: str) -> None:
         """A run of the pool was heard of on the event stream (once more when it is marked Late: it counts
@@ -58,7 +58,7 @@ class Pace:
         with self._lock:
             heard = self._scheduled.pop(run_id, None)
             if heard is not None and now - heard <= HORIZON:
-                (self._taken if took_turn else self._claims).append((now, now - heard))
+                self._claims.append((now, now - heard, took_turn))
 
     def left(self, run_id: str) -> None:
         """A run left SCHEDULED otherwise than claimed (cancelled, say): nothing to time. (A deleted run tells
@@ -86,20 +86,21 @@ class Pace:
 
     def lag(self) -> float:
         """How far the event stream trails the server now, in seconds: the median (0 with nothing recent)."""
-        return _quantile(self._recent(self._lags), 0.5)
+        now = time.monotonic()
+        with self._lock:
+            recent = sorted(value for at, value in self._lags if now - at <= RECENT)
+        return _quantile(recent, 0.5)
 
     def reaction(self) -> float:
         """How long after a run is heard of its claim is heard now, in seconds: the 90th percentile of the
         fleet's claims, those taken at a turn counted no slower than TAKEN_CAP times the owners' (0 with
         nothing recent)."""
-        owners = self._recent(self._claims)
-        cap = TAKEN_CAP * _quantile(owners, 0.9)
-        return _quantile(sorted(owners + [min(value, cap) for value in self._recent(self._taken)]), 0.9)
-
-    def _recent(self, samples: deque[tuple[float, float]]) -> list[float]:
         now = time.monotonic()
         with self._lock:
-            return sorted(value for at, value in samples if now - at <= RECENT)
+            recent = [(value, taken) for at, value, taken in self._claims if now - at <= RECENT]
+        # No owner claiming lately (all gone, or none serving the runs' queues): a head start waits for nobody.
+        cap = TAKEN_CAP * _quantile(sorted(value for value, taken in recent if not taken), 0.9)
+        return _quantile(sorted(min(value, cap) if taken else value for value, taken in recent), 0.9)
 
 
 def _quantile(ordered: list[float], q: float) -> float:

@@ -159,16 +159,17 @@ class PrefectSource:
         else:
             # Claimed (or cancelled) since we listed it; a claim not in our words is another agent's.
             peer = state == "PENDING" and message != self._claim_note
+            name = claimer(message) if state == "PENDING" else None
             if state == "PENDING":
-                # A dagent agent other than the run's owner claims it only once its turn has come.
-                name = claimer(message)
+                # A dagent agent other than the run's owner claims it only once its turn has come. (Judged
+                # by this agent's view of the fleet, which may lag the claimer's by a roster read.)
                 took_turn = name is not None and position(name, run_id, self._scheduled.fleet()) > 0
                 self._pace.claimed(run_id, took_turn=took_turn)
                 if not peer:
                     self._pace.heard(run_id, self.client.round_trip())
             else:
                 self._pace.left(run_id)
-            self._scheduled.heard_taken(run_id, by_peer=peer, peer_name=claimer(message) if peer else None)
+            self._scheduled.heard_taken(run_id, by_peer=peer, peer_name=name if peer else None)
             with self._lock:
                 if run_id in self._mine:
                     self._heard[run_id] = state
