@@ -62,7 +62,7 @@ class Pace:
 
     def left(self, run_id: str) -> None:
         """A run left SCHEDULED otherwise than claimed (cancelled, say): nothing to time. (A deleted run tells
-        nothing on the stream: it waits among the PENDING oldest until pushed out.)"""
+        nothing on the stream: it stays among the PENDING runs waiting here until the oldest are pushed out.)"""
         with self._lock:
             self._scheduled.pop(run_id, None)
 
