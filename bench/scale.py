@@ -243,6 +243,7 @@ class Scale:
                 )
             env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_"))}
             env |= {"PYTHONPATH": str(REPO), "DAGENT_NAME": name}
+            env |= dict(setting.split("=", 1) for setting in self.args.agent_env)
             argv = [sys.executable, "-m", "dagent", "start", "-c", str(config)]
         else:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -668,11 +669,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--latency-runs", type=int, help="real flows per arrival rate (default 8)")
     parser.add_argument("--kills", type=int, help="kill -9s of dagent agents at the largest N (default 8; 0: none)")
     parser.add_argument("--only", choices=["dagent", "worker"])
+    parser.add_argument("--agent-env", action="append", default=[], metavar="DAGENT_KEY=VALUE",
+                        help="a setting for every dagent agent, e.g. DAGENT_API__EVENT_STREAM=false (repeatable)")  # fmt: skip
     parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default="postgres")
     parser.add_argument("--merge", action="store_true",
                         help="put these points into bench/results/scale.json in place of the same (system, N)")  # fmt: skip
     parser.add_argument("--report", action="store_true", help="print the tables and draw the plots of scale.json")
     args = parser.parse_args(argv)
+    for setting in args.agent_env:
+        if not setting.startswith("DAGENT_") or "=" not in setting:
+            parser.error(f"--agent-env {setting!r}: expected DAGENT_KEY=VALUE")
     if args.report:
         results = json.loads((RESULTS / "scale.json").read_text())
         print(tables(results))
@@ -728,7 +734,7 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
             "concurrency": CONCURRENCY, "server_background_cpu_s_per_min": round(scale.baseline_cpu_s_per_min, 3),
             "prefect": prefect_infra.PREFECT, "prefect_docker": prefect_infra.PREFECT_DOCKER, "cpus": os.cpu_count(),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "took_s": round(time.time() - started),
-            "machine": _machine(),
+            "machine": _machine(), "agent_env": args.agent_env,
         },
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
