@@ -837,7 +837,7 @@ def test_a_claim_by_an_agent_whose_turn_came_is_told_from_its_owners() -> None:
     source._on_state("PENDING", taken, "Claimed by dagent agent 'other'")
     source._on_state("PENDING", "r-worker", "Claimed by a worker that leaves no name")  # Prefect's own: as an owner
     source._on_state("PENDING", mine_at_turn, NOTE)  # this agent's own claim of another's run
-    assert [taken for _, _, taken in source._pace._claims] == [False, True, False, True]
+    assert [at_turn for _, _, at_turn in source._pace._claims] == [False, True, False, True]
 
 
 def test_a_run_a_list_shows_due_later_does_not_time_the_fleets_pace() -> None:
