@@ -1,6 +1,6 @@
 """bench/run.py --scale: N dagent agents against N Prefect workers on one Postgres-backed Prefect server.
 
-    python bench/run.py --scale                       # N = 1, 5, 20, 40; bursts of 1,000 runs (over an hour)
+    python bench/run.py --scale                       # N = 1, 5, 20, 40; bursts of 1,000 runs (about 4.5 hours)
     python bench/run.py --scale --quick               # N = 1, 5; bursts of 100 (a few minutes, numbers mean little)
     python bench/run.py --scale --fleet 1,5 --burst 300 --only dagent
 
@@ -9,7 +9,10 @@ server's side, which does not care whether its workers share a host. Per N and p
 server's requests and CPU at idle (net of its own background work, measured with nothing attached
 just before each point), dispatch latency of real flows under a steady arrival rate, a burst of stand-in runs
 (wall time, each started exactly once, claim attempts per run), and for dagent, kill -9 of random
-agents during a burst. Writes bench/results/scale.json and two plots beside it; prints the tables.
+agents during a burst. A whole run first measures what each idle request and an open event stream
+cost the server on their own (bench/costs.py; `--costs` measures only that), so that the idle rows
+can be checked against their parts. Writes bench/results/scale.json and two plots beside it; prints
+the tables.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import docker
 
+from bench import costs
 from bench.common import REPO, by_kind, percentile, prefect_worker_pool
 from dagent.sources.prefect.claims import claimer
 from dagent.sources.prefect.events import StateEventWatcher
@@ -49,6 +53,8 @@ SMALL_BURST = 100
 # window could see none of it); the worker polls every 10 s.
 IDLE_WINDOW = {"dagent": 300.0, "worker": 90.0}
 BASELINE_WINDOW = 120.0
+WORKER_CHANNEL_HEARTBEATS = 2.0  # a minute: Prefect's worker, PREFECT_WORKER_HEARTBEAT_SECONDS=30
+CHANNEL = "heartbeats on its worker channel"
 RESULTS = REPO / "bench" / "results"
 
 
@@ -160,6 +166,9 @@ class Ear:
         self.pending: dict[str, float] = {}
         self._watcher = StateEventWatcher(api_url, pool_id, None, self._on_state)
         self._watcher.start()
+        deadline = time.monotonic() + 30
+        while not self._watcher.connected and time.monotonic() < deadline:  # hears the first run made next
+            time.sleep(0.1)
 
     def _on_state(self, state: str, run_id: str, message: str) -> None:
         heard = {"SCHEDULED": self.scheduled, "PENDING": self.pending}.get(state)
@@ -199,6 +208,7 @@ class Scale:
         self.random = random.Random(3)
         self.baseline_cpu_s_per_min = 0.0
         self.ear: Ear | None = None  # the dagent pool's event stream, while its point is measured
+        self.costs: dict[str, Any] = {}  # bench/costs.py's measure, when this run made one
 
     def close(self) -> None:
         self.starts.close()
@@ -270,8 +280,6 @@ class Scale:
         self._pool(system, pool)
         proxy = FaultyHTTPProxy(self.server.api_url.removesuffix("/api"), count_all=True)
         names = [f"{pool}-{i}" for i in range(n)]
-        if system == "dagent":
-            self.ear = Ear(self.server.api_url, str(self.api.call("GET", f"/work_pools/{pool}")["id"]))
         time.sleep(10)  # the last point's agents and containers are gone
         point.background_cpu_s_per_min = round(self._background(), 3)
         started = time.monotonic()
@@ -288,6 +296,9 @@ class Scale:
             time.sleep(max(15.0, startup - (time.monotonic() - started)))
             if not self.args.steady_only:
                 self._idle(point, proxy, fleet, self.args.idle or IDLE_WINDOW[system])
+            if system == "dagent":
+                # The bench's own ear on the pool's stream opens after idle: a stream is a cost of its own.
+                self.ear = Ear(self.server.api_url, str(self.api.call("GET", f"/work_pools/{pool}")["id"]))
             standin = self._deployment(pool, standin=True)
             if self.args.steady_runs:
                 point.steady = self._steady(standin, proxy, names=names if system == "dagent" else None)
@@ -563,7 +574,51 @@ def tables(results: dict[str, Any]) -> str:
             f"{k['never_started']}, stuck {k['stuck']}, orphans {k['orphans']}, wall {k['wall_s']} s, refused claims "
             f"{k['conflicts_per_run']} per run, runs accepted twice {k['runs_accepted_more_than_once']}."
         )
-    return "\n".join(rows + ratios + steady + extra + ["", paper(results)])
+    return "\n".join(rows + ratios + steady + extra + parts(results) + ["", paper(results)])
+
+
+def _kind(path: str) -> str:
+    """A pool's request as bench/costs.py names it: /api/work_pools/{pool}/workers/filter is workers/filter."""
+    _, pool, rest = path.partition("/work_pools/")
+    return rest.partition("/")[2] if pool else path
+
+
+def parts(results: dict[str, Any]) -> list[str]:
+    """Each fleet's idle server CPU per agent computed from its parts (bench/costs.py), beside the measured."""
+    costs = results.get("server_costs")
+    if not costs:
+        return []
+    ms, stream = costs["cpu_ms_per_request"], costs["stream_cpu_s_per_min"]
+    lines = [
+        "", f"What idle costs the server, by part (measured alone, {costs['rounds']} rounds of {costs['window_s']:.0f} s "
+        f"against windows of nothing): "
+        + ", ".join(f"{kind} {v} CPU-ms" for kind, v in ms.items())
+        + f"; an open event stream {stream} CPU-s/min.", "",
+        "| N | system | a minute per agent, by kind | event streams per agent "
+        "| idle server CPU-s/min per agent: computed from the parts / measured |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for n in results["meta"]["fleet"]:
+        for p in _pair(results["points"], n):
+            if p is None:
+                continue
+            rates = {_kind(k.split(" ", 1)[1]): v / n for k, v in p.idle_requests_by_kind.items()}
+            streams = 1 if p.system == "dagent" else 0
+            if p.system == "worker":
+                # Its heartbeats (every 30 s) go over its worker channel, a websocket the proxy counts
+                # once; each is a heartbeat's database work, priced here as a REST one (an upper bound).
+                # It keeps no event stream: its cancellation observer is off by default.
+                rates[CHANNEL] = WORKER_CHANNEL_HEARTBEATS
+            price = {**ms, CHANNEL: ms.get("workers/heartbeat", 0.0)}
+            computed = sum(rate * price.get(kind, 0.0) / 1000 for kind, rate in rates.items()) + streams * stream
+            unknown = [k for k in rates if k not in price]
+            lines.append(
+                f"| {n} | {'dagent' if p.system == 'dagent' else 'Prefect worker'} "
+                f"| {', '.join(f'{k} {v:.2f}' for k, v in rates.items())} | {streams} "
+                f"| {computed:.3f}{' + ' + ', '.join(unknown) if unknown else ''} "
+                f"/ {p.per_agent('idle_server_cpu_s_per_min'):.3f} |"
+            )
+    return lines
 
 
 def paper(results: dict[str, Any]) -> str:
@@ -669,6 +724,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--latency-runs", type=int, help="real flows per arrival rate (default 8)")
     parser.add_argument("--kills", type=int, help="kill -9s of dagent agents at the largest N (default 8; 0: none)")
     parser.add_argument("--only", choices=["dagent", "worker"])
+    parser.add_argument("--costs", action="store_true",
+                        help="measure only what each idle request and event stream costs the server (bench/costs.py), "
+                             "into scale.json; a whole --scale run measures it too")  # fmt: skip
     parser.add_argument("--agent-env", action="append", default=[], metavar="DAGENT_KEY=VALUE",
                         help="a setting for every dagent agent, e.g. DAGENT_API__EVENT_STREAM=false (repeatable)")  # fmt: skip
     parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default="postgres")
@@ -699,6 +757,17 @@ def main(argv: list[str]) -> int:
         scale = Scale(args)
         points: list[dict[str, Any]] = []
         try:
+            if args.costs or not (args.merge or args.only):
+                print(
+                    "measuring what each idle request and event stream costs the server ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                scale.costs = costs.measure(
+                    scale.server.api_url, scale._server_cpu, **({"rounds": 1, "window": 10.0} if args.quick else {})
+                )
+                if args.costs:
+                    return _costs_only(scale.costs)
             print("measuring the server alone ...", file=sys.stderr, flush=True)
             scale.baseline()
             for n in args.fleet:
@@ -713,6 +782,16 @@ def main(argv: list[str]) -> int:
     print(tables(results))
     for path in plots(results):
         print(f"plot: {path.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+def _costs_only(measured: dict[str, Any]) -> int:
+    out = RESULTS / "scale.json"
+    results = json.loads(out.read_text()) if out.exists() else {"points": [], "meta": {"fleet": []}}
+    results["server_costs"] = {**measured, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "machine": _machine()}  # fmt: skip
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(parts(results)))
     return 0
 
 
@@ -737,6 +816,12 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
             "machine": _machine(), "agent_env": args.agent_env,
         },
     }  # fmt: skip
+    if scale.costs:
+        results["server_costs"] = {
+            **scale.costs,
+            "when": results["meta"]["when"],
+            "machine": results["meta"]["machine"],
+        }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "scale.json"
     if args.merge and out.exists():
@@ -761,6 +846,8 @@ def _write(args: argparse.Namespace, scale: Scale, points: list[dict[str, Any]],
                   for s, n in sorted(mine)]  # fmt: skip
         meta["remeasured"] = again
         order = {(s, n): i for i, (n, s) in enumerate((n, s) for n in meta["fleet"] for s in ("dagent", "worker"))}
-        results = {"points": sorted(kept + points, key=lambda p: order[(p["system"], p["n"])]), "meta": meta}
+        results = {"points": sorted(kept + points, key=lambda p: order[(p["system"], p["n"])]), "meta": meta,
+                   **({"server_costs": before["server_costs"]} if "server_costs" in before else {}),
+                   **({"server_costs": results["server_costs"]} if "server_costs" in results else {})}  # fmt: skip
     out.write_text(json.dumps(results, indent=2) + "\n")
     return results
