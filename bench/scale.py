@@ -585,12 +585,12 @@ def _kind(path: str) -> str:
 
 def parts(results: dict[str, Any]) -> list[str]:
     """Each fleet's idle server CPU per agent computed from its parts (bench/costs.py), beside the measured."""
-    costs = results.get("server_costs")
-    if not costs:
+    measured = results.get("server_costs")
+    if not measured:
         return []
-    ms, stream = costs["cpu_ms_per_request"], costs["stream_cpu_s_per_min"]
+    ms, stream = measured["cpu_ms_per_request"], measured["stream_cpu_s_per_min"]
     lines = [
-        "", f"What idle costs the server, by part (measured alone, {costs['rounds']} rounds of {costs['window_s']:.0f} s "
+        "", f"What idle costs the server, by part (measured alone, {measured['rounds']} rounds of {measured['window_s']:.0f} s "
         f"against windows of nothing): "
         + ", ".join(f"{kind} {v} CPU-ms" for kind, v in ms.items())
         + f"; an open event stream {stream} CPU-s/min.", "",
@@ -606,7 +606,8 @@ def parts(results: dict[str, Any]) -> list[str]:
             streams = 1 if p.system == "dagent" else 0
             if p.system == "worker":
                 # Its heartbeats (every 30 s) go over its worker channel, a websocket the proxy counts
-                # once; each is a heartbeat's database work, priced here as a REST one (an upper bound).
+                # as one request; each is a heartbeat's database work, priced here as a REST heartbeat
+                # (an upper bound: no HTTP request around it).
                 # It keeps no event stream: its cancellation observer is off by default.
                 rates[CHANNEL] = WORKER_CHANNEL_HEARTBEATS
             price = {**ms, CHANNEL: ms.get("workers/heartbeat", 0.0)}
