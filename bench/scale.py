@@ -1,6 +1,6 @@
 """bench/run.py --scale: N dagent agents against N Prefect workers on one Postgres-backed Prefect server.
 
-    python bench/run.py --scale                       # N = 1, 5, 20, 40; bursts of 1,000 runs (about 4.5 hours)
+    python bench/run.py --scale                       # N = 1, 5, 20, 40; bursts of 1,000 runs (about 3.5 hours)
     python bench/run.py --scale --quick               # N = 1, 5; bursts of 100 (a few minutes, numbers mean little)
     python bench/run.py --scale --fleet 1,5 --burst 300 --only dagent
 
