@@ -1,13 +1,13 @@
 """bench/run.py --scale: N dagent agents against N Prefect workers on one Postgres-backed Prefect server.
 
-    python bench/run.py --scale                       # N = 1, 5, 20, 40; bursts of 1,000 runs (about 3.5 hours)
+    python bench/run.py --scale                       # N = 1, 5, 20, 40; bursts of 1,000 runs (about 3.75 hours)
     python bench/run.py --scale --quick               # N = 1, 5; bursts of 100 (a few minutes, numbers mean little)
     python bench/run.py --scale --fleet 1,5 --burst 300 --only dagent
 
 Each agent is a process of its own with its own name, all on one machine: what is measured is the
 server's side, which does not care whether its workers share a host. Per N and per system: the
 server's requests and CPU at idle (net of its own background work, measured with nothing attached
-just before each point), dispatch latency of real flows under a steady arrival rate, a burst of stand-in runs
+just before each point, over a window at least as long as the idle one), dispatch latency of real flows under a steady arrival rate, a burst of stand-in runs
 (wall time, each started exactly once, claim attempts per run), and for dagent, kill -9 of random
 agents during a burst. A whole run first measures what each idle request and an open event stream
 cost the server on their own (bench/costs.py; `--costs` measures only that), so that the idle rows
@@ -281,7 +281,7 @@ class Scale:
         proxy = FaultyHTTPProxy(self.server.api_url.removesuffix("/api"), count_all=True)
         names = [f"{pool}-{i}" for i in range(n)]
         time.sleep(10)  # the last point's agents and containers are gone
-        # As long as the idle window it is netted against: the server's own work wanders between
+        # At least as long as the idle window it is netted against: the server's own work wanders between
         # 2-min windows (1.4 to 2.5 CPU-s/min in one run), as much as 20 idle dagent agents cost.
         window = self.args.idle or max(BASELINE_WINDOW, IDLE_WINDOW[system])
         point.background_cpu_s_per_min = round(self._background(window), 3)
