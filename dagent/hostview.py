@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dagent.config import AgentConfig
-from dagent.policy import SENSITIVE_PATHS, HostFacts, device_host, run_host_paths
+from dagent.policy import SENSITIVE_PATHS, HostFacts, VolumeFacts, device_host, run_host_paths, volume_bind
 from dagent.runs import RunRequest
 
 # The kernel's own limit on symbolic links followed in one lookup (MAXSYMLINKS).
@@ -208,18 +208,20 @@ class HostView:
         daemon: Callable[[], DaemonFacts] | DaemonFacts,
         own_files: Iterable[Path | str] = (),
         network_driver: Callable[[str], str | None] = lambda _name: None,
-        volume_device: Callable[[str], str | None] = lambda _name: None,
+        volume: Callable[[str], VolumeFacts | None] = lambda _name: None,
+        image_names: Callable[[str], tuple[str, ...] | None] = lambda _reference: None,
     ) -> None:
         self.config = config
         self._daemon = daemon
         self.own_files = tuple(os.path.abspath(str(p)) for p in own_files)
         self._network_driver = network_driver
-        self._volume_device = volume_device
+        self._volume = volume
+        self._image_names = image_names
 
     @classmethod
     def of(cls, config: AgentConfig, runtime: Any, own_files: Iterable[Path | str] = ()) -> HostView:
-        """The view of the host a runtime's daemon has (its facts, network and volume lookups)."""
-        return cls(config, runtime.daemon_facts, own_files, runtime.network_driver, runtime.volume_device)
+        """The view of the host a runtime's daemon has (its facts, network, volume and image lookups)."""
+        return cls(config, runtime.daemon_facts, own_files, runtime.network_driver, runtime.volume, runtime.image_names)
 
     @property
     def daemon(self) -> DaemonFacts:
@@ -254,16 +256,18 @@ class HostView:
     def facts(self, run: RunRequest) -> HostFacts:
         """Everything the policy needs to judge `run` on this host, looked up now."""
         docker = self.config.docker
-        volumes = {}
-        if docker.allow_named_volumes:
+        volumes: dict[str, VolumeFacts | None] = {}
+        if docker.allow_named_volumes:  # else the policy refuses them unseen
             for mount in run.volumes:
-                device = None if mount.is_bind else self._volume_device(mount.source)
-                if device is not None:
-                    volumes[mount.source] = device
-        if not run_host_paths(run) and not volumes:
-            # Nothing of the host's filesystem is asked for: no lookups, no daemon question.
-            return HostFacts(network_drivers=self._networks(run))
-        wanted = [*run_host_paths(run), *volumes.values(), *(device_host(d) for d in docker.allowed_devices)]
+                if not mount.is_bind:
+                    volumes[mount.source] = self._volume(mount.source)
+        binds = [device for volume in volumes.values() if volume and (device := volume_bind(volume))]
+        # Asked of the daemon, not read from the spelling: Docker takes a name first, an ID second.
+        image_names = self._image_names(run.image) if docker.registry_allow_list is not None else None
+        if not run_host_paths(run) and not binds:
+            # Nothing of the host's filesystem is asked for: no path lookups, no daemon question.
+            return HostFacts(network_drivers=self._networks(run), volumes=volumes, image_names=image_names)
+        wanted = [*run_host_paths(run), *binds, *(device_host(d) for d in docker.allowed_devices)]
         resolved: dict[str, str] = {}
         unresolved: dict[str, str] = {}
         for path in wanted:
@@ -282,7 +286,8 @@ class HostView:
             protected=self.protected(),
             view_error=self.daemon.view_error,
             network_drivers=self._networks(run),
-            volume_devices=volumes,
+            volumes=volumes,
+            image_names=image_names,
         )
 
     def _networks(self, run: RunRequest) -> dict[str, str]:

@@ -85,6 +85,32 @@ def parse_image(reference: str) -> ImageRef:
     return ImageRef(registry=registry, path=path, tag=tag, digest=digest, explicit_registry=explicit)
 
 
+def _repository_key(ref: ImageRef) -> tuple[str, str]:
+    path = ref.path.removeprefix("library/") if ref.registry == DOCKER_HUB else ref.path
+    return ref.registry, path
+
+
+def names_reference(names: list[str] | tuple[str, ...], reference: str) -> bool:
+    """True when `reference`, read as an image name, is one of `names` (an image's tags and digests)."""
+    try:
+        ref = parse_image(reference)
+    except ValueError:
+        return False
+    for name in names:
+        try:
+            other = parse_image(name)
+        except ValueError:
+            continue
+        if _repository_key(other) != _repository_key(ref):
+            continue
+        if ref.digest is not None:
+            if other.digest == ref.digest:
+                return True
+        elif other.digest is None and (other.tag or "latest") == (ref.tag or "latest"):
+            return True
+    return False
+
+
 class PullProgress:
     """A pull's progress over all its layers, from the daemon's stream of per-layer events."""
 

@@ -59,6 +59,56 @@ HOST_DRIVERS = ("host",)
 DEVICE_PERMISSIONS = "rwm"
 
 
+# The local driver's options dagent understands: a bind of a host directory, judged as that bind.
+# Any other option (another filesystem type, a device, NFS) could reach the host and is refused.
+LOCAL_DRIVER = "local"
+BIND_FLAGS = frozenset({"bind", "rbind"})
+
+
+@dataclass(frozen=True)
+class VolumeFacts:
+    """A named volume as the daemon holds it: its driver and the options it was created with."""
+
+    driver: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+def volume_bind(volume: VolumeFacts) -> str | None:
+    """The host directory a local volume binds (`type=none,o=bind,device=DIR`); None when it is no bind."""
+    if volume.driver != LOCAL_DRIVER:
+        return None
+    flags = {flag.strip().lower() for flag in str(volume.options.get("o", "")).split(",")}
+    kind = str(volume.options.get("type", "none")).strip().lower()
+    if set(volume.options) <= {"type", "o", "device"} and flags & BIND_FLAGS and kind in ("", "none"):
+        device = volume.options.get("device")
+        return str(device) if device else None
+    return None
+
+
+def _volume(name: str, config: DockerConfig, facts: HostFacts) -> str | None:
+    """Why a named volume is refused, or None: allow-listed, never deny-listed by one spelling."""
+    if name not in facts.volumes:
+        return f"docker.allow_named_volumes: volume {name!r} was not looked up"
+    volume = facts.volumes[name]
+    if volume is None:
+        return None  # it does not exist yet: Docker makes an empty one with the local driver
+    if volume.driver != LOCAL_DRIVER:
+        if volume.driver in config.allowed_volume_drivers:
+            return None
+        return f"docker.allowed_volume_drivers: volume {name!r} uses the driver {volume.driver!r}"
+    if not volume.options:
+        return None
+    device = volume_bind(volume)
+    if device is None:
+        shown = ",".join(f"{k}={v}" for k, v in sorted(volume.options.items()))
+        return (
+            f"docker.allow_named_volumes: volume {name!r} has local-driver options dagent does not judge ({shown}); "
+            "only plain volumes and binds of allowed host paths are allowed"
+        )
+    problem = _bind(device, facts)
+    return f"{problem} (volume {name!r} binds it)" if problem else None
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """The host's filesystem and networks as the daemon will see them when the run starts."""
@@ -75,8 +125,10 @@ class HostFacts:
     """Why the agent cannot vouch it sees the daemon's filesystem; None when it checked that it does."""
     network_drivers: Mapping[str, str] = field(default_factory=dict)
     """The run's network → the driver the daemon resolves it to (a name, an id or an id prefix)."""
-    volume_devices: Mapping[str, str] = field(default_factory=dict)
-    """Each named volume that is a bind of a host directory (local driver, o=bind) → that directory."""
+    volumes: Mapping[str, VolumeFacts | None] = field(default_factory=dict)
+    """Each named volume the run mounts → what the daemon holds for it (None: it does not exist yet)."""
+    image_names: tuple[str, ...] | None = None
+    """The daemon's names for the run's image when it resolved the image by ID; None when by name or absent."""
 
 
 def _under(path: str, root: str) -> bool:
@@ -117,6 +169,31 @@ def allowed_networks(config: DockerConfig) -> tuple[str, ...] | None:
     if config.allowed_networks is not None:
         return tuple(config.allowed_networks)
     return (config.network,) if config.network else None
+
+
+def _allowed_name(name: str, allow: list[str]) -> bool:
+    """A name the allow-list lets run: from a listed registry, or a Docker Hub name (present, so not pulled)."""
+    try:
+        ref = parse_image(name)
+    except ValueError:
+        return False
+    return ref.registry in allow or not ref.explicit_registry
+
+
+def _image(config: DockerConfig, run: RunRequest, facts: HostFacts) -> Iterator[str]:
+    allow = config.registry_allow_list
+    if allow is None:
+        return
+    ref = parse_image(run.image)
+    if ref.explicit_registry and ref.registry not in allow:
+        yield f"docker.registry_allow_list: image {run.image!r} is from {ref.registry}, not in {allow}"
+    elif facts.image_names is not None and not any(_allowed_name(n, allow) for n in facts.image_names):
+        # Docker took the reference as an image ID: judge the image by the names it holds instead.
+        names = list(facts.image_names) if facts.image_names else "none"
+        yield (
+            f"docker.registry_allow_list: image {run.image!r} is named by ID, and none of its names "
+            f"({names}) is allowed by {allow}"
+        )
 
 
 def image_may_be_pulled(config: DockerConfig, image: str) -> bool:
@@ -192,19 +269,13 @@ def _network(config: DockerConfig, run: RunRequest, facts: HostFacts) -> Iterato
 def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = None) -> Iterator[str]:
     """Each thing the run asks for that the config does not allow, as `rule: value`."""
     facts = facts or HostFacts()
-    ref = parse_image(run.image)
-    allow = config.registry_allow_list
-    if allow is not None and ref.explicit_registry and ref.registry not in allow:
-        yield f"docker.registry_allow_list: image {run.image!r} is from {ref.registry}, not in {allow}"
+    yield from _image(config, run, facts)
     for mount in run.volumes:
         if not mount.is_bind:
             if not config.allow_named_volumes:
                 yield f"docker.allow_named_volumes: volume {mount.source!r} (named volumes are off)"
-            elif mount.source in facts.volume_devices:
-                # A volume made with `-o o=bind -o device=DIR` mounts DIR: judged as a bind of DIR.
-                problem = _bind(facts.volume_devices[mount.source], facts)
-                if problem:
-                    yield f"{problem} (volume {mount.source!r} binds it)"
+            elif problem := _volume(mount.source, config, facts):
+                yield problem
             continue
         problem = _bind(mount.source, facts)
         if problem:

@@ -19,7 +19,8 @@ from dagent.contracts import ContainerInfo, Outcome, RunHandle, RunResult, shoul
 from dagent.daemon_faults import explain, is_transient, reason
 from dagent.errors import DaemonError
 from dagent.hostview import DaemonFacts, socket_path, view_error
-from dagent.images import PullProgress, parse_image
+from dagent.images import PullProgress, names_reference, parse_image
+from dagent.policy import VolumeFacts
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, RegistryLogin, container_name
 
 if TYPE_CHECKING:
@@ -120,8 +121,8 @@ class DockerRuntime:
         driver = network.get("Driver") if isinstance(network, dict) else None
         return str(driver) if driver else None
 
-    def volume_device(self, name: str) -> str | None:
-        """The host directory a named volume binds (local driver, o=bind), or None."""
+    def volume(self, name: str) -> VolumeFacts | None:
+        """The named volume's driver and options as the daemon holds them; None when it does not exist."""
         import docker.errors
 
         try:
@@ -130,10 +131,29 @@ class DockerRuntime:
             if isinstance(e.__cause__, docker.errors.NotFound):
                 return None  # it does not exist yet: Docker makes an empty one
             raise
-        options = (volume.get("Options") or {}) if isinstance(volume, dict) else {}
-        binds = "bind" in {o.strip() for o in str(options.get("o") or "").split(",")}
-        device = options.get("device")
-        return str(device) if binds and device else None
+        if not isinstance(volume, dict):
+            raise DaemonError(f"docker: inspect volume {name!r}: unexpected answer")
+        options = volume.get("Options") or {}
+        return VolumeFacts(
+            driver=str(volume.get("Driver") or ""),
+            options={str(k): str(v) for k, v in options.items()} if isinstance(options, dict) else {"?": "?"},
+        )
+
+    def image_names(self, reference: str) -> tuple[str, ...] | None:
+        """The image's names when the daemon resolves `reference` as an image ID; None when as a name, or absent."""
+        import docker.errors
+
+        try:
+            image = self._call(f"inspect image {reference}", partial(self.client.api.inspect_image, reference))
+        except DaemonError as e:
+            if isinstance(e.__cause__, docker.errors.NotFound):
+                return None  # not present: a pull takes the reference as a name
+            raise
+        if not isinstance(image, dict):
+            raise DaemonError(f"docker: inspect image {reference}: unexpected answer")
+        names = [n for n in (image.get("RepoTags") or []) + (image.get("RepoDigests") or []) if isinstance(n, str)]
+        names = [n for n in names if not n.startswith("<none>")]
+        return None if names_reference(names, reference) else tuple(names)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -117,6 +117,9 @@ class ContainerSpec(BaseModel):
             "environment": env,
             "labels": dict(self.labels),
             "privileged": self.privileged,
+            # docker-py would copy the proxies of the agent's ~/.docker/config.json into every
+            # container's environment; they are the agent's, and a proxy URL can hold a password.
+            "use_config_proxy": False,
         }
         optional: dict[str, Any] = {
             "command": list(self.command) if self.command is not None else None,

@@ -6,6 +6,7 @@ Docker or Prefect in a test that claims to test those (the integration tests use
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import threading
@@ -20,6 +21,7 @@ import requests.adapters
 
 from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, utc_now
 from dagent.hostview import DaemonFacts
+from dagent.policy import VolumeFacts
 from dagent.runs import RunRequest
 from dagent.spec import ContainerSpec, Origin
 
@@ -65,7 +67,10 @@ class FakeRuntime:
     def network_driver(self, name: str) -> str | None:
         return None
 
-    def volume_device(self, name: str) -> str | None:
+    def volume(self, name: str) -> VolumeFacts | None:
+        return None
+
+    def image_names(self, reference: str) -> tuple[str, ...] | None:
         return None
 
     def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]:
@@ -210,7 +215,7 @@ class RoutingTransport(requests.adapters.BaseAdapter):
         status, answer = self.handler(request.method, path, body)
         response = requests.Response()
         response.status_code = status
-        response._content = b"" if answer is None else json.dumps(answer).encode()
+        response.raw = io.BytesIO(b"" if answer is None else json.dumps(answer).encode())  # read as a stream
         response.headers["Content-Type"] = "application/json"
         response.request = request
         response.url = request.url

@@ -43,6 +43,7 @@ def lexical_facts(docker: DockerConfig, run: RunRequest, **overrides: Any) -> Ho
         "allowed_roots": tuple(posixpath.normpath(r) for r in docker.allowed_host_paths),
         "protected": (*SENSITIVE_PATHS, *DAEMON_PATHS),
         "view_error": None,
+        "volumes": {m.source: None for m in run.volumes if not m.is_bind},  # none made yet: Docker makes them
     }
     return HostFacts(**{**facts, **overrides})
 
@@ -54,6 +55,7 @@ def docker_request(kwargs: dict[str, Any], version: str = "1.41") -> dict[str, A
 
     args = _create_container_args({**kwargs, "version": version})
     args.pop("name", None)
+    args.pop("use_config_proxy", None)  # APIClient.create_container's own argument, not the body's
     args.setdefault("command", None)
     return dict(ContainerConfig(version, **args))
 

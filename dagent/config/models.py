@@ -84,7 +84,7 @@ class ApiConfig(Section):
     prefetch: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
     """Take runs scheduled up to this many seconds ahead."""
     timeout: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
-    """Seconds before one API request times out."""
+    """Seconds one API request may take, its whole answer read (a retry gets as long again)."""
 
 
 class RegistryAuth(Section):
@@ -172,7 +172,9 @@ class DockerConfig(Section):
     allowed_host_paths: Annotated[list[AbsPath], NoDecode, BeforeValidator(list_from_text)] = []
     """Host directories under which a run may bind-mount; empty allows none."""
     allow_named_volumes: bool = False
-    """Let runs mount named volumes."""
+    """Let runs mount named volumes (of the local driver with no options, or binding an allowed host path)."""
+    allowed_volume_drivers: StrList = []
+    """Volume drivers besides `local` whose named volumes runs may mount (their options are not judged)."""
     allow_privileged: bool = False
     """Let runs ask for `privileged = true`."""
     allow_host_network: bool = False
@@ -215,6 +217,8 @@ class InboxConfig(Section):
 
     path: LocalPath = Field(default=Path("runs"), validate_default=True)
     """Directory holding new/, claimed/, done/, failed/ and cancel/."""
+    max_file_size: Annotated[int, BeforeValidator(parse_bytes), Field(ge=1024, le=1 << 30)] = 1 << 20
+    """Largest run file the inbox reads, e.g. 1m; a larger one is moved to failed/."""
 
 
 class RetryConfig(Section):

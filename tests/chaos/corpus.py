@@ -24,6 +24,7 @@ from dagent.config import load_config
 from dagent.errors import DagentError, PolicyError, RunFileError, SourceError
 from dagent.hostview import DaemonFacts, HostView
 from dagent.images import parse_image
+from dagent.policy import VolumeFacts
 from dagent.runs import parse_run
 from dagent.sources.prefect import PrefectSource
 from dagent.sources.prefect.jobvars import FlowRunContext
@@ -519,6 +520,15 @@ def _attempts(root: Path) -> list[Attempt]:
         Attempt("dbus socket with / allowed", {"volumes": ["/run/dbus:/d"]}, config={"allowed_host_paths": ["/"]}),
         Attempt("home with / allowed", {"volumes": ["/home:/h"]}, config={"allowed_host_paths": ["/"]}),
         Attempt("named volume binding /etc", {"volumes": ["etc-bind:/e"]}, config={"allow_named_volumes": True}),
+        # Local-driver options other than a plain bind reach the host too (issue 27).
+        Attempt("named volume rbind of /etc", {"volumes": ["etc-rbind:/e"]}, config={"allow_named_volumes": True}),
+        Attempt("named volume bind spelled BIND", {"volumes": ["etc-bind-upper:/e"]}, config={"allow_named_volumes": True}),
+        Attempt("named volume overlay of /etc", {"volumes": ["etc-overlay:/e"]}, config={"allow_named_volumes": True}),
+        Attempt("named volume of a block device", {"volumes": ["disk-ext4:/e"]}, config={"allow_named_volumes": True}),
+        Attempt("named volume of another driver", {"volumes": ["plugin-vol:/e"]}, config={"allow_named_volumes": True}),
+        Attempt("image by short ID outside the list", {"image": "0123456789ab"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
+        Attempt("image by sha256 ID outside the list", {"image": "sha256:" + "0123456789ab" * 5 + "0123"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
+        Attempt("image by ID with no names", {"image": "abcdef012345"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
         Attempt("registry port trick 2", {"image": "127.0.0.1:5000.evil.net/x"}, config={"registry_allow_list": ["127.0.0.1:5000"]}),
         # The same through Prefect job variables.
         Attempt("jv privileged", {"image": img, "privileged": True}, via="job-variables"),
@@ -620,6 +630,22 @@ def _network_driver(name: str) -> str | None:
     return "host" if "28ec7caf3aab".startswith(name.lower()) and len(name) >= 5 else "bridge"
 
 
+# What the daemon holds, as the corpus's attempts find it.
+_VOLUMES = {
+    "etc-bind": VolumeFacts("local", {"type": "none", "o": "bind", "device": "/etc"}),
+    "etc-rbind": VolumeFacts("local", {"type": "none", "o": "rbind", "device": "/etc"}),
+    "etc-bind-upper": VolumeFacts("local", {"type": "none", "o": "BIND", "device": "/etc"}),
+    "etc-overlay": VolumeFacts("local", {"type": "overlay", "o": "lowerdir=/etc,upperdir=/tmp/u,workdir=/tmp/w"}),
+    "disk-ext4": VolumeFacts("local", {"type": "ext4", "device": "/dev/sda1"}),
+    "plugin-vol": VolumeFacts("rexray/ebs", {}),
+}
+_IMAGE_NAMES = {
+    "0123456789ab": ("127.0.0.1:6000/evil:1",),
+    "sha256:" + "0123456789ab" * 5 + "0123": ("127.0.0.1:6000/evil:1",),
+    "abcdef012345": (),
+}
+
+
 def try_bypass(attempt: Attempt, root: Path) -> str | None:
     """None when the attempt was refused; else what it got through (judged on docker-py's own request)."""
     auth = [{"registry": "127.0.0.1:5000", "username": "u", "password_file": str(root / "registry-pass")}]
@@ -630,7 +656,7 @@ def try_bypass(attempt: Attempt, root: Path) -> str | None:
     )
     view = HostView(
         config, _daemon(attempt.daemon, root), [root / "agent.toml"], _network_driver,
-        volume_device={"etc-bind": "/etc"}.get,
+        volume=_VOLUMES.get, image_names=_IMAGE_NAMES.get,
     )  # fmt: skip
     try:
         if attempt.via == "job-variables":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dagent.images import normalize_registry, parse_image
+from dagent.images import names_reference, normalize_registry, parse_image
 
 
 @pytest.mark.parametrize(
@@ -94,3 +94,20 @@ def test_pull_progress_counts_layers_and_bytes_over_the_stream() -> None:
     progress.add({"status": "Pull complete", "id": "a"})
     progress.add({"status": "Digest: sha256:00", "id": None})
     assert str(progress) == "2/3 layers, 4.5 of 6.0 MB downloaded"
+
+
+@pytest.mark.parametrize(
+    ("reference", "names", "by_name"),
+    [
+        ("busybox", ["busybox:latest"], True),
+        ("docker.io/library/busybox:latest", ["busybox:latest"], True),
+        ("127.0.0.1:5000/x:1", ["127.0.0.1:5000/x:1"], True),
+        ("x@sha256:" + "ab" * 32, ["x@sha256:" + "ab" * 32], True),
+        ("0123456789ab", ["127.0.0.1:6000/evil:1"], False),  # an ID prefix
+        ("sha256:" + "ab" * 32, ["evil:1"], False),
+        ("busybox:1", ["busybox:latest"], False),
+        ("abcdef", [], False),
+    ],
+)
+def test_names_reference_tells_a_name_from_an_id(reference: str, names: list[str], by_name: bool) -> None:
+    assert names_reference(names, reference) is by_name

@@ -23,7 +23,7 @@ import pytest
 from dagent.config import AgentConfig, DockerConfig, load_config
 from dagent.errors import PolicyError, RunFileError
 from dagent.hostview import DaemonFacts, HostView, Unresolvable, resolve, view_error
-from dagent.policy import HostFacts, check
+from dagent.policy import HostFacts, VolumeFacts, check
 from dagent.runs import RunRequest, parse_run
 from dagent.spec import Origin, build
 from tests.conftest import REPO
@@ -542,8 +542,9 @@ def test_a_named_volume_that_binds_a_host_directory_is_judged_as_that_bind(tmp_p
     """`docker volume create -o type=none -o o=bind -o device=/etc x`: allowing named volumes is not allowing /etc."""
     (tmp_path / "data").mkdir()
     config = _config(allow_named_volumes=True, allowed_host_paths=[str(tmp_path / "data")])
-    devices = {"etc": "/etc", "ok": str(tmp_path / "data")}
-    view = {"volume_device": devices.get}
+    binds = {"etc": "/etc", "ok": str(tmp_path / "data")}
+    devices = {name: VolumeFacts("local", {"type": "none", "o": "bind", "device": d}) for name, d in binds.items()}
+    view = {"volume": devices.get}
     _refused(config, _run(volumes=["etc:/e"]), "volume .etc. binds it", **view)
     assert _judge(config, _run(volumes=["ok:/o", "plain:/p"]), **view).mounts[0].source == "ok"
 
@@ -564,3 +565,86 @@ def test_the_agents_tls_keys_are_protected(tmp_path: Path, monkeypatch: pytest.M
     _refused(config, _run(volumes=[f"{tmp_path}/home/.docker:/d"]), "exposes")
     with_path = _config(allowed_host_paths=[str(tmp_path)], tls={"cert_path": str(keys)})
     _refused(with_path, _run(volumes=[f"{keys}/ca.pem:/c"]), "exposes")
+
+
+# --- named volumes are allow-listed: the local driver with no options, or a bind judged as one -----
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"type": "none", "o": "rbind", "device": "/etc"}, "volume 'v' binds it"),
+        ({"type": "none", "o": "ro,BIND", "device": "/etc"}, "volume 'v' binds it"),
+        ({"type": "none", "o": " bind ", "device": "/etc/../etc"}, "volume 'v' binds it"),
+        ({"type": "overlay", "o": "lowerdir=/etc,upperdir=/tmp/u,workdir=/tmp/w", "device": "overlay"}, "type=overlay"),
+        ({"type": "ext4", "device": "/dev/sda1"}, "type=ext4"),
+        ({"type": "nfs", "o": "addr=127.0.0.1", "device": ":/export"}, "type=nfs"),
+        ({"type": "none", "device": "/etc"}, "does not judge"),  # a device with no bind flag
+        ({"type": "none", "o": "bind", "device": "/srv", "size": "1g"}, "size=1g"),  # an option not understood
+        ({"o": "uid=1000"}, "does not judge"),
+    ],
+)
+def test_a_named_volumes_local_options_are_judged_or_refused(
+    tmp_path: Path, options: dict[str, str], match: str
+) -> None:
+    """Attack first (issue 27): only `o=bind` was judged; rbind, other spellings, overlay and devices passed."""
+    config = _config(allow_named_volumes=True, allowed_host_paths=[str(tmp_path)])
+    view = {"volume": {"v": VolumeFacts("local", options)}.get}
+    _refused(config, _run(volumes=["v:/e:ro"]), match, **view)
+
+
+def test_a_named_volume_binding_an_allowed_path_with_rbind_runs(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    config = _config(allow_named_volumes=True, allowed_host_paths=[str(tmp_path)])
+    data = VolumeFacts("local", {"type": "none", "o": "rbind,ro", "device": str(tmp_path / "data")})
+    view = {"volume": {"v": data, "plain": VolumeFacts("local", {})}.get}
+    assert len(_judge(config, _run(volumes=["v:/e", "plain:/p", "absent:/a"]), **view).mounts) == 3
+
+
+def test_volumes_of_other_drivers_need_allowed_volume_drivers() -> None:
+    view = {"volume": {"v": VolumeFacts("rexray/ebs", {"size": "10"})}.get}
+    _refused(_config(allow_named_volumes=True), _run(volumes=["v:/e"]), "allowed_volume_drivers.*rexray/ebs", **view)
+    _judge(_config(allow_named_volumes=True, allowed_volume_drivers=["rexray/ebs"]), _run(volumes=["v:/e"]), **view)
+
+
+def test_a_named_volume_that_was_not_looked_up_is_refused() -> None:
+    """Pure judgement with no facts fails closed: a volume nobody asked the daemon about is not allowed."""
+    config = _config(allow_named_volumes=True)
+    with pytest.raises(PolicyError, match="was not looked up"):
+        check(config.docker, _run(volumes=["v:/e"]), HostFacts())
+
+
+# --- an image named by ID is judged by the names the daemon holds for it --------------------------
+
+_LISTED = ["127.0.0.1:5000"]
+
+
+@pytest.mark.parametrize(
+    ("image", "names"),
+    [
+        ("0123456789ab", ("127.0.0.1:6000/evil:1",)),
+        ("sha256:" + "ab" * 32, ("127.0.0.1:6000/evil:1", "127.0.0.1:6000/evil@sha256:" + "cd" * 32)),
+        ("abcdef", ()),  # no names at all: built here, or dangling
+    ],
+)
+def test_an_image_named_by_id_outside_the_allow_list_is_refused(image: str, names: tuple[str, ...]) -> None:
+    """Attack first (issue 27): a short or sha256 ID read as a Docker Hub name was judged 'no pull' and ran."""
+    config = _config(registry_allow_list=_LISTED)
+    _refused(config, _run(image=image), "named by ID", image_names={image: names}.get)
+
+
+@pytest.mark.parametrize("names", [("127.0.0.1:5000/ok:1",), ("local/busybox:latest",), ("busybox:1",)])
+def test_an_image_named_by_id_runs_when_one_of_its_names_would(names: tuple[str, ...]) -> None:
+    """A listed registry's name, or a Docker Hub name (present, so run without a pull, as given directly)."""
+    _judge(_config(registry_allow_list=_LISTED), _run(image="0123456789ab"), image_names={"0123456789ab": names}.get)
+
+
+def test_image_ids_are_only_asked_about_with_an_allow_list() -> None:
+    asked: list[str] = []
+
+    def names(reference: str) -> tuple[str, ...] | None:
+        asked.append(reference)
+        return ()
+
+    _judge(_config(), _run(image="0123456789ab"), image_names=names)
+    assert asked == []

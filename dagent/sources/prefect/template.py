@@ -6,6 +6,10 @@ everything else replaced; `a.b` keys set nested values), applied to the `{{ plac
 `job_configuration`. A value written in `job_configuration` without a placeholder is pinned: no job
 variable changes it. `{{ prefect.variables.NAME }}` and `{{ prefect.blocks.TYPE.NAME }}` are left for
 the source to look up (`references`, `resolve`).
+
+One deliberate difference: Prefect's worker fills `{{ $NAME }}` from its own environment, so a job
+variable can copy the worker's secrets (an API key, a registry password) into a container. Here
+`{{ $NAME }}` is always empty: the agent's environment is never a source of job values.
 """
 
 from __future__ import annotations
@@ -52,11 +56,12 @@ def defaults(template: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def render(template: Mapping[str, Any], values: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """The job configuration for these job variables; `environ` answers `{{ $NAME }}` placeholders."""
+def render(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The job configuration for these job variables; `{{ $NAME }}` placeholders render empty."""
     config: dict[str, Any] = copy.deepcopy(dict(template.get("job_configuration") or {}))
     variables = defaults(template)
-    if isinstance(variables.get("env"), dict):  # the pool's default env joins a pinned env table
+    # As Prefect: only a non-empty default env joins (or replaces) the template's env before values apply.
+    if isinstance(variables.get("env"), dict) and variables["env"]:
         config["env"] = (
             {**config["env"], **variables["env"]} if isinstance(config.get("env"), dict) else variables["env"]
         )
@@ -71,11 +76,11 @@ def render(template: Mapping[str, Any], values: Mapping[str, Any], environ: Mapp
     variables.update(nested)
     if isinstance(config.get("env"), dict) and isinstance(variables.get("env"), dict) and variables["env"]:
         config["env"] = {**config["env"], **variables["env"]}
-    rendered = apply(config, variables, environ)
+    rendered = apply(config, variables)
     return rendered if isinstance(rendered, dict) else {}
 
 
-def apply(template: Any, values: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+def apply(template: Any, values: Mapping[str, Any]) -> Any:
     """Fill placeholders: a lone one is replaced by its value (any type), others by its text; unset keys go."""
     if isinstance(template, str):
         found = PLACEHOLDER_RE.findall(template)
@@ -85,17 +90,15 @@ def apply(template: Any, values: Mapping[str, Any], environ: Mapping[str, str]) 
         if len(found) == 1 and found[0][0] == template and not found[0][1].startswith(ENV_PREFIX):
             return lookup(values, found[0][1])
         for whole, name in standard:
-            if name.startswith(ENV_PREFIX):
-                value = environ.get(name[len(ENV_PREFIX) :], NOT_SET)
-            else:
-                value = lookup(values, name)
+            # `$NAME` is never the agent's own environment (see the module's docstring).
+            value = NOT_SET if name.startswith(ENV_PREFIX) else lookup(values, name)
             template = template.replace(whole, "" if value is NOT_SET else str(value))
         return template
     if isinstance(template, dict):
-        filled = {key: apply(value, values, environ) for key, value in template.items()}
+        filled = {key: apply(value, values) for key, value in template.items()}
         return {key: value for key, value in filled.items() if value is not NOT_SET}
     if isinstance(template, list):
-        items = [apply(value, values, environ) for value in template]
+        items = [apply(value, values) for value in template]
         return [value for value in items if value is not NOT_SET]
     return template
 
