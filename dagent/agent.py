@@ -22,7 +22,7 @@ from dagent import reload
 from dagent.cleanup import Cleanup
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, RunHandle, RunResult, Runtime, Source, owned_by
-from dagent.errors import DagentError, PolicyError, one_line
+from dagent.errors import DagentError, InputError, RunFileError, one_line
 from dagent.health import Metrics
 from dagent.hostview import HostView
 from dagent.spec import ContainerSpec, build
@@ -267,11 +267,19 @@ class Agent:
         entry.thread.start()
 
     def _judge(self, claim: Claim) -> ContainerSpec:
-        """The run's spec, judged against the host as it is now; PolicyError if refused."""
+        """The run's spec, judged against the host as it is now; an InputError (refused) if it cannot be had."""
         config, host = self._judged_by
-        return build(config, claim.run, claim.origin, host.facts(claim.run))
+        facts = host.facts(claim.run)  # a DaemonError here is the daemon's trouble: retried
+        try:
+            return build(config, claim.run, claim.origin, facts)
+        except InputError:
+            raise
+        except Exception as e:  # the run's own data broke the build: its problem, never a retry
+            log.debug("run %s: building its spec raised", claim.run.id, exc_info=e)
+            raise RunFileError(f"run {claim.run.id}: cannot be made into a container: {type(e).__name__}: "
+                               f"{one_line(e)}") from e  # fmt: skip
 
-    def _refuse(self, claim: Claim, error: PolicyError) -> None:
+    def _refuse(self, claim: Claim, error: InputError) -> None:
         self.metrics.runs_refused.inc()
         for line in error.lines:
             log.error("%s", line)
@@ -292,14 +300,14 @@ class Agent:
         retrying = Retrying(
             stop=stop_after_attempt(EXECUTE_ATTEMPTS) | stop_when_event_set(self.stopping),
             wait=wait_exponential(multiplier=2.0, max=MAX_RETRY_DELAY),
-            retry=retry_if_not_exception_type(PolicyError),
+            retry=retry_if_not_exception_type(InputError),
             sleep=self._sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
         try:
             retrying(self._finish, entry)
-        except PolicyError as e:  # refused before anything started: nothing to retry
+        except InputError as e:  # refused before anything started: nothing to retry
             self._refuse(entry.claim, e)
         except Exception as e:  # a failing run never takes the loop down
             log.error("run %s: could not be finished (%s); it is taken up at the next start", run_id, one_line(e))
@@ -379,7 +387,7 @@ class Agent:
             result = self.runtime.watch(spec, container, handle, on_line)
             self.metrics.run_duration.labels(result.outcome).observe(time.monotonic() - launched)
             return result
-        except PolicyError:
+        except InputError:
             raise
         except DagentError as e:
             if self.stopping.is_set():

@@ -47,5 +47,13 @@ class SourceError(DagentError):
     """The control plane (Prefect API or inbox directory) failed or answered nonsense."""
 
 
+class SourceUnavailable(SourceError):
+    """The control plane did not answer, or said the agent itself is at fault (401, 408, 429, 5xx).
+
+    A failure of the agent's, never of one run's: it leaves runs as they are and backs the agent off,
+    where any other error met while preparing a run ends that run.
+    """
+
+
 class DaemonError(DagentError):
     """The Docker daemon is unreachable or refused an operation."""

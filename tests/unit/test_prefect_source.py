@@ -16,6 +16,7 @@ import requests
 
 from dagent.config import load_config
 from dagent.contracts import Claim, RunResult
+from dagent.errors import SourceUnavailable
 from dagent.sources.prefect import PrefectSource, listing
 from dagent.sources.prefect import fleet as fleet_module
 from dagent.sources.prefect import lookups as lookups_module
@@ -987,3 +988,107 @@ def test_alone_or_without_the_stream_nothing_is_fetched_by_id(alone: bool) -> No
     assert runs.next(1) is not None and _pool_lists(calls) == 1
     assert not [p for p, _ in calls if p == "/flow_runs/filter"]
     runs.close()
+
+
+# --- every failure that belongs to one run ends that run (issue 27) -------------------------------
+
+_BAD_RUNS = {
+    "bad-registry": {"registry_credentials": {"username": "u", "password": "p", "registry_url": "not a host!!"}},
+    "bad-block": {"env": {"X": {"$ref": {"block_document_id": "filter"}}}},
+    "bad-block-path": {"env": {"X": {"$ref": {"block_document_id": "../../admin/version"}}}},
+    "bad-variable": {"env": {"X": "{{ prefect.variables.gone }}"}},
+    "bad-variable-path": {"env": {"X": "{{ prefect.variables.a..b }}"}},
+}
+
+
+def _refusing_world(**bad: dict[str, Any]) -> tuple[World, Callable[[str, str, Any], tuple[int, Any]]]:
+    world = World([_flow_run("good1"), *(_flow_run(run_id, **variables) for run_id, variables in bad.items()),
+                   _flow_run("good2")])  # fmt: skip
+
+    def call(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path.startswith("/block_documents/filter"):
+            return 405, {"detail": "Method Not Allowed"}
+        if path.startswith("/variables/name/"):
+            return 404, {"detail": "Not Found"}
+        return world(method, path, body)
+
+    return world, call
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_RUNS))
+def test_a_run_with_bad_job_variables_is_crashed_and_the_poll_goes_on(bad: str) -> None:
+    """Attack first: a bad registry_credentials or block lookup raised out of the poll, stranding the runs beside it."""
+    world, call = _refusing_world(**{bad: _BAD_RUNS[bad]})
+    source, transport = _source(call)
+    claims = source.poll(3)
+    assert sorted(c.run.id for c in claims) == ["good1", "good2"]
+    assert world.states[bad]["type"] == "CRASHED", world.states[bad]
+    assert "dagent refused this run" in world.states[bad]["message"]
+    assert [p for _, p, _ in transport.seen if "admin" in p or ".." in p] == []
+
+
+def test_an_exception_of_any_type_while_preparing_a_run_crashes_that_run_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World([_flow_run("good1"), _flow_run("boom"), _flow_run("good2")])
+    source, _ = _source(world)
+    real = source._run_request
+
+    def run_request(run_id: str, variables: Any) -> Any:
+        if run_id == "boom":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(run_id, variables)
+
+    monkeypatch.setattr(source, "_run_request", run_request)
+    assert sorted(c.run.id for c in source.poll(3)) == ["good1", "good2"]
+    assert world.states["boom"]["type"] == "CRASHED" and "RecursionError" in world.states["boom"]["message"]
+
+
+def test_a_restart_with_a_bad_run_of_its_own_pending_crashes_it_and_resumes_the_rest() -> None:
+    world, call = _refusing_world(**{"bad-registry": _BAD_RUNS["bad-registry"]})
+    for run_id in world.runs:
+        world.states[run_id] = {"type": "PENDING", "message": NOTE, "id": "p"}
+    source, _ = _source(call)
+    assert sorted(c.run.id for c in source.recover({}, [])) == ["good1", "good2"]
+    assert world.states["bad-registry"]["type"] == "CRASHED"
+
+
+def test_when_the_api_fails_mid_poll_the_runs_claimed_so_far_are_kept() -> None:
+    """An agent's fault (a 503 after retries) is not the run's: it stays as it is, and earlier claims start."""
+    world = World([_flow_run("good1", "d1"), _flow_run("later", "d2")])
+    world.deployments["d1"] = {"id": "d1", "name": "dep", "job_variables": {}}
+    answer = world.__call__
+
+    def call(method: str, path: str, body: Any) -> tuple[int, Any]:
+        return (503, {"detail": "busy"}) if path.startswith("/deployments/d2") else answer(method, path, body)
+
+    source, _ = _source(call)
+    assert [c.run.id for c in source.poll(2)] == ["good1"]
+    assert world.states["later"]["type"] == "SCHEDULED"
+    with pytest.raises(SourceUnavailable):
+        source.poll(2)  # nothing claimed before the failure: the poll fails and the agent backs off
+
+
+def test_a_run_claimed_before_the_api_failed_is_made_a_claim_at_the_next_poll() -> None:
+    world = World([_flow_run("r1")])
+    failing = {"on": True}
+    answer = world.__call__
+
+    def call(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if failing["on"] and path.startswith("/flows/"):
+            return 503, {"detail": "busy"}
+        return answer(method, path, body)
+
+    world.runs["r1"]["flow_id"] = "f1"
+    source, _ = _source(call)
+    with pytest.raises(SourceUnavailable):
+        source.poll(1)
+    assert world.states["r1"]["type"] == "PENDING"  # ours, not dropped
+    failing["on"] = False
+    assert [c.run.id for c in source.poll(1)] == ["r1"]
+
+
+@pytest.mark.parametrize("run_id", ["../../admin/x?y=", "a/b", "%2e%2e", ""])
+def test_run_ids_that_would_change_a_path_never_reach_one(run_id: str) -> None:
+    world = World([_flow_run(run_id), _flow_run("good")])
+    source, transport = _source(world)
+    assert [c.run.id for c in source.poll(2)] == ["good"]
+    assert all(run_id not in path for _, path, _ in transport.seen if run_id)

@@ -7,9 +7,12 @@ promise a Session is thread-safe), all with the same headers and auth.
 from __future__ import annotations
 
 import collections
+import json
+import re
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -17,11 +20,46 @@ import requests.adapters
 
 from dagent import __version__, retry
 from dagent.config import AgentConfig
-from dagent.errors import SourceError, one_line
+from dagent.errors import SourceError, SourceUnavailable, one_line
 
 TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
+# Answers that say the agent, not the request, is at fault: never one run's problem.
+AGENT_FAULT_STATUS = frozenset({401, 408, 429})
+# The largest answer read: far past any page of runs, short of what would exhaust the agent's memory.
+MAX_ANSWER_BYTES = 32 << 20
+_CHUNK = 64 << 10
+# Prefect's ids are UUIDs; what goes into a path is held to their characters, so no `/`, `.`, `?` or
+# `%` in an id from the server (or a job variable) can point a request at another endpoint.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def path_id(value: Any, what: str = "id") -> str:
+    """A Prefect id fit for a URL path segment; SourceError otherwise, so `../x` never reaches a path."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise SourceError(f"Prefect API: {what} {str(value)[:60]!r} is not a UUID")
+    return value
+
+
+def decode(content: bytes, what: str) -> Any:
+    """JSON from an answer; any failure (not JSON, nested past Python's recursion limit) is a SourceError."""
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError) as e:
+        raise SourceError(f"{what}: the answer is not usable JSON ({type(e).__name__})") from None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    content: bytes
+
+
 # How many of the last answers' round trips tell how busy the server is now.
 ROUND_TRIPS_KEPT = 32
+
+
+class _TooSlow(Exception):
+    """An answer still arriving past its deadline (a server that drips bytes)."""
 
 
 class _Transient(Exception):
@@ -40,6 +78,7 @@ def _is_transient(error: BaseException) -> bool:
             requests.exceptions.ConnectionError,
             requests.exceptions.Timeout,
             requests.exceptions.ChunkedEncodingError,  # an answer cut off mid-body
+            _TooSlow,
         ),
     )
 
@@ -106,41 +145,43 @@ class PrefectClient:
         may have reached the server even though its answer was lost.
         """
         allowed = set(allow)
-
         session = self.session
+        where = f"Prefect API {self.url}: {method} {path}"
 
-        def once() -> requests.Response:
+        def once() -> _Answer:
             with self._lock:
                 self._requests += 1
             if tries is not None:
                 tries.append(1)
             sent = time.monotonic()
-            response = session.request(method, self.url + path, json=body, timeout=self.timeout)
+            response = session.request(method, self.url + path, json=body, timeout=self.timeout, stream=True)
+            try:
+                content = _read(response, sent + self.timeout, where)
+            finally:
+                response.close()
             with self._lock:
                 self._round_trips.append(time.monotonic() - sent)
             if response.status_code in TRANSIENT_STATUS:
                 raise _Transient(f"{method} {path} -> {response.status_code}", _retry_after(response))
-            return response
+            return _Answer(response.status_code, content)
 
         try:
-            response: requests.Response = retry.call(self.retry, _is_transient, f"{method} {path}", once)
-        except (_Transient, requests.exceptions.RequestException) as e:
-            raise SourceError(f"Prefect API {self.url}: {method} {path}: {one_line(e, 200)}") from None
-        if response.status_code in allowed:
+            answer: _Answer = retry.call(self.retry, _is_transient, f"{method} {path}", once)
+        except (_Transient, _TooSlow, requests.exceptions.RequestException) as e:
+            raise SourceUnavailable(f"{where}: {one_line(e, 200)}") from None
+        status = answer.status
+        if status in allowed:
             return None
-        if response.status_code in (401, 403):
-            raise SourceError(
-                f"Prefect API {self.url}: {method} {path} -> {response.status_code}: "
-                "not authorised (check api.token / api.auth_string)"
-            )
-        if response.status_code >= 400:
-            raise SourceError(f"Prefect API {self.url}: {method} {path} -> {response.status_code}: {_detail(response)}")
-        if response.status_code == 204 or not response.content:
+        if status in (401, 403):
+            kind = SourceUnavailable if status == 401 else SourceError
+            raise kind(f"{where} -> {status}: not authorised (check api.token / api.auth_string)")
+        if status >= 500:
+            raise SourceUnavailable(f"{where} -> {status}: {_detail(answer.content)}")
+        if status >= 400:
+            raise SourceError(f"{where} -> {status}: {_detail(answer.content)}")
+        if status == 204 or not answer.content:
             return None
-        try:
-            return response.json()
-        except ValueError:
-            raise SourceError(f"Prefect API {self.url}: {method} {path}: the answer is not JSON") from None
+        return decode(answer.content, where)
 
     def close(self) -> None:
         """Close every thread's connection pool."""
@@ -158,10 +199,25 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def _detail(response: requests.Response) -> str:
+def _read(response: requests.Response, deadline: float, where: str) -> bytes:
+    """The whole body, by its deadline and within MAX_ANSWER_BYTES; a slow drip is a timeout."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(_CHUNK):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise SourceError(f"{where}: the answer is over {MAX_ANSWER_BYTES >> 20} MiB")
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _TooSlow("the whole answer took longer than api.timeout")
+    return b"".join(chunks)
+
+
+def _detail(content: bytes) -> str:
     try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
+        answer = json.loads(content)
+        detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
+    except (ValueError, RecursionError):
+        detail = content[:400].decode("utf-8", "replace")
     text = str(detail).replace("\n", " ")
     return text if len(text) <= 300 else text[:297] + "..."

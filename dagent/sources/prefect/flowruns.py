@@ -9,7 +9,7 @@ from typing import Any
 
 from dagent.errors import SourceError
 from dagent.sources.prefect.claims import FINAL_STATES, taken_since_scheduled
-from dagent.sources.prefect.client import PrefectClient
+from dagent.sources.prefect.client import PrefectClient, path_id
 
 log = logging.getLogger("dagent.prefect")
 
@@ -35,7 +35,7 @@ class FlowRuns:
 
     def state(self, run_id: str) -> dict[str, Any] | None:
         """The run's current state, or None when the run or its state is not there."""
-        flow_run = self.client.call("GET", f"/flow_runs/{run_id}", allow=(404,))
+        flow_run = self.client.call("GET", f"/flow_runs/{path_id(run_id)}", allow=(404,))
         state = (flow_run or {}).get("state")
         return state if isinstance(state, dict) else None
 
@@ -45,7 +45,7 @@ class FlowRuns:
         """Propose a state; a refusal is logged, not raised (Prefect's state machine has the last word)."""
         answer = self.client.call(
             "POST",
-            f"/flow_runs/{run_id}/set_state",
+            f"/flow_runs/{path_id(run_id)}/set_state",
             {"state": {"type": kind, "name": name, "message": message, "state_details": {}}, "force": force},
             allow=(404,),
         )
@@ -60,7 +60,7 @@ class FlowRuns:
         tries: list[int] = []
         answer = self.client.call(
             "POST",
-            f"/flow_runs/{run_id}/set_state",
+            f"/flow_runs/{path_id(run_id)}/set_state",
             {
                 "state": {"type": "PENDING", "name": "Pending", "message": self.note, "state_details": {}},
                 "force": False,
@@ -123,7 +123,7 @@ class FlowRuns:
         return self._put_back_end(run_id, self._since_scheduled(run_id, pending_id))
 
     def _since_scheduled(self, run_id: str, pending_id: Any) -> list[dict[str, Any]]:
-        history = self.client.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
+        history = self.client.call("GET", f"/flow_run_states/?flow_run_id={path_id(run_id)}")
         if not isinstance(history, list):
             raise SourceError(f"Prefect API: GET /flow_run_states/ for {run_id}: expected a list")
         log.debug(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import sys
 import threading
@@ -22,11 +21,11 @@ from urllib.parse import urlsplit
 
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
-from dagent.errors import ConfigError, RunFileError, SourceError, one_line
+from dagent.errors import ConfigError, DagentError, SourceError, SourceUnavailable, one_line
 from dagent.runs import RunRequest
 from dagent.sources.prefect import jobvars, template
 from dagent.sources.prefect.claims import FINAL_STATES, claim_note, claimer
-from dagent.sources.prefect.client import PrefectClient
+from dagent.sources.prefect.client import PrefectClient, path_id
 from dagent.sources.prefect.events import StateEventWatcher
 from dagent.sources.prefect.fleet import position
 from dagent.sources.prefect.flowruns import FlowRuns
@@ -82,6 +81,8 @@ class PrefectSource:
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
         self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
+        # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
+        self._unprepared: dict[str, dict[str, Any]] = {}
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -211,51 +212,105 @@ class PrefectSource:
 
         One listing serves several polls (see ScheduledRuns): a burst costs one list request per
         page of runs, not one per freed slot. A stale entry costs nothing worse than a refused
-        claim (or a claim check that steps back).
+        claim (or a claim check that steps back). Whatever goes wrong with one run's data ends that
+        run; when the API itself fails, the runs claimed so far are still returned.
         """
-        self._scheduled.begin()
         claims: list[Claim] = []
-        while len(claims) < limit:
-            flow_run = self._scheduled.next(limit)
-            if flow_run is None:
-                break
-            claim = self._consider(flow_run)
-            if claim is not None:
-                claims.append(claim)
+        try:
+            for run_id, unprepared in list(self._unprepared.items()):
+                if len(claims) >= limit:
+                    return claims
+                claim = self._prepare(unprepared)
+                self._unprepared.pop(run_id, None)
+                if claim is not None:
+                    claims.append(claim)
+            self._scheduled.begin()
+            while len(claims) < limit:
+                listed = self._scheduled.next(limit)
+                if listed is None:
+                    break
+                claim = self._consider(listed)
+                if claim is not None:
+                    claims.append(claim)
+        except SourceUnavailable as e:
+            if not claims:
+                raise
+            log.warning("poll cut short (%s); starting the %d run(s) already claimed", one_line(e), len(claims))
         return claims
 
     def _consider(self, flow_run: dict[str, Any]) -> Claim | None:
-        run_id = flow_run["id"]
-        deployment = self._lookups.deployment(flow_run.get("deployment_id"))
         try:
+            run_id = path_id(flow_run.get("id"), "flow run id")
+        except SourceError as e:
+            log.warning("leaving a listed flow run: %s", e)
+            return None
+        try:
+            deployment = self._lookups.deployment(flow_run.get("deployment_id"))
             variables = self._job_variables(flow_run, deployment)
-        except RunFileError as e:
+        except SourceUnavailable:
+            raise  # the agent's own trouble: the run stays scheduled for whoever can reach the API
+        except Exception as e:
             # Its job configuration cannot be made (a missing variable or block): whoever claims it says why.
-            if self._claim(run_id, listed_at=self._scheduled.listed_at):
-                claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
-                self.refuse(claim, str(e))
+            if self._claim_or_leave(run_id):
+                self._refuse_run(run_id, e)
             return None
         required = variables.get("required_labels") or []
         if not isinstance(required, list) or not set(map(str, required)) <= self.labels:
             log.debug("leaving flow run %s: needs labels %s", run_id, required)
             return None
-        if not self._claim(run_id, listed_at=self._scheduled.listed_at):
+        if not self._claim_or_leave(run_id):
+            return None
+        try:
+            return self._to_claim(flow_run, deployment, variables)
+        except SourceUnavailable:
+            self._unprepared[run_id] = flow_run  # ours now: made into a claim at the next poll
+            raise
+
+    def _claim_or_leave(self, run_id: str) -> bool:
+        """_claim, where an answer about this run alone (a 4xx) leaves the run instead of failing the poll."""
+        try:
+            return self._claim(run_id, listed_at=self._scheduled.listed_at)
+        except SourceUnavailable:
+            raise
+        except SourceError as e:
+            log.warning("flow run %s: cannot claim it (%s); leaving it", run_id, one_line(e))
+            return False
+
+    def _prepare(self, flow_run: dict[str, Any]) -> Claim | None:
+        """The Claim for a run already ours (resumed, or claimed while the API failed); a bad one is CRASHED."""
+        try:
+            deployment = self._lookups.deployment(flow_run.get("deployment_id"))
+            variables = self._job_variables(flow_run, deployment)
+        except SourceUnavailable:
+            raise
+        except Exception as e:
+            self._refuse_run(flow_run["id"], e)
             return None
         return self._to_claim(flow_run, deployment, variables)
 
     def _to_claim(
         self, flow_run: dict[str, Any], deployment: dict[str, Any] | None, variables: Mapping[str, Any]
     ) -> Claim | None:
-        """The Claim for a run that is ours; a run with bad job variables is CRASHED with why, once."""
+        """The Claim for a run that is ours; a run whose data cannot be made into one is CRASHED with why, once."""
         run_id = flow_run["id"]
         try:
             run = self._run_request(run_id, variables)
-        except RunFileError as e:
-            claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
-            self.refuse(claim, str(e))
+            context = FlowRunContext(flow_run, deployment, self._lookups.flow_name(flow_run.get("flow_id")))
+            origin = self._origin(run_id, context, variables)
+        except SourceUnavailable:
+            raise
+        except Exception as e:  # any type: one run's data never stops the poll, recover or the start
+            self._refuse_run(run_id, e)
             return None
-        context = FlowRunContext(flow_run, deployment, self._lookups.flow_name(flow_run.get("flow_id")))
-        return Claim(run, self._origin(run_id, context, variables), run_id)
+        return Claim(run, origin, run_id)
+
+    def _refuse_run(self, run_id: str, error: BaseException) -> None:
+        """End a claimed run whose data is bad: CRASHED with why (a bug's exception names its type)."""
+        if not isinstance(error, DagentError):
+            log.debug("flow run %s: preparing it raised", run_id, exc_info=error)
+        reason = str(error) if isinstance(error, DagentError) else f"{type(error).__name__}: {one_line(error)}"
+        claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
+        self.refuse(claim, reason)
 
     def _claim(self, run_id: str, listed_at: float) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
@@ -275,7 +330,7 @@ class PrefectSource:
     def _job_variables(self, flow_run: Mapping[str, Any], deployment: Mapping[str, Any] | None) -> dict[str, Any]:
         """The run's job configuration, rendered from the pool's base job template as Prefect renders it."""
         values = template.job_variables((deployment or {}).get("job_variables"), flow_run.get("job_variables"))
-        config = template.render(self.pool_template, values, os.environ)
+        config = template.render(self.pool_template, values)
         if template.references(config):
             config = template.resolve(config, self._lookups.reference)
         if "required_labels" in values and "required_labels" not in config:
@@ -340,7 +395,7 @@ class PrefectSource:
         leaves them out: the container's io.prefect.worker-name label and infrastructure_pid say it.
         """
         self.client.call(
-            "PATCH", f"/flow_runs/{claim.handle}", {"infrastructure_pid": f"{self.hostname}:{container_id}"}
+            "PATCH", f"/flow_runs/{path_id(claim.handle)}", {"infrastructure_pid": f"{self.hostname}:{container_id}"}
         )
 
     def report(self, claim: Claim, result: RunResult) -> None:
@@ -450,39 +505,46 @@ class PrefectSource:
             or []
         )
         claims: list[Claim] = []
-        for flow_run in found:
-            if not isinstance(flow_run, dict) or not isinstance(flow_run.get("id"), str):
+        for flow_run in found if isinstance(found, list) else []:
+            if not isinstance(flow_run, dict):
                 continue
-            run_id = flow_run["id"]
-            state = flow_run.get("state") or {}
-            host, _, container_id = str(flow_run.get("infrastructure_pid") or "").partition(":")
-            ours_pending = state.get("type") == "PENDING" and state.get("message") == self._claim_note
-            info = containers.get(run_id)
-            if owned_by(info, self.worker):
-                claim = self._resume(flow_run)  # adopt the container (running, or finished and unreported)
-            elif info is None and ours_pending and not self._runs.claim_stands(run_id, state.get("id")):
-                # Our claim revived a run that had already ended, and we died before its check: it
-                # has stepped back now, the run's end put back.
-                continue
-            elif info is None and ours_pending and not container_id:
-                claim = self._resume(flow_run)  # claimed, never started: run it now
-            elif host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
-                # Whoever started it, its container is gone from this host's daemon.
-                log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
-                self._runs.set_state(
-                    run_id, "CRASHED", "Crashed", "Crashed: the run's container is gone (agent restarted)"
-                )
-                continue
-            else:
+            try:
+                path_id(flow_run.get("id"), "flow run id")
+                claim = self._recover_one(flow_run, containers, live)
+            except SourceUnavailable:
+                raise  # the agent's own trouble: the start fails and is tried again
+            except SourceError as e:  # an answer about this run alone: it waits for the next start
+                log.warning("flow run %s: cannot recover it (%s)", str(flow_run.get("id"))[:60], one_line(e))
                 continue
             if claim is not None:
                 claims.append(claim)
         return claims
 
+    def _recover_one(
+        self, flow_run: dict[str, Any], containers: Mapping[str, ContainerInfo], live: Collection[str]
+    ) -> Claim | None:
+        run_id = flow_run["id"]
+        state = flow_run.get("state") or {}
+        host, _, container_id = str(flow_run.get("infrastructure_pid") or "").partition(":")
+        ours_pending = state.get("type") == "PENDING" and state.get("message") == self._claim_note
+        info = containers.get(run_id)
+        if owned_by(info, self.worker):
+            return self._resume(flow_run)  # adopt the container (running, or finished and unreported)
+        if info is None and ours_pending and not self._runs.claim_stands(run_id, state.get("id")):
+            # Our claim revived a run that had already ended, and we died before its check: it
+            # has stepped back now, the run's end put back.
+            return None
+        if info is None and ours_pending and not container_id:
+            return self._resume(flow_run)  # claimed, never started: run it now
+        if host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
+            # Whoever started it, its container is gone from this host's daemon.
+            log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
+            self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: the run's container is gone (agent restarted)")
+        return None
+
     def _resume(self, flow_run: dict[str, Any]) -> Claim | None:
-        deployment = self._lookups.deployment(flow_run.get("deployment_id"))
         # A run that cannot be resumed is CRASHED with why: never left PENDING to fail at every restart.
-        claim = self._to_claim(flow_run, deployment, self._job_variables(flow_run, deployment))
+        claim = self._prepare(flow_run)
         if claim is not None:
             self._track(flow_run["id"], mine=True)
         return claim
