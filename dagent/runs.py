@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shlex
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -12,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from dagent._compat import tomllib
 from dagent.config import EnvName, Volume, check_device, describe_error
-from dagent.errors import RunFileError
+from dagent.errors import RunFileError, one_line
 from dagent.images import parse_image
 from dagent.units import MAX_CPUS, MAX_GPUS, MAX_SECONDS, MIN_CPUS, MIN_MEMORY, parse_bytes
 
@@ -201,23 +204,71 @@ class RunRequest(BaseModel):
         return data
 
 
-def load_run_file(path: str | Path) -> RunRequest:
-    """Load and validate a run file (host paths are resolved later, when judged). Raises RunFileError."""
-    path = Path(path)
+# The largest run file read unless inbox.max_file_size says otherwise: a run file is a page of TOML.
+MAX_RUN_FILE = 1 << 20
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+
+
+def shown_path(path: str | Path) -> str:
+    """A file name fit for one log line: escaped when it holds a newline or another unprintable character."""
+    text = str(path)
+    return text if text.isprintable() else ascii(text)
+
+
+def read_run_file(path: str | Path, max_size: int = MAX_RUN_FILE) -> str:
+    """A run file's text: a regular file (or a symbolic link to one), opened without blocking, at most
+    `max_size` bytes of UTF-8. RunFileError naming the file for anything else (a loop, a FIFO, a device)."""
+    shown = shown_path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        raise RunFileError(f"{path}: cannot read: {e.strerror}") from None
+        why = {errno.ELOOP: "a loop of symbolic links", errno.ENOENT: "missing (or a dangling symbolic link)"}
+        raise RunFileError(f"{shown}: cannot read: {why.get(e.errno or 0, e.strerror)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+            raise RunFileError(f"{shown}: not a regular file ({kind})")
+        data = os.read(fd, max_size + 1)
+        while len(data) <= max_size and (more := os.read(fd, max_size + 1 - len(data))):
+            data += more
+    except OSError as e:
+        raise RunFileError(f"{shown}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_size:
+        raise RunFileError(f"{shown}: larger than {_size(max_size)} (inbox.max_file_size)")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise RunFileError(f"{path}: not UTF-8 text") from None
+        raise RunFileError(f"{shown}: not UTF-8 text") from None
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def load_run_file(path: str | Path, max_size: int = MAX_RUN_FILE) -> RunRequest:
+    """Load and validate a run file (host paths are resolved later, when judged). Raises RunFileError.
+
+    Any failure of the parser is bad input too: TOML nested past the recursion limit, or an integer
+    past Python's digit limit, raise other exceptions than TOMLDecodeError.
+    """
+    path = Path(path)
+    text = read_run_file(path, max_size)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise RunFileError(f"{path}: invalid TOML: {e}") from None
+        raise RunFileError(f"{shown_path(path)}: invalid TOML: {one_line(e)}") from None
+    except (RecursionError, ValueError, MemoryError) as e:
+        raise RunFileError(f"{shown_path(path)}: invalid TOML: {type(e).__name__}: {one_line(e, 120)}") from None
     data.setdefault("id", path.name.removesuffix(".toml"))
-    return parse_run(data, str(path))
+    return parse_run(data, shown_path(path))
 
 
 def parse_run(data: dict[str, Any], origin: str) -> RunRequest:
-    """Validate a run given as a mapping (a file's table, a source's job variables)."""
+    """Validate a run given as a mapping (a file's table, a source's job variables); RunFileError if bad."""
     try:
         run = RunRequest.model_validate(data)
     except ValidationError as e:
@@ -227,4 +278,8 @@ def parse_run(data: dict[str, Any], origin: str) -> RunRequest:
             # A whole-run check names its own key path in its message.
             lines.append(f"{origin}: {dotted}: {message}" if dotted else f"{origin}: {message}")
         raise RunFileError(lines) from None
+    except RecursionError:
+        raise RunFileError(f"{origin}: nested too deeply to be a run") from None
+    except Exception as e:  # a validator's own failure on input nobody foresaw is still bad input
+        raise RunFileError(f"{origin}: cannot be read as a run ({type(e).__name__}: {one_line(e, 120)})") from None
     return run

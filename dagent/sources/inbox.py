@@ -13,8 +13,8 @@ from pathlib import Path
 from dagent import durable
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
-from dagent.errors import RunFileError, SourceError
-from dagent.runs import load_run_file
+from dagent.errors import RunFileError, SourceError, one_line
+from dagent.runs import load_run_file, shown_path
 from dagent.spec import Origin
 
 log = logging.getLogger("dagent.inbox")
@@ -35,6 +35,7 @@ class InboxSource:
 
     def __init__(self, config: AgentConfig) -> None:
         self.root = config.inbox.path
+        self.max_size = config.inbox.max_file_size
         self.agent = config.name
         self.labels = frozenset(config.labels)
         self.new, self.done, self.failed, self.cancel = (self.root / d for d in ("new", "done", "failed", "cancel"))
@@ -65,9 +66,9 @@ class InboxSource:
         claims = []
         for path in sorted(self.mine.glob("*.toml")):
             try:
-                run = load_run_file(path)
-            except RunFileError as e:
-                self._move_to_failed(path, str(e))
+                run = load_run_file(path, self.max_size)
+            except Exception as e:  # any entry's failure is that entry's: never the start's
+                self._move_to_failed(path, _why(path, e))
                 continue
             claim = Claim(run=run, origin=Origin(source=self.name), handle=path)
             if (self.done / f"{run.id}.json").exists():
@@ -84,42 +85,66 @@ class InboxSource:
         return claims
 
     def poll(self, limit: int) -> Sequence[Claim]:
-        """Claim up to `limit` runs from new/, oldest first, whose labels this agent has."""
+        """Claim up to `limit` runs from new/, oldest first, whose labels this agent has.
+
+        Every entry is its own problem: one that cannot be read (a loop, a FIFO, a device, too big,
+        not UTF-8, not TOML) is moved to failed/ with why, and the poll goes on to the next.
+        """
         claims: list[Claim] = []
-        try:
-            entries = sorted(self.new.glob("*.toml"), key=_age_key)
-        except OSError as e:
-            raise SourceError(f"inbox {self.new}: cannot list: {e.strerror}") from None
-        for path in entries:
+        for path in self._entries():
             if len(claims) >= limit:
                 break
-            with contextlib.suppress(FileNotFoundError):  # another agent took it meanwhile
+            try:
                 claim = self._try_claim(path)
-                if claim is not None:
-                    claims.append(claim)
+            except FileNotFoundError:
+                continue  # another agent took it meanwhile
+            except Exception as e:
+                self._move_to_failed(path, _why(path, e))
+                continue
+            if claim is not None:
+                claims.append(claim)
         return claims
 
+    def _entries(self) -> list[Path]:
+        """new/*.toml, oldest first by the entry itself (lstat: a link's target is not looked at here)."""
+        found: list[tuple[float, str, Path]] = []
+        try:
+            with os.scandir(self.new) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.name.endswith(".toml"):
+                        continue
+                    try:
+                        mtime = entry.stat(follow_symlinks=False).st_mtime
+                    except OSError:
+                        continue  # gone meanwhile
+                    found.append((mtime, entry.name, Path(entry.path)))
+        except OSError as e:
+            raise SourceError(f"inbox {self.new}: cannot list: {e.strerror}") from None
+        return [path for _, _, path in sorted(found)]
+
     def _try_claim(self, path: Path) -> Claim | None:
-        mtime = path.stat().st_mtime
+        mtime = path.lstat().st_mtime
         if self._left.get(path.name) == mtime:
             return None
         try:
-            run = load_run_file(path)
+            run = load_run_file(path, self.max_size)
         except RunFileError as e:
             self._move_to_failed(path, str(e))
             return None
         if not set(run.labels) <= self.labels:
             self._left[path.name] = mtime
-            log.debug("leaving %s: needs labels %s", path.name, sorted(set(run.labels) - self.labels))
+            log.debug("leaving %s: needs labels %s", shown_path(path.name), sorted(set(run.labels) - self.labels))
             return None
         target = self.mine / f"{run.id}.toml"
         if target.exists() or (self.done / f"{run.id}.json").exists():
-            self._move_to_failed(path, f"{path}: id: run id {run.id!r} is already claimed or done; ids must be unique")
+            self._move_to_failed(
+                path, f"{shown_path(path)}: id: run id {run.id!r} is already claimed or done; ids must be unique"
+            )
             return None
         durable.rename(path, target)  # the claim: exactly one agent's rename succeeds
         self._left.pop(path.name, None)
         claim = Claim(run=run, origin=Origin(source=self.name), handle=target)
-        log.info("claimed run %s (%s)", run.id, path.name)
+        log.info("claimed run %s (%s)", run.id, shown_path(path.name))
         if (self.cancel / run.id).exists():
             self.report(claim, RunResult.not_started(run.id, "cancelled", "cancelled before it started"))
             return None
@@ -202,12 +227,18 @@ class InboxSource:
     def _move_to_failed(self, path: Path, reason: str, quiet: bool = False) -> None:
         target = self.failed / path.name
         n = 1
-        while target.exists():
+        while os.path.lexists(target):  # the entry itself: a link in failed/ may point anywhere, or loop
             target = self.failed / f"{path.stem}.{n}{path.suffix}"
             n += 1
         try:
             durable.rename(path, target)  # only one agent moves it
         except FileNotFoundError:
+            return
+        except OSError as e:
+            # Left where it is, and not read again until it changes: one line, not one per poll.
+            with contextlib.suppress(OSError):
+                self._left[path.name] = path.lstat().st_mtime
+            log.error("%s; and it cannot be moved to %s: %s", reason.splitlines()[0], self.failed, e.strerror)
             return
         durable.write(target.with_name(target.name + ".error"), reason + "\n")
         if not quiet:
@@ -215,8 +246,8 @@ class InboxSource:
                 log.error("%s", line)
 
 
-def _age_key(path: Path) -> tuple[float, str]:
-    try:
-        return (path.stat().st_mtime, path.name)
-    except FileNotFoundError:
-        return (float("inf"), path.name)
+def _why(path: Path, error: BaseException) -> str:
+    """An entry's failure as its one reason line, naming the file."""
+    if isinstance(error, RunFileError):
+        return str(error)
+    return f"{shown_path(path)}: cannot be taken: {type(error).__name__}: {one_line(error)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -162,3 +163,66 @@ def test_systemd_unit_runs_a_valid_command() -> None:
         build_parser().parse_args(argv[1:])
     assert unit["Service"]["KillSignal"] == "SIGTERM" and unit["Service"]["RestartPreventExitStatus"] == "2"
     assert unit["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the agent reloads on SIGHUP
+
+
+def _bad_entries(new: Path, elsewhere: Path) -> dict[str, str]:
+    """Entries of new/ that are not run files to read, → what their reason must say."""
+    os.symlink("loop.toml", new / "loop.toml")
+    os.mkfifo(new / "fifo.toml")
+    os.symlink("/dev/zero", new / "zero.toml")
+    os.symlink(elsewhere / "missing.toml", new / "dangling.toml")
+    (new / "dir.toml").mkdir()
+    (new / "big.toml").write_text("# padding\n" * 120_000)
+    (new / "latin1.toml").write_bytes(b'image = "caf\xe9"\n')
+    (new / "deep.toml").write_text('image = "busybox"\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
+    (new / "digits.toml").write_text('image = "busybox"\nx = ' + "1" * 5000 + "\n")
+    (new / "line\nbreak.toml").write_text("not toml")
+    return {
+        "loop.toml": "loop of symbolic links",
+        "fifo.toml": "not a regular file (a FIFO)",
+        "zero.toml": "not a regular file (a character device)",
+        "dangling.toml": "dangling symbolic link",
+        "dir.toml": "not a regular file (a directory)",
+        "big.toml": "larger than 1 MiB",
+        "latin1.toml": "not UTF-8",
+        "deep.toml": "RecursionError",
+        "digits.toml": "digits",
+        "line\nbreak.toml": "invalid TOML",
+    }
+
+
+def test_entries_that_are_not_run_files_move_aside_and_the_good_file_behind_them_runs(tmp_path: Path) -> None:
+    """Attack first (issue 27): a symlink loop failed every listing, a FIFO blocked the poll for good,
+    /dev/zero read until memory ran out, and parser errors other than TOMLDecodeError escaped."""
+    source = _source(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    good = tmp_path / "elsewhere" / "good.toml"
+    good.write_text('image = "busybox"\n')
+    expected = _bad_entries(source.new, tmp_path / "elsewhere")
+    os.symlink(good, source.new / "zz-linked.toml")  # a link to a regular file is still a run file
+    _drop(source, "zz-good")
+    claims = source.poll(10)
+    assert sorted(c.run.id for c in claims) == ["zz-good", "zz-linked"]
+    for name, reason in expected.items():
+        assert os.path.lexists(source.failed / name), name
+        error = (source.failed / (name + ".error")).read_text()
+        assert reason in error, (name, error)
+        assert error.count("\n") == 1, error  # one line, the file name escaped
+    assert os.listdir(source.new) == []
+
+
+def test_a_bad_file_already_in_failed_is_not_overwritten_by_a_link_of_the_same_name(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    os.symlink("loop.toml", source.failed / "loop.toml")  # a loop left in failed/ earlier
+    os.symlink("loop.toml", source.new / "loop.toml")
+    assert source.poll(1) == []
+    assert os.path.lexists(source.failed / "loop.1.toml")
+
+
+def test_max_file_size_is_configurable(tmp_path: Path) -> None:
+    config = load_config({"name": "a", "inbox": {"path": str(tmp_path / "inbox"), "max_file_size": "2k"}},
+                         environ={}).config  # fmt: skip
+    source = InboxSource(config)
+    source.connect()
+    _drop(source, "r1", 'image = "busybox"\n' + "# x\n" * 1000)
+    assert source.poll(1) == [] and "larger than 2048 bytes" in (source.failed / "r1.toml.error").read_text()
