@@ -12,7 +12,7 @@ from typing import Any
 
 from dagent import __version__
 from dagent.config import MASK
-from dagent.errors import ConfigError, DaemonError, DagentError, InputError, PolicyError
+from dagent.errors import ConfigError, DaemonError, DagentError, InputError, PolicyError, one_line
 from dagent.flags import WORKER_FLAGS, add_config_flags, cli_overrides, toml_value
 from dagent.naming import StableName
 
@@ -404,6 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout closed early (`dagent config show | head`): not an error of ours.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
+    except Exception as e:  # a bug of ours: still one line, the traceback at debug level
+        logging.getLogger("dagent").debug("internal error", exc_info=e)
+        print(f"dagent: error: internal error: {type(e).__name__}: {one_line(e)} (a bug; "
+              "DAGENT_LOG_LEVEL=debug shows where)", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

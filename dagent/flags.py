@@ -108,8 +108,8 @@ def toml_value(value: Any) -> str:
         return toml_str(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_str(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, dict):  # TOML has no null: an unset key in a table is left out
+        return "{" + ", ".join(f"{toml_str(k)} = {toml_value(v)}" for k, v in value.items() if v is not None) + "}"
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 

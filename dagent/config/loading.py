@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from dagent.config.models import AgentConfig, Section
 from dagent.config.pending import PendingSources, find_config_file, make_sources, pending_sources
 from dagent.config.types import ENV_CONFIG, ENV_PREFIX, env_name, get_path
 from dagent.errors import ConfigError
+
+log = logging.getLogger("dagent.config")
 
 # --- loading -----------------------------------------------------------------------------------
 
@@ -54,7 +58,38 @@ def load_config(
         raise ConfigError(_error_lines(e, cli, pending, path)) from None
     finally:
         pending_sources.reset(token)
-    return LoadedConfig(config=config, sources=_provenance(cli, pending), path=path)
+    loaded = LoadedConfig(config=config, sources=_provenance(cli, pending), path=path)
+    _warn_exposed_secrets(loaded, pending)
+    return loaded
+
+
+def _warn_exposed_secrets(loaded: LoadedConfig, pending: PendingSources) -> None:
+    """Say where a secret can be read by others: a flag (in the process list), a file others may read."""
+    config = loaded.config
+    if loaded.sources.get("api.token") == "cli":
+        log.warning("--token is visible to every user in the process list (/proc/PID/cmdline); "
+                    "use api.token_file or DAGENT_API__TOKEN")  # fmt: skip
+    file_secrets = [
+        key for key in ("api.token", "api.auth_string") if get_path(pending.toml(), tuple(key.split("."))) is not None
+    ]
+    auth = get_path(pending.toml(), ("docker", "registry_auth"))
+    if isinstance(auth, list) and any(isinstance(a, Mapping) and a.get("password") is not None for a in auth):
+        file_secrets.append("docker.registry_auth.password")
+    if loaded.path is not None and file_secrets and _readable_by_others(loaded.path):
+        log.warning("%s holds %s and is readable by other users; chmod 600 it",
+                    loaded.path, ", ".join(file_secrets))  # fmt: skip
+    for entry in config.docker.registry_auth:
+        if entry.password_file is not None and _readable_by_others(entry.password_file):
+            log.warning("docker.registry_auth.password_file %s is readable by other users; chmod 600 it",
+                        entry.password_file)  # fmt: skip
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        mode = path.expanduser().stat().st_mode
+    except (OSError, RuntimeError):
+        return False  # read (and reported) where it is used
+    return os.name == "posix" and bool(mode & (stat.S_IRGRP | stat.S_IROTH))
 
 
 def _layers(cli: Mapping[str, Any], pending: PendingSources) -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -223,9 +223,19 @@ def check_address(value: str) -> str:
     return value
 
 
+def redact_url(value: str) -> str:
+    """A URL fit to show: any user name and password before `@` in its authority replaced by ***."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@", r"\1***@", value)
+
+
 def check_http_url(value: str) -> str:
+    # Credentials in the URL would be printed wherever the URL is (logs, errors, `config show`).
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@", value):
+        raise ValueError(
+            f"{redact_url(value)!r} holds a user name or password; give them in api.auth_string (or api.token)"
+        )
     if not re.fullmatch(r"https?://[^/\s]+(?:/\S*)?", value):
-        raise ValueError(f"{value!r} is not an http(s):// URL")
+        raise ValueError(f"{redact_url(value)!r} is not an http(s):// URL")
     return value.rstrip("/")
 
 
