@@ -42,6 +42,8 @@ def is_transient(error: BaseException) -> bool:
     """True for faults worth retrying: connection errors, timeouts, 408/429/5xx from the daemon."""
     import docker.errors
 
+    if tls_failure(error):
+        return False  # a certificate the client does not trust stays untrusted: one line at once
     if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, CUT_SHORT)):
         return True
     if isinstance(error, docker.errors.APIError):
@@ -54,6 +56,24 @@ def is_transient(error: BaseException) -> bool:
         # docker-py wraps "cannot connect" at client creation in a bare DockerException.
         cause = error.__cause__ or error.__context__
         return isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+    return False
+
+
+# What a TLS handshake says when a certificate (or the protocol) is wrong: no retry changes that. An
+# EOF in the handshake is left transient, as a daemon restarting mid-handshake looks the same.
+PERMANENT_TLS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "unknown ca", "bad certificate",
+                 "certificate required", "WRONG_VERSION_NUMBER", "wrong version number")  # fmt: skip
+
+
+def tls_failure(error: BaseException) -> bool:
+    """True for a TLS handshake that failed on a certificate (requests' SSLError is a ConnectionError)."""
+    seen: BaseException | None = error
+    for _ in range(5):  # docker-py wraps the requests error in a DockerException
+        if seen is None:
+            return False
+        if isinstance(seen, requests.exceptions.SSLError):
+            return any(marker in str(seen) for marker in PERMANENT_TLS)
+        seen = seen.__cause__ or seen.__context__
     return False
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -66,14 +68,50 @@ class Metrics:
         PlatformCollector(registry=self.registry)
 
 
+# Whoever reaches the port could otherwise hold a thread and a socket each for ever (a half-sent
+# request): each connection gets CONNECTION_TIMEOUT seconds in all, and at most MAX_CONNECTIONS are
+# served at once; others are closed at once.
+CONNECTION_TIMEOUT = 5.0
+MAX_CONNECTIONS = 32
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("health: %d connections open; closing one from %s", MAX_CONNECTIONS, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A dropped or timed-out connection is the client's business: one debug line, never a raw traceback.
+        error = sys.exc_info()[1]
+        log.debug("health: connection from %s ended: %s", client_address, type(error).__name__)
+
+
 class HealthServer:
     """A small HTTP server in a daemon thread; `status()` returns (healthy, details)."""
 
     def __init__(self, address: str, status: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics) -> None:
         host, _, port = address.rpartition(":")
         handler = _handler(status, metrics)
-        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
-        self.server.daemon_threads = True
+        self.server = _BoundedServer((host.strip("[]"), int(port)), handler)
         self.address = f"{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
 
@@ -90,6 +128,19 @@ class HealthServer:
 
 def _handler(status: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = CONNECTION_TIMEOUT  # each read and write of the connection's socket
+
+        def setup(self) -> None:
+            super().setup()
+            self._deadline = time.monotonic() + CONNECTION_TIMEOUT
+
+        def handle_one_request(self) -> None:
+            # One request per connection's whole time: a client that drips headers is cut off too.
+            if time.monotonic() > self._deadline:
+                self.close_connection = True
+                return
+            super().handle_one_request()
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")
             if path in ("/health", "/api/health"):

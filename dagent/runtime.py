@@ -39,6 +39,8 @@ def _container_time(container: Container, key: str) -> str | None:
     return None if not value or value.startswith("0001-") else _parse_time(value).isoformat(timespec="milliseconds")
 
 
+# A ping's answer this fresh is the daemon's answer now.
+PING_FRESH = 1.0
 # Seconds between two progress lines of one pull.
 PULL_PROGRESS_EVERY = 5.0
 
@@ -52,6 +54,7 @@ class DockerRuntime:
         self._client: docker.DockerClient | None = None
         self._health: docker.APIClient | None = None
         self._health_lock = threading.Lock()  # the health server and the agent loop both ping
+        self._pinged: tuple[float, bool] | None = None  # (when, answer) of the last ping
         self._lock = threading.Lock()
 
     def reconfigure(self, config: AgentConfig) -> None:
@@ -404,14 +407,19 @@ class DockerRuntime:
         return result
 
     def ping(self) -> bool:
-        """True when the daemon answers a ping now: one try, 2 s at most (for health checks)."""
+        """True when the daemon answers a ping: one try, 2 s at most; an answer under PING_FRESH old is reused,
+        so a flood of health checks against a slow daemon waits for one ping, not one each."""
         with self._health_lock:
+            if self._pinged is not None and time.monotonic() - self._pinged[0] < PING_FRESH:
+                return self._pinged[1]
             try:
                 if self._health is None:
                     self._health = dockerclient.api_client(self.config, self.client.api.api_version, timeout=2)
-                return bool(self._health.ping())
+                up = bool(self._health.ping())
             except Exception:
-                return False
+                up = False
+            self._pinged = (time.monotonic(), up)
+            return up
 
     # --- listing and clean-up --------------------------------------------------------------------
 

@@ -77,3 +77,13 @@ def test_a_refused_handshake_without_a_client_certificate_names_the_key(text: st
 def test_an_eof_with_a_client_certificate_sent_does_not_claim_one_is_missing() -> None:
     said = reason(requests.exceptions.SSLError(_EOF), sent_no_client_cert=False)
     assert "wants a client certificate" not in said and "docker.tls.client_cert" in said
+
+
+def test_a_certificate_the_client_does_not_trust_is_not_retried() -> None:
+    """Attack first (issue 27): requests' SSLError is a ConnectionError, so a wrong CA was retried four times."""
+    verify = "HTTPSConnectionPool(host='127.0.0.1', port=1): Max retries exceeded (Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate (_ssl.c:1006)')))"
+    assert not is_transient(requests.exceptions.SSLError(verify))
+    wrapped = docker.errors.DockerException("Error while fetching server API version")
+    wrapped.__cause__ = requests.exceptions.SSLError(verify)
+    assert not is_transient(wrapped)
+    assert is_transient(requests.exceptions.SSLError(_EOF))  # a handshake cut short may be a restart

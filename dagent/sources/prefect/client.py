@@ -20,6 +20,7 @@ import requests.adapters
 
 from dagent import __version__, retry
 from dagent.config import AgentConfig
+from dagent.daemon_faults import tls_failure
 from dagent.errors import SourceError, SourceUnavailable, one_line
 
 TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
@@ -71,6 +72,8 @@ class _Transient(Exception):
 
 
 def _is_transient(error: BaseException) -> bool:
+    if tls_failure(error):
+        return False  # an untrusted certificate stays untrusted: said once, at once
     return isinstance(
         error,
         (

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import ssl
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from tenacity import RetryCallState, Retrying, stop_when_event_set, wait_exponential
 
@@ -19,7 +22,50 @@ MAX_BACKOFF = 60.0
 # A stream that says nothing this long is pinged; one that does not answer in as long again is dead
 # (a half-open connection after a NAT or load balancer forgot it): reconnect, and poll meanwhile.
 QUIET = 45.0
+# The largest message read from the stream (one event is a few KB): a bigger frame, or fragments
+# adding up to more, end the connection instead of the agent's memory.
+MAX_MESSAGE_BYTES = 4 << 20
 _RUN_PREFIX = "prefect.flow-run."
+
+
+def tls_options(api_url: str) -> dict[str, Any]:
+    """websocket-client's TLS options that trust what the REST client trusts (requests' own rules:
+    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, else certifi's bundle), so one CA setting covers both."""
+    import requests
+    import requests.utils
+
+    if not api_url.startswith("https://"):
+        return {}
+    verify = requests.Session().merge_environment_settings(api_url, {}, None, None, None)["verify"]
+    if verify is False:
+        return {"cert_reqs": ssl.CERT_NONE}
+    bundle = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+    return {"cert_reqs": ssl.CERT_REQUIRED, ("ca_cert_path" if os.path.isdir(bundle) else "ca_certs"): bundle}
+
+
+def bound_messages(sock: Any, limit: int = MAX_MESSAGE_BYTES) -> None:
+    """Make `sock` (a websocket-client WebSocket) refuse a message over `limit` bytes before reading it.
+
+    websocket-client reads whatever length a frame header announces; its frame reader is swapped
+    for one that checks the length first (tests/unit/test_prefect_events.py fails if its internals move).
+    """
+    from websocket import WebSocketProtocolException
+    from websocket._abnf import frame_buffer
+
+    class Bounded(frame_buffer):
+        pending = 0  # bytes of the message's earlier fragments
+
+        def recv_length(self) -> None:
+            super().recv_length()
+            if (self.length or 0) + self.pending > limit:
+                raise WebSocketProtocolException(f"a message over {limit >> 20} MiB")
+
+        def recv_frame(self) -> Any:
+            frame = super().recv_frame()
+            self.pending = 0 if frame.fin else self.pending + len(frame.data)
+            return frame
+
+    sock.frame_buffer = Bounded(sock._recv, sock.frame_buffer.skip_utf8_validation)
 
 
 class StateEventWatcher:
@@ -39,6 +85,7 @@ class StateEventWatcher:
         on_connected: Callable[[], None] = lambda: None,
     ) -> None:
         self.url = "ws" + api_url.removeprefix("http") + "/events/out"
+        self.sslopt = tls_options(api_url)
         self.pool_id = pool_id
         self.token = token
         self.on_state = on_state
@@ -87,7 +134,10 @@ class StateEventWatcher:
         # Prefect's protocol: the "prefect" subprotocol, then an auth message before anything else
         # (a token, or null where the server needs none). Without the subprotocol a server with an
         # auth string refuses the socket, and one without takes the first message as the filter.
-        sock = websocket.create_connection(self.url, timeout=30, enable_multithread=True, subprotocols=["prefect"])
+        sock = websocket.create_connection(
+            self.url, timeout=30, enable_multithread=True, subprotocols=["prefect"], sslopt=self.sslopt
+        )
+        bound_messages(sock)
         self._socket = sock
         try:
             sock.send(json.dumps({"type": "auth", "token": self.token}))

@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from dagent.errors import SourceError
+from dagent.errors import one_line
 from dagent.sources.prefect.client import PrefectClient
 
 log = logging.getLogger("dagent.prefect")
@@ -17,6 +17,7 @@ class LogShipper:
     """Sends queued log lines in one POST /logs/ every few seconds, so a burst costs a few requests."""
 
     INTERVAL = 5.0
+    MAX_QUEUED = 10_000  # lines kept while Prefect cannot take them; the oldest go first
 
     def __init__(self, client: PrefectClient) -> None:
         self.client = client
@@ -31,6 +32,7 @@ class LogShipper:
                  "timestamp": datetime.now(timezone.utc).isoformat(), "flow_run_id": flow_run_id}  # fmt: skip
         with self._lock:
             self._queue.append(entry)
+            del self._queue[: -self.MAX_QUEUED]
 
     def flush(self) -> None:
         with self._lock:
@@ -38,8 +40,8 @@ class LogShipper:
         if batch:
             try:
                 self.client.call("POST", "/logs/", batch)
-            except SourceError as e:
-                log.debug("could not send %d log line(s) to Prefect: %s", len(batch), e)
+            except Exception as e:  # any failure: the thread lives on, and the lines are dropped
+                log.debug("could not send %d log line(s) to Prefect: %s", len(batch), one_line(e))
 
     def _run(self) -> None:
         while not self._stop.wait(self.INTERVAL):
