@@ -291,11 +291,13 @@ class HostView:
         )
 
     def _networks(self, run: RunRequest) -> dict[str, str]:
-        """The driver behind the run's network as the daemon resolves it (a name, an id, a prefix)."""
-        if run.network is None:
-            return {}
-        driver = self._network_driver(run.network)
-        return {} if driver is None else {run.network: driver}
+        """The driver behind each of the run's networks as the daemon resolves it (a name, an id, a prefix)."""
+        found = {}
+        for name in dict.fromkeys([*([run.network] if run.network else []), *run.networks]):
+            driver = self._network_driver(name)
+            if driver is not None:
+                found[name] = driver
+        return found
 
 
 _CONTAINER_HOSTNAME_RE = re.compile(r"/containers/([0-9a-f]{64})/hostname\s")

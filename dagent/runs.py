@@ -98,13 +98,24 @@ def _swap(value: Any) -> Any:
     return parse_bytes(value)
 
 
+# The daemon runs a health check's command itself, in the container, each interval: a 1 ms interval
+# spends the daemon's CPU, which no run's cpus limit bounds. 0 is Docker's default (30 s).
+MIN_HEALTHCHECK_INTERVAL_NS = 1_000_000_000
+
+
+def _check_interval(value: int | None) -> int | None:
+    if value is not None and 0 < value < MIN_HEALTHCHECK_INTERVAL_NS:
+        raise ValueError(f"{value} ns is under 1 s (1000000000 ns); the daemon runs each check itself")
+    return value
+
+
 class Healthcheck(BaseModel):
-    """A container health check (docker-py's `healthcheck`)."""
+    """A container health check (docker-py's `healthcheck`; durations in nanoseconds)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     test: list[str] | str
-    interval: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    interval: Annotated[int | None, AfterValidator(_check_interval)] = Field(default=None, ge=0, le=2**63 - 1)
     timeout: int | None = Field(default=None, ge=0, le=2**63 - 1)
     retries: int | None = Field(default=None, ge=0, le=1000)
     start_period: int | None = Field(default=None, ge=0, le=2**63 - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,12 @@ from dagent.config import AgentConfig, env_name, leaf_keys, load_config
 from dagent.errors import ConfigError, RunFileError
 from dagent.runs import RunRequest, load_run_file, parse_run
 from dagent.sources.prefect import PrefectSource
+from dagent.sources.prefect.client import PrefectClient
+from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
+from dagent.sources.prefect.lookups import Lookups
+from dagent.spec import Origin
 from tests.chaos.corpus import SECRET
+from tests.fakes import RoutingTransport
 
 _scalars = st.one_of(
     st.booleans(),
@@ -226,3 +232,115 @@ def test_any_number_through_docker_py(key: str, value: Any) -> None:
 def test_any_job_variables_through_docker_py(variables: dict[str, Any]) -> None:
     """Any job variables become docker-py's request or one clear line; never an exception."""
     _through_docker_py(lambda: _prefect()._run_request("fuzz", {"image": "busybox", **variables}))
+
+
+# --- the whole preparation path, as the sources take a run (issue 27) -----------------------------
+# A run file's bytes, or a flow run's job variables rendered on a pool's template (references looked
+# up, then mapped, then the container's origin, then judged and built): a spec, or an InputError of
+# one line per problem. Any other exception is a bug that the sources' per-run guard would turn into
+# a CRASHED run with an exception's name. DAGENT_FUZZ_EXAMPLES sets how many examples (CI: 200).
+
+_WHOLE = settings(
+    max_examples=int(os.environ.get("DAGENT_FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+_references = st.sampled_from(
+    ["{{ prefect.variables.known }}", "{{ prefect.variables.gone }}", "{{ prefect.blocks.secret.known }}",
+     "{{ prefect.blocks.secret.known.value }}", "{{ prefect.blocks.secret.known.missing }}", "{{ $HOME }}",
+     "a{{ image }}b", "{{ prefect.variables.a..b }}", "{{ env }}"]
+) | st.builds(lambda i: {"$ref": {"block_document_id": i}}, st.text(max_size=12) | st.just("../../admin"))  # fmt: skip
+_job_values = st.recursive(
+    st.one_of(_edge, _references),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_CREATE_KEYS = ["shm_size", "init", "user", "working_dir", "hostname", "extra_hosts", "dns", "ulimits",
+                "stop_signal", "cap_add", "devices", "pid_mode", "ipc_mode", "healthcheck", "tmpfs", "entrypoint"]  # fmt: skip
+_credentials = (
+    st.fixed_dictionaries(
+        {"username": st.text(max_size=5), "password": st.text(max_size=5)}, optional={"registry_url": _job_values}
+    )
+    | _job_values
+)
+_job_variable_tables = st.builds(
+    lambda plain, shaped: {**plain, **shaped},
+    st.dictionaries(
+        st.sampled_from(sorted(base_job_template()["variables"]["properties"])) | st.text(max_size=10),
+        _job_values,
+        max_size=5,
+    ),
+    # The variables whose values are tables of their own, shaped as such most of the time.
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "registry_credentials": _credentials,
+            "container_create_kwargs": st.dictionaries(st.sampled_from(_CREATE_KEYS), _job_values, max_size=3),
+            "labels": st.dictionaries(st.text(max_size=8), _job_values, max_size=3),
+        },
+    ),
+)
+
+
+def _answers(method: str, path: str, body: Any) -> tuple[int, Any]:
+    """A Prefect that knows one variable and one block (and no block document by id)."""
+    known = {"/variables/name/known": {"value": "v"},
+             "/block_types/slug/secret/block_documents/name/known": {"data": {"value": "s"}}}  # fmt: skip
+    found = known.get(path.split("?")[0])
+    return (200, found) if found else (404, {"detail": "Not Found"})
+
+
+def _lookups() -> Lookups:
+    config = load_config({"source": "prefect", "api": {"url": "http://prefect.test/api"}}, environ={}).config
+    return Lookups(PrefectClient(config, RoutingTransport(_answers)))
+
+
+def _whole_path(make: Any) -> None:
+    from dagent.errors import InputError, PolicyError
+    from dagent.hostview import DaemonFacts, HostView
+    from dagent.spec import build
+
+    config = load_config({"name": "fuzz", "docker": _PERMISSIVE}, environ={}).config
+    try:
+        run, origin = make()
+        view = HostView(config, DaemonFacts("/var/lib/docker", None, None), volume=lambda _n: None)
+        spec = build(config, run, origin, view.facts(run))
+    except (RunFileError, PolicyError, InputError) as e:
+        _one_line_each(e)
+        return
+    assert spec.run_id == run.id
+
+
+@_WHOLE
+@given(_job_variable_tables, _job_variable_tables)
+def test_any_job_variables_through_the_whole_preparation(deployment: dict[str, Any], run: dict[str, Any]) -> None:
+    """Deployment and flow-run job variables → template → lookups → run → origin → spec, or one line each."""
+    source = _prefect()
+    source._lookups = _lookups()  # the real lookups, answered in memory
+
+    def make() -> tuple[Any, Any]:
+        flow_run = {"id": "fuzz", "job_variables": run, "name": "fuzzy"}
+        # A deployment that names an image, so that most runs get as far as their origin and spec.
+        variables = source._job_variables(
+            flow_run, {"id": "d", "name": "dep", "job_variables": {"image": "busybox", **deployment}}
+        )
+        request = source._run_request("fuzz", variables)
+        return request, source._origin("fuzz", FlowRunContext(flow_run, None, "flow"), variables)
+
+    _whole_path(make)
+
+
+@_WHOLE
+@given(
+    st.dictionaries(st.sampled_from(_run_fields), _edge_values, max_size=6).map(lambda d: {"image": "busybox", **d})
+    | st.binary(max_size=400)
+)
+def test_any_run_file_through_the_whole_preparation(content: dict[str, Any] | bytes) -> None:
+    """A run file's bytes (or a table written as TOML) → read → parse → spec, or one line each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.toml"
+        try:
+            path.write_bytes(content if isinstance(content, bytes) else tomli_w.dumps(content).encode())
+        except (ValueError, TypeError):
+            return  # not writable as TOML (a value TOML has no form for): no file to read
+        _whole_path(lambda: (load_run_file(path), Origin("inbox")))

@@ -648,3 +648,17 @@ def test_image_ids_are_only_asked_about_with_an_allow_list() -> None:
 
     _judge(_config(), _run(image="0123456789ab"), image_names=names)
     assert asked == []
+
+
+def test_extra_networks_are_judged_by_the_driver_the_daemon_resolves_them_to() -> None:
+    """Attack first (issue 27): only the main network was looked up; an extra one named by the host
+    network's id prefix was judged as an ordinary network."""
+    config = _config(allowed_networks=["bridge", "28ec7"])
+    drivers = {"28ec7": "host", "bridge": "bridge"}
+    _refused(config, _run(network="bridge", networks=["28ec7"]), "only ordinary networks", network_driver=drivers.get)
+
+
+def test_a_health_check_every_millisecond_is_refused() -> None:
+    with pytest.raises(RunFileError, match="under 1 s"):
+        _run(healthcheck={"test": ["CMD", "true"], "interval": 1_000_000})
+    assert _run(healthcheck={"test": ["CMD", "true"], "interval": 0}).healthcheck is not None
