@@ -29,6 +29,16 @@ CASES: list[Case] = [
     Case("env null removes a key", {"env": {"A": "1", "FROM_POOL": None}}),
     Case("env flow-run override", {"env": {"A": "1", "B": "2"}}, {"env": {"B": "3", "C": "4"}}),
     Case("env overrides the pool default", {"env": {"FROM_POOL": "changed"}}),
+    # `{{ ... }}` doubled: the runner fills {image} and the like with str.format.
+    Case(
+        "env placeholder of the worker's environment",
+        {"env": {"FROM_AGENT_ENV": "{{{{ $CONFORMANCE_AGENT_VAR }}}}"}},
+        short=True,
+    ),
+    Case(
+        "env placeholder of a Prefect variable",
+        {"env": {"FROM_VARIABLE": "{{{{ prefect.variables.conformance_var }}}}"}},
+    ),
     Case("labels", {"labels": {"team": "etl", "com.example/owner": "me"}}, short=True),
     Case("labels flow-run override", {"labels": {"a": "1"}}, {"labels": {"b": "2"}}),
     Case("volumes bind", {"volumes": ["{data}:/data:ro"]}),

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack
@@ -58,11 +59,28 @@ def _only(worker: Any, ours: Any, theirs: Collection[str] = (), mine: Collection
 
 # The worker passes its own PREFECT_* settings; dagent passes the API URL and key, the run's ids.
 _WORKER_ENV = {"PREFECT_HOME", "PREFECT_SERVER_", "PREFECT_WORKER_", "PREFECT__WORKER_ID", "PREFECT_LOGGING_"}
+# A variable of both workers' own environment, which a job variable names as `{{ $NAME }}`.
+AGENT_VAR, AGENT_VALUE, FROM_AGENT = "CONFORMANCE_AGENT_VAR", "agent-only-value", "FROM_AGENT_ENV"
+
+
+def _env_differs_as_designed(worker: Any, ours: Any) -> bool:
+    if isinstance(worker, dict) and isinstance(ours, dict) and FROM_AGENT in worker:
+        # Prefect's worker fills {{ $NAME }} from its own environment; dagent never does.
+        if worker[FROM_AGENT] != AGENT_VALUE or ours.get(FROM_AGENT) != "":
+            return False
+        worker, ours = (
+            {k: v for k, v in worker.items() if k != FROM_AGENT},
+            {k: v for k, v in ours.items() if k != FROM_AGENT},
+        )
+    return _only(worker, ours, theirs=_WORKER_ENV, mine={"DAGENT_RUN_ID"})
+
+
 DELIBERATE: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "env": (
-        lambda w, d: _only(w, d, theirs=_WORKER_ENV, mine={"DAGENT_RUN_ID"}),
-        "the worker copies its own PREFECT_* settings (and its backend id) into each container; dagent passes "
-        "only the API URL and key and adds DAGENT_RUN_ID",
+        _env_differs_as_designed,
+        "the worker copies its own PREFECT_* settings (and its backend id) into each container, and fills "
+        "{{ $NAME }} from its own environment; dagent passes only the API URL and key, adds DAGENT_RUN_ID, "
+        "and leaves {{ $NAME }} empty (a job variable must not read the agent's secrets)",
     ),
     "labels": (
         lambda w, d: _only(w, d, theirs={"io.prefect.version"}, mine={"dagent.", "io.prefect.version"}),
@@ -212,13 +230,16 @@ class Conformance:
         for side in (self.worker, self.dagent):
             self._prefect("work-pool", "create", side.pool, "--type", "docker", "--base-job-template", str(template))
         self.flow_id = self.api.call("POST", "/flows/", {"name": "conformance"})["id"]
+        with contextlib.suppress(urllib.error.HTTPError):  # 409: made by an earlier run on this server
+            self.api.call("POST", "/variables/", {"name": "conformance_var", "value": "from-a-variable"})
         self.pool_ids = {
             side.pool: self.api.call("GET", f"/work_pools/{side.pool}")["id"] for side in (self.worker, self.dagent)
         }
 
     def _env(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DAGENT_"))}
-        return {**base, "PREFECT_API_URL": self.server.api_url, "PREFECT_HOME": str(self.root / "prefect-home")}
+        return {**base, "PREFECT_API_URL": self.server.api_url, "PREFECT_HOME": str(self.root / "prefect-home"),
+                AGENT_VAR: AGENT_VALUE}  # fmt: skip
 
     def _prefect(self, *args: str) -> None:
         subprocess.run([str(self.venv / "bin" / "prefect"), *args], check=True, capture_output=True, env=self._env())
