@@ -39,6 +39,9 @@ def _container_time(container: Container, key: str) -> str | None:
     return None if not value or value.startswith("0001-") else _parse_time(value).isoformat(timespec="milliseconds")
 
 
+# The longest piece of a container's output passed on as one line; a longer line goes in pieces, so an
+# output with no newline is never held whole in memory.
+MAX_LINE = 64 << 10
 # A ping's answer this fresh is the daemon's answer now.
 PING_FRESH = 1.0
 # Seconds between two progress lines of one pull.
@@ -330,7 +333,11 @@ class DockerRuntime:
                     buffer += chunk
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
-                        on_line(line.decode("utf-8", "replace"))
+                        for start in range(0, max(len(line), 1), MAX_LINE):
+                            on_line(line[start : start + MAX_LINE].decode("utf-8", "replace"))
+                    while len(buffer) > MAX_LINE:  # output with no newline: passed on in pieces
+                        on_line(buffer[:MAX_LINE].decode("utf-8", "replace"))
+                        buffer = buffer[MAX_LINE:]
                 if buffer:
                     on_line(buffer.decode("utf-8", "replace"))
             except Exception as e:  # a log stream must never take the run down with it

@@ -338,3 +338,15 @@ def test_run_stops_its_container_on_ctrl_c(dagent: Dagent, image: str, signum: s
     assert process.returncode == 130, err
     assert "cancelled" in err and "Traceback" not in err
     assert [c.status for c in dagent.containers("ctrl-c")] == []  # stopped, and removed (keep: on-failure)
+
+
+def test_output_with_no_newline_is_passed_on_in_pieces(dagent: Dagent, image: str) -> None:
+    """A container's output is outside input: 1 MiB with no newline reaches the log as lines of at most 64 KiB."""
+    config = dagent.config(keep_containers="never")
+    command = ["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo done"]
+    run = dagent.run_file("long-line", image=image, command=command)
+    result = dagent("run", str(run), "-c", str(config), "--logs")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "done" in lines and sum(len(line) for line in lines if set(line) == {"x"}) == 1 << 20
+    assert max(len(line) for line in lines) <= 64 << 10

@@ -1092,3 +1092,22 @@ def test_run_ids_that_would_change_a_path_never_reach_one(run_id: str) -> None:
     source, transport = _source(world)
     assert [c.run.id for c in source.poll(2)] == ["good"]
     assert all(run_id not in path for _, path, _ in transport.seen if run_id)
+
+
+def test_a_cancelling_event_the_runs_state_does_not_bear_out_stops_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack first (issue 27): a CANCELLING event (anyone who may write events can send one) stopped a
+    run's container with no REST check. Now the run's state is read once; a confirmed cancel is kept."""
+    world = World([_flow_run("r1"), _flow_run("r2")])
+    source, transport = _source(world)
+    claims = source.poll(2)
+    assert len(claims) == 2
+    for run_id in ("r1", "r2"):
+        world.states[run_id] = {"type": "RUNNING", "id": "run"}
+    world.states["r2"] = {"type": "CANCELLING", "id": "c"}
+    monkeypatch.setattr(source, "_streaming", lambda: True)
+    source._on_state("CANCELLING", "r1", "spoofed")
+    source._on_state("CANCELLING", "r2", "")
+    assert source.cancellations(["r1", "r2"]) == ["r2"]
+    reads = len(transport.seen)
+    assert source.cancellations(["r1", "r2"]) == ["r2"]  # confirmed once: no second read
+    assert len(transport.seen) == reads

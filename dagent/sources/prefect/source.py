@@ -81,6 +81,7 @@ class PrefectSource:
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
         self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
+        self._cancel_confirmed: set[str] = set()  # CANCELLING heard and borne out by the run's state
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
 
@@ -193,6 +194,7 @@ class PrefectSource:
             else:
                 self._mine.discard(run_id)
                 self._checked.pop(run_id, None)
+                self._cancel_confirmed.discard(run_id)
 
     def _streaming(self) -> bool:
         return self._watcher is not None and self._watcher.connected
@@ -462,8 +464,14 @@ class PrefectSource:
         if self._streaming():
             with self._lock:
                 heard = [r for r in run_ids if self._heard.get(r) == "CANCELLING"]
-            if heard:
-                return heard
+                new = [r for r in heard if r not in self._cancel_confirmed]
+            # An event is a hint (anyone who may write events could send one): the run's state says, once.
+            confirmed = [r for r in new if self._still_cancelling(r)]
+            with self._lock:
+                self._cancel_confirmed.update(confirmed)
+                asked = [r for r in heard if r in self._cancel_confirmed]
+            if asked:
+                return asked
         now = time.monotonic()
         # While events flow, a rare check only covers an event lost in a reconnect.
         every = CANCEL_CHECK_STREAMING if self._streaming() else max(self.config.effective_poll_interval, 2.0)
@@ -482,6 +490,17 @@ class PrefectSource:
             or []
         )
         return [r["id"] for r in found if isinstance(r, dict) and isinstance(r.get("id"), str)]
+
+    def _still_cancelling(self, run_id: str) -> bool:
+        kind = (self._runs.state(run_id) or {}).get("type")
+        if kind not in ("CANCELLING", "CANCELLED"):
+            log.warning("flow run %s: a CANCELLING event the run's state does not bear out (%s); not stopping it",
+                        run_id, kind)  # fmt: skip
+            with self._lock:
+                if self._heard.get(run_id) == "CANCELLING":
+                    self._heard[run_id] = str(kind)
+            return False
+        return True
 
     def log(self, claim: Claim, level: str, message: str) -> None:
         """Queue the agent's own line about a run for Prefect (api.send_agent_logs); sent in batches."""
