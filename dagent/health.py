@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
+import socket
 import sys
 import threading
 import time
@@ -69,35 +71,57 @@ class Metrics:
 
 
 # Whoever reaches the port could otherwise hold a thread and a socket each for ever (a half-sent
-# request): each connection gets CONNECTION_TIMEOUT seconds in all, and at most MAX_CONNECTIONS are
-# served at once; others are closed at once.
+# request). Each connection gets CONNECTION_TIMEOUT seconds per read, at most MAX_CONNECTIONS are open
+# at once, and when all are taken a new connection makes room by closing the oldest one that has not
+# yet sent its whole request: half-open connections cannot lock a real probe out.
 CONNECTION_TIMEOUT = 5.0
 MAX_CONNECTIONS = 32
 
 
 class _BoundedServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # the listen backlog: a burst of probes is not refused by the kernel
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = threading.Lock()
+        self._open = 0
+        self._unread: dict[Any, float] = {}  # connections whose request is not read yet → when opened
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.debug("health: %d connections open; closing one from %s", MAX_CONNECTIONS, client_address)
-            self.shutdown_request(request)
-            return
+        with self._slots:
+            if self._open >= MAX_CONNECTIONS:
+                if not self._unread:
+                    self.shutdown_request(request)  # every slot is serving a request: this one waits its turn
+                    return
+                oldest = min(self._unread, key=self._unread.__getitem__)
+                del self._unread[oldest]
+                log.debug("health: %d connections open; closing the oldest that sent no request", self._open)
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)  # its thread's read ends, and so does the thread
+            self._open += 1
+            self._unread[request] = time.monotonic()
         try:
             super().process_request(request, client_address)
         except Exception:
-            self._slots.release()
+            self._done(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._done(request)
+
+    def request_read(self, request: Any) -> None:
+        """The connection's request is read: it is being served, not held open."""
+        with self._slots:
+            self._unread.pop(request, None)
+
+    def _done(self, request: Any) -> None:
+        with self._slots:
+            self._open -= 1
+            self._unread.pop(request, None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A dropped or timed-out connection is the client's business: one debug line, never a raw traceback.
@@ -130,16 +154,12 @@ def _handler(status: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics
     class Handler(BaseHTTPRequestHandler):
         timeout = CONNECTION_TIMEOUT  # each read and write of the connection's socket
 
-        def setup(self) -> None:
-            super().setup()
-            self._deadline = time.monotonic() + CONNECTION_TIMEOUT
-
-        def handle_one_request(self) -> None:
-            # One request per connection's whole time: a client that drips headers is cut off too.
-            if time.monotonic() > self._deadline:
-                self.close_connection = True
-                return
-            super().handle_one_request()
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            server = self.server
+            if isinstance(server, _BoundedServer):
+                server.request_read(self.connection)
+            return parsed
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")
