@@ -116,8 +116,13 @@ def _start(load: Callable[[], Any]) -> int:
 
     from dagent.agent import Agent
     from dagent.health import HealthServer, Metrics
+    from dagent.hostview import exposed_roots
     from dagent.runtime import DockerRuntime
 
+    for root in exposed_roots(config):
+        logging.getLogger("dagent").warning(
+            "docker.allowed_host_paths: %s is on a mount without nosuid,nodev: a run (root in its container "
+            "by default) can leave set-uid files or device nodes there for this host's users", root)  # fmt: skip
     runtime = DockerRuntime(config)
     made = Agent(config, source, runtime, Metrics(), host_view(config, runtime, loaded.path))
     made.reloader = lambda: named(load())

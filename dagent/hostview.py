@@ -300,6 +300,41 @@ class HostView:
         return found
 
 
+def mount_options(path: str, mountinfo: str | None = None) -> frozenset[str] | None:
+    """The options of the mount a resolved path lies on (per-mount and superblock), from mountinfo; None if unknown."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    best: tuple[int, frozenset[str]] | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields or len(fields) < 6:
+            continue
+        point = fields[4].replace("\\040", " ")
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            dash = fields.index("-")
+            options = frozenset(fields[5].split(",")) | frozenset(
+                fields[dash + 3].split(",") if len(fields) > dash + 3 else ()
+            )
+            if best is None or len(point) >= best[0]:
+                best = (len(point), options)
+    return None if best is None else best[1]
+
+
+def exposed_roots(config: AgentConfig, mountinfo: str | None = None) -> list[str]:
+    """docker.allowed_host_paths on a mount without nosuid or nodev: a run, root in its container by
+    default, can leave a set-uid binary or a device node there for the host's users to use."""
+    found = []
+    for root in config.docker.allowed_host_paths:
+        real = resolve_or_keep(str(root))
+        options = mount_options(real, mountinfo)
+        if options is not None and not {"nosuid", "nodev"} <= options:
+            found.append(real)
+    return found
+
+
 _CONTAINER_HOSTNAME_RE = re.compile(r"/containers/([0-9a-f]{64})/hostname\s")
 
 

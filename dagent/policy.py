@@ -6,6 +6,7 @@ each path resolved in full, or why it could not be; anything not resolved is ref
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -67,10 +68,12 @@ BIND_FLAGS = frozenset({"bind", "rbind"})
 
 @dataclass(frozen=True)
 class VolumeFacts:
-    """A named volume as the daemon holds it: its driver and the options it was created with."""
+    """A named volume as the daemon holds it: its driver, the options it was created with, and who uses it."""
 
     driver: str
     options: Mapping[str, str] = field(default_factory=dict)
+    others: tuple[str, ...] = ()
+    """Containers (any state) that use it and are not this agent's: another service's data."""
 
 
 def volume_bind(volume: VolumeFacts) -> str | None:
@@ -87,11 +90,20 @@ def volume_bind(volume: VolumeFacts) -> str | None:
 
 def _volume(name: str, config: DockerConfig, facts: HostFacts) -> str | None:
     """Why a named volume is refused, or None: allow-listed, never deny-listed by one spelling."""
+    listed = config.allowed_volumes
+    if listed is not None and not any(fnmatch.fnmatchcase(name, pattern) for pattern in listed):
+        return f"docker.allowed_volumes: volume {name!r} is not in {listed}"
     if name not in facts.volumes:
         return f"docker.allow_named_volumes: volume {name!r} was not looked up"
     volume = facts.volumes[name]
     if volume is None:
         return None  # it does not exist yet: Docker makes an empty one with the local driver
+    if volume.others and listed is None:
+        # Another service's data (a database's volume, say): only an explicit allow-list lends it.
+        return (
+            f"docker.allowed_volumes: volume {name!r} is used by containers that are not this agent's "
+            f"({', '.join(volume.others[:3])}); list it in docker.allowed_volumes to lend it to runs"
+        )
     if volume.driver != LOCAL_DRIVER:
         if volume.driver in config.allowed_volume_drivers:
             return None

@@ -140,9 +140,19 @@ class DockerRuntime:
         if not isinstance(volume, dict):
             raise DaemonError(f"docker: inspect volume {name!r}: unexpected answer")
         options = volume.get("Options") or {}
+        users = self._call(
+            f"list containers using volume {name!r}",
+            partial(self.client.api.containers, all=True, filters={"volume": name}),
+        )
+        others = [
+            str((c.get("Names") or [c.get("Id", "?")])[0]).lstrip("/")
+            for c in users or []
+            if (c.get("Labels") or {}).get(LABEL_AGENT) != self.config.name
+        ]
         return VolumeFacts(
             driver=str(volume.get("Driver") or ""),
             options={str(k): str(v) for k, v in options.items()} if isinstance(options, dict) else {"?": "?"},
+            others=tuple(others),
         )
 
     def image_names(self, reference: str) -> tuple[str, ...] | None:

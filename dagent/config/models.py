@@ -175,6 +175,9 @@ class DockerConfig(Section):
     """Let runs mount named volumes (of the local driver with no options, or binding an allowed host path)."""
     allowed_volume_drivers: StrList = []
     """Volume drivers besides `local` whose named volumes runs may mount (their options are not judged)."""
+    allowed_volumes: StrList | None = None
+    """Named volumes runs may mount, as shell patterns (`cache-*`); unset: any, except an existing volume
+    that containers other than this agent's use."""
     allow_privileged: bool = False
     """Let runs ask for `privileged = true`."""
     allow_host_network: bool = False

@@ -256,7 +256,7 @@ class Conformance:
         config = self.root / "agent.toml"
         # Prefect's own command line (what a team switching would run), plus the policy in agent.toml.
         config.write_text(
-            f'[docker]\nkeep_containers = "always"\nallowed_host_paths = ["{self.data}"]\nallow_named_volumes = true\n'
+            f'[docker]\nkeep_containers = "always"\nallowed_host_paths = ["{self.data}"]\nallow_named_volumes = true\nallowed_volumes = ["conf-vol"]\n'
             f'allow_privileged = true\nallow_host_network = true\nallowed_capabilities = ["NET_ADMIN"]\n'
         )
         self.dagent.log = self.root / "dagent.log"

@@ -1,4 +1,5 @@
-"""Integration fixtures: a real Docker engine, a local image and registry, and `dagent` as a user runs it."""
+"""Integration fixtures: a real Docker engine, a local image and registry, a Prefect server, and `dagent` as a
+user runs it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import docker.errors
 import pytest
 
 from tests.helpers import Dagent
-from tests.integration import infra
+from tests.integration import infra, prefect_infra
+from tests.integration.prefect_api import PrefectAPI
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +97,36 @@ def docker_network(engine: docker.DockerClient) -> Iterator[str]:
 
 
 RunDagent = Callable[..., subprocess.CompletedProcess[str]]
+
+
+# --- a Prefect server, shared by every module that needs one ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[prefect_infra.PrefectServer]:
+    """Prefect 3.8.8 in its own venv, serving on 127.0.0.1."""
+    try:
+        server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), tmp_path_factory.mktemp("prefect"))
+    except (prefect_infra.Unavailable, subprocess.CalledProcessError) as e:
+        not_here(e, "no Prefect server can run here")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def flow_image(engine: docker.DockerClient) -> str:
+    """An image that runs this repo's test flows with `prefect flow-run execute` (built once, cached)."""
+    try:
+        return prefect_infra.flow_image()
+    except prefect_infra.Unavailable as e:
+        not_here(e, "cannot build the flow image")
+
+
+@pytest.fixture
+def api(prefect_server: prefect_infra.PrefectServer) -> PrefectAPI:
+    return PrefectAPI(prefect_server.api_url)
+
+
+@pytest.fixture
+def pool() -> str:
+    return f"pool-{uuid.uuid4().hex[:8]}"

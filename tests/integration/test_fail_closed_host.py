@@ -133,6 +133,23 @@ def test_named_volume_that_mounts_the_host_is_refused(
     assert dagent.containers(run_id) == []
 
 
+def test_a_volume_another_service_uses_is_refused_unless_listed(
+    engine: docker.DockerClient, dagent: Dagent, inbox: Path, image: str, tmp_path: Path, volumes: MakeVolume
+) -> None:
+    """A plain volume that a container not of this agent uses (a database's data, say) is not lent to runs."""
+    volume = volumes({})
+    other = engine.containers.create(image, ["true"], volumes={volume: {"bind": "/data", "mode": "rw"}})
+    try:
+        config, _ = _volume_agent(dagent, inbox, tmp_path)
+        drop(inbox, "vol-theirs", image=image, command=["true"], volumes=[f"{volume}:/v"])
+        with AgentProcess(dagent, config) as agent:
+            error = _refused(inbox, "vol-theirs", agent)
+            agent.signal()
+        assert "docker.allowed_volumes" in error and other.name in error, error
+    finally:
+        other.remove(force=True)
+
+
 def test_named_volumes_without_host_options_or_inside_an_allowed_root_run(
     dagent: Dagent, inbox: Path, image: str, tmp_path: Path, volumes: MakeVolume
 ) -> None:

@@ -12,19 +12,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from dagent.sources.prefect import base_job_template
 from dagent.sources.prefect.claims import claim_note
 from tests.helpers import AgentProcess, Dagent, wait_for
 from tests.integration import infra, prefect_infra
-from tests.integration.conftest import not_here
 from tests.integration.prefect_api import FINAL, PrefectAPI
 
 pytestmark = pytest.mark.integration
@@ -34,37 +31,7 @@ BAD_REGISTRY = {"username": "u", "password": "p", "registry_url": "not a host!!"
 SECRET_PROBE = "sh -c 'test \"$X\" != s3cret || exit 7'"  # exits 7 only when X holds the agent's secret
 
 
-# --- fixtures, as in test_prefect.py (test modules never import each other) ----------------------
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[prefect_infra.PrefectServer]:
-    """Prefect 3.8.8 in its own venv, serving on 127.0.0.1."""
-    try:
-        server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), tmp_path_factory.mktemp("prefect"))
-    except (infra.Unavailable, subprocess.CalledProcessError) as e:
-        not_here(e, "no Prefect server can run here")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def flow_image(engine: docker.DockerClient) -> str:
-    """An image that runs this repo's test flows with `prefect flow-run execute` (built once, cached)."""
-    try:
-        return prefect_infra.flow_image()
-    except infra.Unavailable as e:
-        not_here(e, "cannot build the flow image")
-
-
-@pytest.fixture
-def api(prefect_server: prefect_infra.PrefectServer) -> PrefectAPI:
-    return PrefectAPI(prefect_server.api_url)
-
-
-@pytest.fixture
-def pool() -> str:
-    return f"pool-{uuid.uuid4().hex[:8]}"
+# --- helpers, as in test_prefect.py (test modules never import each other; the fixtures are in conftest) --
 
 
 def prefect_config(

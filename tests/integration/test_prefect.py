@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import docker
 import pytest
 
 from dagent.config import load_config
@@ -20,40 +19,9 @@ from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
 from tests.helpers import AgentProcess, Dagent, wait_for
 from tests.integration import infra, prefect_infra
-from tests.integration.conftest import not_here
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[prefect_infra.PrefectServer]:
-    """Prefect 3.8.8 in its own venv, serving on 127.0.0.1."""
-    try:
-        server = prefect_infra.PrefectServer(prefect_infra.prefect_venv(), tmp_path_factory.mktemp("prefect"))
-    except (prefect_infra.Unavailable, subprocess.CalledProcessError) as e:
-        not_here(e, "no Prefect server can run here")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def flow_image(engine: docker.DockerClient) -> str:
-    """An image that runs this repo's test flows with `prefect flow-run execute` (built once, cached)."""
-    try:
-        return prefect_infra.flow_image()
-    except prefect_infra.Unavailable as e:
-        not_here(e, "cannot build the flow image")
-
-
-@pytest.fixture
-def api(prefect_server: prefect_infra.PrefectServer) -> PrefectAPI:
-    return PrefectAPI(prefect_server.api_url)
-
-
-@pytest.fixture
-def pool() -> str:
-    return f"pool-{uuid.uuid4().hex[:8]}"
 
 
 def prefect_config(

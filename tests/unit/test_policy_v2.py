@@ -662,3 +662,31 @@ def test_a_health_check_every_millisecond_is_refused() -> None:
     with pytest.raises(RunFileError, match="under 1 s"):
         _run(healthcheck={"test": ["CMD", "true"], "interval": 1_000_000})
     assert _run(healthcheck={"test": ["CMD", "true"], "interval": 0}).healthcheck is not None
+
+
+def test_another_services_volume_is_not_lent_to_runs_unless_listed() -> None:
+    """Attack (issue 27's review): with named volumes on, a run mounted a database's existing volume."""
+    view = {"volume": {"pgdata": VolumeFacts("local", {}, others=("compose-postgres-1",)),
+                       "mine": VolumeFacts("local", {})}.get}  # fmt: skip
+    _refused(_config(allow_named_volumes=True), _run(volumes=["pgdata:/v"]), "compose-postgres-1", **view)
+    _judge(_config(allow_named_volumes=True), _run(volumes=["mine:/v", "new:/n"]), **view)
+    listed = _config(allow_named_volumes=True, allowed_volumes=["pg*"])
+    _judge(listed, _run(volumes=["pgdata:/v"]), **view)
+    _refused(listed, _run(volumes=["mine:/v"]), r"not in \['pg\*'\]", **view)
+
+
+_MOUNTINFO = """\
+22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:26 / /srv/runs rw,nosuid,nodev,relatime shared:2 - ext4 /dev/vdb rw
+31 22 0:27 / /srv/runs/sub rw,relatime shared:3 - tmpfs tmpfs rw,nosuid,nodev
+"""
+
+
+def test_allowed_roots_on_mounts_without_nosuid_nodev_are_named() -> None:
+    """A root run can leave a set-uid binary or a device node in an allowed root for the host's users."""
+    from dagent.hostview import exposed_roots, mount_options
+
+    assert mount_options("/srv/runs/x", _MOUNTINFO) == frozenset({"rw", "nosuid", "nodev", "relatime"})
+    assert "nosuid" in (mount_options("/srv/runs/sub/y", _MOUNTINFO) or set())  # the superblock's options count
+    config = _config(allowed_host_paths=["/srv/runs/x", "/srv/data", "/srv/runs/sub"])
+    assert exposed_roots(config, _MOUNTINFO) == ["/srv/data"]
