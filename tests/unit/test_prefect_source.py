@@ -1111,3 +1111,15 @@ def test_a_cancelling_event_the_runs_state_does_not_bear_out_stops_nothing(monke
     reads = len(transport.seen)
     assert source.cancellations(["r1", "r2"]) == ["r2"]  # confirmed once: no second read
     assert len(transport.seen) == reads
+
+
+def test_a_crashed_proposal_the_server_refuses_for_one_run_does_not_end_the_poll() -> None:
+    _, call = _refusing_world(**{"bad-registry": _BAD_RUNS["bad-registry"]})
+
+    def refusing(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path == "/flow_runs/bad-registry/set_state" and body["state"]["type"] == "CRASHED":
+            return 422, {"detail": "no"}
+        return call(method, path, body)
+
+    source, _ = _source(refusing)
+    assert sorted(c.run.id for c in source.poll(3)) == ["good1", "good2"]

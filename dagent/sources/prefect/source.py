@@ -254,7 +254,11 @@ class PrefectSource:
         except Exception as e:
             # Its job configuration cannot be made (a missing variable or block): whoever claims it says why.
             if self._claim_or_leave(run_id):
-                self._refuse_run(run_id, e)
+                try:
+                    self._refuse_run(run_id, e)
+                except SourceUnavailable:
+                    self._unprepared[run_id] = flow_run  # ours: said CRASHED at the next poll
+                    raise
             return None
         required = variables.get("required_labels") or []
         if not isinstance(required, list) or not set(map(str, required)) <= self.labels:
@@ -312,7 +316,12 @@ class PrefectSource:
             log.debug("flow run %s: preparing it raised", run_id, exc_info=error)
         reason = str(error) if isinstance(error, DagentError) else f"{type(error).__name__}: {one_line(error)}"
         claim = Claim(RunRequest.model_construct(id=run_id, image="invalid"), Origin(self.name), run_id)
-        self.refuse(claim, reason)
+        try:
+            self.refuse(claim, reason)
+        except SourceUnavailable:
+            raise  # the API is away: the run is tried again (the next poll, or the next start)
+        except SourceError as e:  # Prefect refused the CRASHED for this run alone: never the poll's end
+            log.warning("flow run %s: could not set it CRASHED (%s)", run_id, one_line(e))
 
     def _claim(self, run_id: str, listed_at: float) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
