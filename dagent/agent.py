@@ -22,7 +22,7 @@ from dagent import reload
 from dagent.cleanup import Cleanup
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, RunHandle, RunResult, Runtime, Source, owned_by
-from dagent.errors import DagentError, InputError, RunFileError, one_line
+from dagent.errors import DaemonError, DagentError, InputError, RunFileError, one_line
 from dagent.health import Metrics
 from dagent.hostview import HostView
 from dagent.spec import ContainerSpec, build
@@ -269,12 +269,11 @@ class Agent:
     def _judge(self, claim: Claim) -> ContainerSpec:
         """The run's spec, judged against the host as it is now; an InputError (refused) if it cannot be had."""
         config, host = self._judged_by
-        facts = host.facts(claim.run)  # a DaemonError here is the daemon's trouble: retried
         try:
-            return build(config, claim.run, claim.origin, facts)
-        except InputError:
-            raise
-        except Exception as e:  # the run's own data broke the build: its problem, never a retry
+            return build(config, claim.run, claim.origin, host.facts(claim.run))
+        except (InputError, DaemonError):
+            raise  # refused; or the daemon's trouble, retried
+        except Exception as e:  # the run's own data broke the judgement: its problem, never a retry
             log.debug("run %s: building its spec raised", claim.run.id, exc_info=e)
             raise RunFileError(f"run {claim.run.id}: cannot be made into a container: {type(e).__name__}: "
                                f"{one_line(e)}") from e  # fmt: skip

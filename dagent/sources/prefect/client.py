@@ -29,6 +29,8 @@ AGENT_FAULT_STATUS = frozenset({401, 408, 429})
 # The largest answer read: far past any page of runs, short of what would exhaust the agent's memory.
 MAX_ANSWER_BYTES = 32 << 20
 _CHUNK = 64 << 10
+# How many of the last answers' round trips tell how busy the server is now.
+ROUND_TRIPS_KEPT = 32
 # Prefect's ids are UUIDs; what goes into a path is held to their characters, so no `/`, `.`, `?` or
 # `%` in an id from the server (or a job variable) can point a request at another endpoint.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -53,10 +55,6 @@ def decode(content: bytes, what: str) -> Any:
 class _Answer:
     status: int
     content: bytes
-
-
-# How many of the last answers' round trips tell how busy the server is now.
-ROUND_TRIPS_KEPT = 32
 
 
 class _TooSlow(Exception):
@@ -176,7 +174,7 @@ class PrefectClient:
         if status in allowed:
             return None
         if status in (401, 403):
-            kind = SourceUnavailable if status == 401 else SourceError
+            kind = SourceUnavailable if status in AGENT_FAULT_STATUS else SourceError
             raise kind(f"{where} -> {status}: not authorised (check api.token / api.auth_string)")
         if status >= 500:
             raise SourceUnavailable(f"{where} -> {status}: {_detail(answer.content)}")
