@@ -350,8 +350,9 @@ class Agent:
         claim, run_id = entry.claim, entry.claim.run.id
         self.metrics.runs_finished.labels(result.outcome).inc()
         level = logging.INFO if result.outcome == "succeeded" else logging.WARNING
+        said = [e for e in (result.error, result.why) if e and not e.startswith("exited with code")]
         message = f"run {run_id}: {result.outcome}, exit code {result.exit_code}" + (
-            f" ({result.error})" if result.error else ""
+            f" ({'; '.join(said)})" if said else ""
         )
         log.log(level, message)
         self._tell_source(claim, "INFO" if level == logging.INFO else "WARNING", message)

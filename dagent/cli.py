@@ -254,7 +254,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result is None:
         raise DaemonError(f"run {source.run.id}: could not be finished (see the lines above)")
     container = (result.container_id or "")[:12]
-    detail = f" ({result.error})" if result.error else ""
+    said = [e for e in (result.error, result.why) if e and not e.startswith("exited with code")]
+    detail = f" ({'; '.join(said)})" if said else ""
+    if result.tail and not show:  # its output was not shown as it ran: the end of it, with the error
+        print(f"run {result.run_id}: the container's last output:", *result.tail, sep="\n  ", file=sys.stderr)
     print(
         f"run {result.run_id}: {result.outcome}, exit code {result.exit_code}, container {container}{detail}",
         file=sys.stderr,

@@ -37,6 +37,10 @@ class RunResult:
     started_at: str | None
     finished_at: str | None
     error: str | None = None
+    why: str | None = None
+    """How the container ended, in words ("was killed for running out of memory …"), for a run that failed."""
+    tail: tuple[str, ...] = ()
+    """The last lines of a failed container's output, secrets masked (dagent.exits)."""
 
     @classmethod
     def ended(
@@ -48,9 +52,11 @@ class RunResult:
         started_at: str,
         finished_at: str | None = None,
         error: str | None = None,
+        why: str | None = None,
+        tail: tuple[str, ...] = (),
     ) -> RunResult:
         """A run whose container ran and ended (or was stopped)."""
-        return cls(run_id, outcome, exit_code, container_id, started_at, finished_at or utc_now(), error)
+        return cls(run_id, outcome, exit_code, container_id, started_at, finished_at or utc_now(), error, why, tail)
 
     @classmethod
     def not_started(cls, run_id: str, outcome: Outcome, why: str) -> RunResult:

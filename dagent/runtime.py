@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from dagent import dockerclient, retry
+from dagent import dockerclient, exits, retry
 from dagent.config import AgentConfig
 from dagent.contracts import ContainerInfo, Outcome, RunHandle, RunResult, should_remove, utc_now
 from dagent.daemon_faults import explain, is_transient, reason
@@ -398,7 +398,25 @@ class DockerRuntime:
         started_at = _container_time(container, "StartedAt") or watched_from
         finished_at = _container_time(container, "FinishedAt") or utc_now()
         error = f"timed out after {spec.timeout:g}s" if outcome == "timed-out" else None
-        return RunResult.ended(spec.run_id, outcome, exit_code, container.id, started_at, finished_at, error)
+        why, last = (None, ()) if outcome in ("succeeded", "cancelled") else self._why(spec, container, exit_code)
+        return RunResult.ended(spec.run_id, outcome, exit_code, container.id, started_at, finished_at, error, why, last)
+
+    def _why(self, spec: ContainerSpec, container: Container, exit_code: int | None) -> tuple[str, tuple[str, ...]]:
+        """How a failed container ended, and the last of its output (read only for runs that failed)."""
+        attrs = container.attrs if isinstance(container.attrs, dict) else {}
+        state = attrs.get("State") or {}
+        why = exits.why(exit_code, state if isinstance(state, dict) else {}, spec.memory)
+        try:
+            output = self._call(
+                f"logs {container.name}", partial(container.logs, tail=exits.TAIL_LINES, stdout=True, stderr=True)
+            )
+        except DaemonError as e:
+            log.debug("run %s: could not read the end of its output: %s", spec.run_id, e)
+            return why, ()
+        secrets = [v.get_secret_value() for v in spec.secret_env.values()]
+        if spec.registry_login is not None:
+            secrets.append(spec.registry_login.password.get_secret_value())
+        return why, exits.tail(output if isinstance(output, bytes) else b"", secrets)
 
     def finish(self, spec: ContainerSpec, result: RunResult) -> None:
         """Remove the container unless keep_containers keeps it; call after the result is reported."""

@@ -79,13 +79,13 @@ def test_flow_that_raises_is_failed(agent: AgentProcess, api: PrefectAPI, pool: 
 def test_container_killed_from_outside_is_crashed(
     agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str, dagent: Dagent
 ) -> None:
-    """docker kill of a running flow's container → CRASHED with the exit code in the message."""
+    """docker kill of a running flow's container → CRASHED saying it was killed, with the exit code."""
     run_id = api.run(_deploy(api, pool, flow_image, "flows.py:sleepy"), parameters={"seconds": 120})
     api.wait_state(run_id, "RUNNING", 120)
     [container] = dagent.containers(run_id)
     container.kill()
     flow_run = api.wait_state(run_id, "CRASHED", 60)
-    assert "exited with code 137" in flow_run["state"]["message"]
+    assert "was killed by SIGKILL (exit code 137)" in flow_run["state"]["message"]
 
 
 def test_exit_0_without_a_final_state_is_crashed(
@@ -441,3 +441,16 @@ def test_an_owners_fetch_by_id_takes_only_what_prefects_list_shows_open(api: Pre
         assert runs.next(4) is None and "/flow_runs/filter" not in calls, paused
         api.call("PATCH", paused, {"is_paused": False})
     runs.close()
+
+
+def test_a_crashed_runs_own_last_output_is_on_the_flow_run(
+    agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str
+) -> None:
+    """A container that prints an error and exits 3: the CRASHED message says how it ended and its last
+    line, and its last lines are in the run's logs, so Prefect's UI shows the error without `docker logs`."""
+    command = "sh -c 'echo starting; echo \"ERROR: could not open /data/input.csv\" >&2; exit 3'"
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello", command=command))
+    message = api.wait_state(run_id, "CRASHED", 90)["state"]["message"]
+    assert "the container exited with code 3" in message and "ERROR: could not open /data/input.csv" in message
+    wait_for(lambda: "ERROR: could not open /data/input.csv" in api.logs(run_id), 30, "the output in the run's logs")
+    assert "starting" in api.logs(run_id)

@@ -350,3 +350,14 @@ def test_output_with_no_newline_is_passed_on_in_pieces(dagent: Dagent, image: st
     lines = result.stdout.splitlines()
     assert "done" in lines and sum(len(line) for line in lines if set(line) == {"x"}) == 1 << 20
     assert max(len(line) for line in lines) <= 64 << 10
+
+
+def test_a_container_killed_for_memory_says_so(dagent: Dagent, image: str) -> None:
+    """Exit 137 is not just a code: Docker knows the container ran out of memory, and the result says so."""
+    config = dagent.config(keep_containers="never")
+    run = dagent.run_file("oom", image=image, command=["sh", "-c", "echo filling; tail /dev/zero"],
+                          memory="8m", memory_swap="8m")  # fmt: skip
+    result = dagent("run", str(run), "-c", str(config))
+    assert result.returncode == 137, result.stderr
+    assert "was killed for running out of memory (memory limit 8 MiB)" in result.stderr, result.stderr
+    assert "last output:\n  filling" in result.stderr  # not shown as it ran: its end, with the error

@@ -425,12 +425,15 @@ class PrefectSource:
                     run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True
                 )
             return
+        self._ship_tail(run_id, result)
         if result.outcome == "timed-out":
             message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
         elif result.exit_code is None:
             message = f"dagent could not run the container: {result.error}"
         elif result.exit_code != 0:
-            message = f"the container exited with code {result.exit_code}"
+            message = f"the container {result.why or f'exited with code {result.exit_code}'}"
+            if result.tail:
+                message += f"; its last line: {result.tail[-1][:300]}"
         else:
             state = {"type": heard} if heard else (self._runs.state(run_id) or {})
             kind = state.get("type")
@@ -449,6 +452,15 @@ class PrefectSource:
             message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
         # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
         self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
+
+    def _ship_tail(self, run_id: str, result: RunResult) -> None:
+        """The end of a failed container's output to the run's logs, so Prefect's UI shows the error itself."""
+        if self._logs is None or not result.tail:
+            return
+        self._logs.add(run_id, _LOG_LEVELS["ERROR"], f"dagent: the container {result.why}; its last output:")
+        for line in result.tail:
+            self._logs.add(run_id, _LOG_LEVELS["ERROR"], line)
+        self._logs.flush()
 
     def _engine_said(self, run_id: str) -> str | None:
         """The final (or paused) state the engine set, as heard on the event stream; None if not heard.
