@@ -77,6 +77,9 @@ class ApiConfig(Section):
     """Image for flow runs whose job variables name none (Prefect's own worker picks prefecthq/prefect)."""
     send_agent_logs: bool = True
     """Send the agent's own lines about a run to the Prefect API (seed `--no-cloud-logs` inverts)."""
+    send_events: bool = True
+    """Emit the events Prefect's worker emits (worker started and stopped, each run's submission,
+    container and end), for automations and the UI; none while idle."""
     event_stream: bool = True
     """Listen to Prefect's event stream to poll as soon as a run is scheduled (polls stay the truth)."""
     heartbeat_interval: float = Field(default=120.0, gt=0, le=MAX_SECONDS)

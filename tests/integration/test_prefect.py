@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -454,3 +455,35 @@ def test_a_crashed_runs_own_last_output_is_on_the_flow_run(
     assert "the container exited with code 3" in message and "ERROR: could not open /data/input.csv" in message
     wait_for(lambda: "ERROR: could not open /data/input.csv" in api.logs(run_id), 30, "the output in the run's logs")
     assert "starting" in api.logs(run_id)
+
+
+def _events(api: PrefectAPI, flow_run_id: str) -> list[dict[str, Any]]:
+    found = api.call("POST", "/events/filter", {"filter": {"any_resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}},
+                                                "limit": 50})  # fmt: skip
+    return list(found["events"])
+
+
+def test_prefect_sees_the_workers_events(agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str) -> None:
+    """The events Prefect's Docker worker emits for a run, with the same names, resources and chains."""
+    run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello"))
+    api.wait_state(run_id, "COMPLETED", 120)
+    wanted = {"prefect.worker.submitted-flow-run", "prefect.docker.container.created",
+              "prefect.docker.container.running", "prefect.docker.container.exited",
+              "prefect.worker.executed-flow-run"}  # fmt: skip
+    wait_for(lambda: wanted <= {e["event"] for e in _events(api, run_id)}, 60, "the worker's events, persisted")
+    events = {e["event"]: e for e in _events(api, run_id) if e["event"] in wanted}
+    worker = events["prefect.worker.submitted-flow-run"]["resource"]
+    assert (
+        worker["prefect.resource.id"].startswith("prefect.worker.docker.") and worker["prefect.worker-type"] == "docker"
+    )
+    roles = [r["prefect.resource.role"] for r in events["prefect.worker.submitted-flow-run"]["related"]]
+    assert roles[:3] == ["deployment", "flow", "flow-run"] and roles[-1] == "work-pool"
+    assert events["prefect.docker.container.exited"]["follows"] == events["prefect.docker.container.running"]["id"]
+    executed = events["prefect.worker.executed-flow-run"]
+    assert executed["follows"] == events["prefect.worker.submitted-flow-run"]["id"]
+    [run] = [r for r in executed["related"] if r["prefect.resource.role"] == "flow-run"]
+    assert run["prefect.infrastructure.status-code"] == "0"
+    started = api.call("POST", "/events/filter", {"filter": {"event": {"name": ["prefect.worker.started"]},
+                                                             "resource": {"id": [worker["prefect.resource.id"]]}},
+                                                  "limit": 5})  # fmt: skip
+    assert started["events"], "no prefect.worker.started for the agent"

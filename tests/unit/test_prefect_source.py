@@ -38,7 +38,8 @@ def _config() -> Any:
 def _source(handler: Callable[[str, str, Any], tuple[int, Any]], **api: Any) -> tuple[PrefectSource, RoutingTransport]:
     config = load_config(
         {"name": NAME, "source": "prefect", "poll_interval": 1, "retry": {"attempts": 2, "backoff_initial": 0.001},
-         "api": {"url": "http://prefect.test/api", "event_stream": False, "send_agent_logs": False, **api}},
+         "api": {"url": "http://prefect.test/api", "event_stream": False, "send_agent_logs": False,
+                 "send_events": False, **api}},
         environ={},
     ).config  # fmt: skip
     transport = RoutingTransport(handler)
@@ -1123,3 +1124,54 @@ def test_a_crashed_proposal_the_server_refuses_for_one_run_does_not_end_the_poll
 
     source, _ = _source(refusing)
     assert sorted(c.run.id for c in source.poll(3)) == ["good1", "good2"]
+
+
+def test_a_runs_life_emits_the_events_prefects_worker_emits() -> None:
+    """submitted → container created → running → exited → executed, chained by `follows`, with R(run) related."""
+    world = World([_flow_run("r1", "d1")])
+    world.runs["r1"].update(name="brave-fox", tags=["team-a"])
+    world.deployments["d1"] = {"id": "d1", "name": "dep", "tags": ["nightly"], "job_variables": {"image": "busybox"}}
+    source, transport = _source(world, send_events=True)
+    source.pool_id = "p1"
+    [claim] = source.poll(1)
+    assert source.starting(claim)
+    source.started(claim, "c" * 64)
+    source.report(claim, RunResult.ended("r1", "failed", 3, "c" * 64, "t0", "t1", why="exited with code 3"))
+    source.close()
+    sent = [e for method, path, body in transport.seen if path == "/events" for e in body]
+    names = [e["event"] for e in sent]
+    assert names == ["prefect.worker.submitted-flow-run", "prefect.docker.container.created",
+                     "prefect.docker.container.running", "prefect.docker.container.exited",
+                     "prefect.worker.executed-flow-run"]  # fmt: skip
+    by_name = {e["event"]: e for e in sent}
+    worker = by_name["prefect.worker.submitted-flow-run"]["resource"]
+    assert worker["prefect.resource.id"] == f"prefect.worker.docker.{NAME.lower()}"
+    related = [r["prefect.resource.id"] for r in by_name["prefect.worker.submitted-flow-run"]["related"]]
+    assert related == ["prefect.deployment.d1", "prefect.flow-run.r1", "prefect.tag.nightly", "prefect.tag.team-a",
+                       "prefect.work-pool.p1"]  # fmt: skip
+    container = by_name["prefect.docker.container.created"]
+    assert container["resource"] == {"prefect.resource.id": "prefect.docker.container." + "c" * 64,
+                                     "prefect.resource.name": "brave-fox"}  # fmt: skip
+    assert container["related"][-1]["prefect.resource.role"] == "worker"
+    assert by_name["prefect.docker.container.running"]["follows"] == container["id"]
+    assert by_name["prefect.docker.container.exited"]["follows"] == by_name["prefect.docker.container.running"]["id"]
+    executed = by_name["prefect.worker.executed-flow-run"]
+    assert executed["follows"] == by_name["prefect.worker.submitted-flow-run"]["id"]
+    run = next(r for r in executed["related"] if r["prefect.resource.role"] == "flow-run")
+    assert run["prefect.infrastructure.status-code"] == "3"
+    assert run["prefect.infrastructure.identifier"].endswith(":" + "c" * 64)
+
+
+def test_an_idle_source_sends_no_events_and_a_container_that_never_ran_says_creation_failed() -> None:
+    world = World([_flow_run("r1")])
+    source, transport = _source(world, send_events=True)
+    source.poll(0)
+    source._events.flush()  # type: ignore[union-attr]
+    assert [p for _, p, _ in transport.seen if p == "/events"] == []
+    [claim] = source.poll(1)
+    assert source.starting(claim)
+    source.report(claim, RunResult.crashed("r1", "image missing"))
+    source.close()
+    names = [e["event"] for _, p, body in transport.seen if p == "/events" for e in body]
+    assert names == ["prefect.worker.submitted-flow-run", "prefect.docker.container.creation-failed",
+                     "prefect.worker.executed-flow-run"]  # fmt: skip

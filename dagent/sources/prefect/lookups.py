@@ -27,7 +27,7 @@ class Lookups:
         self.client = client
         self._lock = threading.Lock()
         self._deployments: dict[str, tuple[float, dict[str, Any] | None]] = {}  # id → (read at, it)
-        self._flows: dict[str, str | None] = {}  # a flow's name never changes
+        self._flows: dict[str, dict[str, Any] | None] = {}  # a flow's name never changes
 
     def deployment(self, deployment_id: Any) -> dict[str, Any] | None:
         """The run's deployment, read again when the copy kept is older than DEPLOYMENT_TTL."""
@@ -44,18 +44,24 @@ class Lookups:
             self._deployments[deployment_id] = (time.monotonic(), deployment)
         return deployment
 
-    def flow_name(self, flow_id: Any) -> str | None:
+    def flow(self, flow_id: Any) -> dict[str, Any] | None:
+        """The run's flow (its id, name and tags), read once: a flow's name never changes."""
         if flow_id is None:
             return None
         flow_id = _run_id(flow_id, "flow_id")
         with self._lock:
             if flow_id in self._flows:
                 return self._flows[flow_id]
-        flow = _ask(self.client, f"/flows/{flow_id}", "its flow")
-        name = flow.get("name") if isinstance(flow, dict) else None
+        answer = _ask(self.client, f"/flows/{flow_id}", "its flow")
+        flow = {k: answer.get(k) for k in ("id", "name", "tags")} if isinstance(answer, dict) else None
         with self._lock:
-            self._flows[flow_id] = name
-        return name
+            self._flows[flow_id] = flow
+        return flow
+
+    def flow_name(self, flow_id: Any) -> str | None:
+        flow = self.flow(flow_id)
+        name = flow.get("name") if flow else None
+        return name if isinstance(name, str) else None
 
     def reference(self, name: str) -> Any:
         """A `prefect.variables.NAME` or `prefect.blocks.TYPE.NAME[.KEY…]` placeholder's value, from the API.

@@ -15,10 +15,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from dagent import __version__
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import ConfigError, DagentError, SourceError, SourceUnavailable, one_line
@@ -34,6 +36,16 @@ from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.logship import LogShipper
 from dagent.sources.prefect.lookups import Lookups
 from dagent.sources.prefect.pace import Pace
+from dagent.sources.prefect.worker_events import (
+    EventSender,
+    Resource,
+    as_role,
+    container_resource,
+    executed_related,
+    pool_related,
+    run_related,
+    worker_resource,
+)
 from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
@@ -46,6 +58,17 @@ CANCEL_CHECK_STREAMING = 60.0
 ENGINE_EVENT_WAIT = 2.0
 _ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
 _LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+
+@dataclass
+class _RunEvents:
+    """One run's event chain: its related resources, then each event's id as it is sent (under _lock's object)."""
+
+    related: list[Resource]
+    run_name: str
+    submitted: str | None = None
+    container: Resource | None = None
+    last: str | None = None
 
 
 class PrefectSource:
@@ -69,6 +92,9 @@ class PrefectSource:
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
+        self._events = EventSender(self.client) if config.api.send_events else None
+        self._me: Resource = worker_resource(config.name, "dagent-" + __version__)
+        self._started_event: str | None = None
         self._pace = Pace()
         self._scheduled = ScheduledRuns(
             self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
@@ -84,6 +110,8 @@ class PrefectSource:
         self._cancel_confirmed: set[str] = set()  # CANCELLING heard and borne out by the run's state
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
+        # Each claimed run's related resources and its event chain (submitted, last container event).
+        self._run_events: dict[str, _RunEvents] = {}
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -118,6 +146,7 @@ class PrefectSource:
             self.pool_template = given
         self.pool_id = str(pool.get("id") or "")
         log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
+        self._started_event = self._emit("prefect.worker.started", self._me, pool_related(self.pool_id, pool_name))
 
     def _template_to_create(self) -> dict[str, Any]:
         """api.base_job_template (`--base-job-template`), else dagent's own template."""
@@ -301,13 +330,17 @@ class PrefectSource:
         run_id = flow_run["id"]
         try:
             run = self._run_request(run_id, variables)
-            context = FlowRunContext(flow_run, deployment, self._lookups.flow_name(flow_run.get("flow_id")))
+            flow = self._lookups.flow(flow_run.get("flow_id"))
+            context = FlowRunContext(flow_run, deployment, flow.get("name") if flow else None)
             origin = self._origin(run_id, context, variables)
+            related = run_related(flow_run, deployment, flow, self.pool_id, self.api.work_pool)
         except SourceUnavailable:
             raise
         except Exception as e:  # any type: one run's data never stops the poll, recover or the start
             self._refuse_run(run_id, e)
             return None
+        with self._lock:
+            self._run_events[run_id] = _RunEvents(related, str(flow_run.get("name") or ""))
         return Claim(run, origin, run_id)
 
     def _refuse_run(self, run_id: str, error: BaseException) -> None:
@@ -388,6 +421,7 @@ class PrefectSource:
             and time.monotonic() - checked < FRESH_CLAIM
             and heard not in ("CANCELLING", "CANCELLED")
         ):
+            self._submitted(claim.handle)
             return True  # the claim check has just read the state, and no cancel was heard since
         state = self._runs.state(claim.handle) or {}
         if state.get("type") in ("CANCELLING", "CANCELLED"):
@@ -396,6 +430,7 @@ class PrefectSource:
                 with self._lock:
                     self._abandoned.add(claim.handle)  # nothing left to report; CANCELLING still gets CANCELLED
             return False
+        self._submitted(claim.handle)
         return True
 
     def started(self, claim: Claim, container_id: str) -> None:
@@ -408,12 +443,20 @@ class PrefectSource:
         self.client.call(
             "PATCH", f"/flow_runs/{path_id(claim.handle)}", {"infrastructure_pid": f"{self.hostname}:{container_id}"}
         )
+        with self._lock:
+            chain = self._run_events.get(claim.handle)
+        if chain is not None:
+            chain.container = container_resource(container_id, chain.run_name)
+            related = [*chain.related, as_role(self._me, "worker")]
+            created = self._emit("prefect.docker.container.created", chain.container, related)
+            chain.last = self._emit("prefect.docker.container.running", chain.container, related, created)
 
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
         run_id = claim.handle
         heard = self._engine_said(run_id) if result.outcome == "succeeded" else None
         self._track(run_id, mine=False)
+        self._ended(run_id, result)
         with self._lock:
             abandoned = run_id in self._abandoned
             self._abandoned.discard(run_id)
@@ -452,6 +495,32 @@ class PrefectSource:
             message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
         # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
         self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
+
+    # --- the worker's events --------------------------------------------------------------------
+
+    def _emit(self, name: str, resource: Resource, related: list[Resource], follows: str | None = None) -> str | None:
+        return None if self._events is None else self._events.emit(name, resource, related, follows)
+
+    def _submitted(self, run_id: str) -> None:
+        with self._lock:
+            chain = self._run_events.get(run_id)
+        if chain is not None and chain.submitted is None:
+            chain.submitted = self._emit("prefect.worker.submitted-flow-run", self._me, chain.related)
+
+    def _ended(self, run_id: str, result: RunResult) -> None:
+        """The container's end (or its failed creation) and the run's execution, as the worker says them."""
+        with self._lock:
+            chain = self._run_events.pop(run_id, None)
+        if chain is None or (result.outcome == "cancelled" and result.container_id is None):
+            return  # never submitted (cancelled while PENDING): nothing to say
+        if chain.container is not None:
+            related = [*chain.related, as_role(self._me, "worker")]
+            self._emit("prefect.docker.container.exited", chain.container, related, chain.last)
+        elif result.exit_code is None and result.outcome == "crashed":
+            self._emit("prefect.docker.container.creation-failed", self._me, chain.related)
+        pid = f"{self.hostname}:{result.container_id}" if result.container_id else ""
+        self._emit("prefect.worker.executed-flow-run", self._me,
+                   executed_related(chain.related, pid, result.exit_code), chain.submitted)  # fmt: skip
 
     def _ship_tail(self, run_id: str, result: RunResult) -> None:
         """The end of a failed container's output to the run's logs, so Prefect's UI shows the error itself."""
@@ -590,10 +659,15 @@ class PrefectSource:
         return claim
 
     def close(self) -> None:
-        """Send queued log lines, stop the event stream and close the API connection pool."""
+        """Send queued log lines and events, stop the event stream and close the API connection pool."""
         if self._watcher is not None:
             self._watcher.stop()
         self._scheduled.close()
         if self._logs is not None:
             self._logs.close()
+        if self._events is not None:
+            if self._started_event is not None:
+                related = pool_related(self.pool_id, self.api.work_pool)
+                self._emit("prefect.worker.stopped", self._me, related, self._started_event)
+            self._events.close()
         self.client.close()
