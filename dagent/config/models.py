@@ -32,6 +32,7 @@ from dagent.config.types import (
     EnvName,
     LabelKey,
     LocalPath,
+    PrefectSetting,
     PullPolicy,
     RegistryName,
     StrList,
@@ -77,6 +78,9 @@ class ApiConfig(Section):
     """Image for flow runs whose job variables name none (Prefect's own worker picks prefecthq/prefect)."""
     send_agent_logs: bool = True
     """Send the agent's own lines about a run to the Prefect API (seed `--no-cloud-logs` inverts)."""
+    pass_settings: Annotated[list[PrefectSetting], NoDecode, BeforeValidator(list_from_text)] = []
+    """The agent's own PREFECT_* variables to copy into every flow container, named one by one
+    (Prefect's worker copies all of its settings, credentials included); a job's `env` wins over them."""
     send_events: bool = True
     """Emit the events Prefect's worker emits (worker started and stopped, each run's submission,
     container and end), for automations and the UI; none while idle."""

@@ -98,6 +98,15 @@ def _check_env_name(name: str) -> str:
     return name
 
 
+def _check_prefect_setting(name: str) -> str:
+    if not re.fullmatch(r"PREFECT_[A-Z0-9_]+", name):
+        raise ValueError(f"{name[:60]!r} is not a Prefect setting's variable (PREFECT_ and capitals)")
+    return name
+
+
+PrefectSetting = Annotated[str, AfterValidator(_check_prefect_setting)]
+
+
 def _check_label_key(key: str) -> str:
     if not key.strip():
         raise ValueError("label keys must not be empty")

@@ -123,3 +123,25 @@ def test_healthcheck_and_tmpfs_from_create_kwargs_and_tmpfs_within_the_memory_li
         unbounded = _run(container_create_kwargs={"tmpfs": {"/scratch": options}})
         with pytest.raises(PolicyError, match="tmpfs"):
             check(config.docker, unbounded, lexical_facts(config.docker, unbounded))
+
+
+def test_only_the_prefect_settings_named_one_by_one_reach_the_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's worker copies every setting it has (credentials included); dagent copies only those named."""
+    from dagent.config import load_config
+    from dagent.errors import ConfigError
+    from dagent.sources.prefect import PrefectSource
+    from dagent.sources.prefect.jobvars import FlowRunContext
+
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "DEBUG")
+    monkeypatch.setenv("PREFECT_API_DATABASE_PASSWORD", "not-for-flows")
+    api = {"url": "http://prefect.test/api", "pass_settings": ["PREFECT_LOGGING_LEVEL", "PREFECT_NOT_SET"],
+           "send_agent_logs": False, "send_events": False}  # fmt: skip
+    source = PrefectSource(load_config({"source": "prefect", "api": api}, environ={}).config)
+    try:
+        origin = source._origin("r1", FlowRunContext({}, None, None), {"image": "busybox"})
+    finally:
+        source.close()
+    assert origin.base_env["PREFECT_LOGGING_LEVEL"] == "DEBUG" and "PREFECT_NOT_SET" not in origin.base_env
+    assert "not-for-flows" not in str(origin.base_env)
+    with pytest.raises(ConfigError, match="not a Prefect setting"):
+        load_config({"source": "prefect", "api": {"pass_settings": ["HOME"]}}, environ={})

@@ -298,6 +298,7 @@ def container_origin(
     token: SecretStr | None,
     auth_string: SecretStr | None,
     implicit_host: bool = False,
+    passed_settings: Mapping[str, str] | None = None,
 ) -> Origin:
     """What the container must carry: how to reach the API, which run it is, Prefect's labels."""
     mode = variables.get("network_mode")
@@ -318,7 +319,8 @@ def container_origin(
         "PREFECT__DEPLOYMENT_ID": str(flow_run.get("deployment_id") or ""),
         "PREFECT__DEPLOYMENT_NAME": str(deployment.get("name") or ""),
     }
-    base_env = {k: v for k, v in attribution.items() if v}
+    # The agent's settings named in api.pass_settings; its own attribution of the run wins over them.
+    base_env = {**(passed_settings or {}), **{k: v for k, v in attribution.items() if v}}
     env = {"PREFECT__FLOW_RUN_ID": run_id}
     secret_env = {}
     if token is not None:

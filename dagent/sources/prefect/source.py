@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -407,6 +408,7 @@ class PrefectSource:
             docker_interface=self.config.docker.docker_interface, work_pool=api.work_pool,
             work_pool_id=self.pool_id, worker=self.worker, token=api.token,
             auth_string=api.auth_string, implicit_host=self._implicit_host(),
+            passed_settings={name: os.environ[name] for name in api.pass_settings if name in os.environ},
         )  # fmt: skip
 
     # --- a run's life ----------------------------------------------------------------------------
