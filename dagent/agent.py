@@ -350,7 +350,7 @@ class Agent:
         claim, run_id = entry.claim, entry.claim.run.id
         self.metrics.runs_finished.labels(result.outcome).inc()
         level = logging.INFO if result.outcome == "succeeded" else logging.WARNING
-        said = [e for e in (result.error, result.why) if e and not e.startswith("exited with code")]
+        said = [e for e in (result.error, result.why) if e and e != f"exited with code {result.exit_code}"]
         message = f"run {run_id}: {result.outcome}, exit code {result.exit_code}" + (
             f" ({'; '.join(said)})" if said else ""
         )

@@ -254,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result is None:
         raise DaemonError(f"run {source.run.id}: could not be finished (see the lines above)")
     container = (result.container_id or "")[:12]
-    said = [e for e in (result.error, result.why) if e and not e.startswith("exited with code")]
+    said = [e for e in (result.error, result.why) if e and e != f"exited with code {result.exit_code}"]
     detail = f" ({'; '.join(said)})" if said else ""
     if result.tail and not show:  # its output was not shown as it ran: the end of it, with the error
         print(f"run {result.run_id}: the container's last output:", *result.tail, sep="\n  ", file=sys.stderr)

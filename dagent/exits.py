@@ -23,6 +23,8 @@ def why(exit_code: int | None, state: Mapping[str, Any], memory: int | None) -> 
         except ValueError:
             name = f"signal {exit_code - 128}"
         return f"was killed by {name} (exit code {exit_code})"
+    if exit_code is None:
+        return "did not end when stopped (no exit code)"
     error = str(state.get("Error") or "").strip()
     if error:
         return f"exited with code {exit_code}: {error.splitlines()[0][:200]}"
@@ -30,16 +32,19 @@ def why(exit_code: int | None, state: Mapping[str, Any], memory: int | None) -> 
 
 
 def tail(output: bytes, secrets: Iterable[str] = ()) -> tuple[str, ...]:
-    """The last TAIL_LINES lines of a container's output within TAIL_BYTES, each secret replaced by ***."""
-    text = output[-TAIL_BYTES:].decode("utf-8", "replace")
-    lines = [line.rstrip("\r") for line in text.splitlines()]
-    if len(output) > TAIL_BYTES and len(lines) > 1:
-        lines = lines[1:]  # the first is cut mid-line (kept when it is all there is)
-    lines = lines[-TAIL_LINES:]
-    # Longest first, so a secret that holds another is masked whole.
+    """The last TAIL_LINES lines of a container's output within TAIL_BYTES, each secret replaced by ***.
+
+    Secrets are masked in the whole output before it is cut, so a secret cut in half never shows its end.
+    """
+    text = output.decode("utf-8", "replace")
+    # Longest first, so a secret that holds another is masked whole. Under 4 characters is no secret.
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
-        lines = [line.replace(secret, MASK) for line in lines]
-    return tuple(line for line in lines if line.strip())
+        text = text.replace(secret, MASK)
+    cut = text[-TAIL_BYTES:]
+    lines = [line.rstrip("\r") for line in cut.splitlines()]
+    if len(cut) < len(text) and len(lines) > 1:
+        lines = lines[1:]  # the first is cut mid-line (kept when it is all there is)
+    return tuple(line for line in lines[-TAIL_LINES:] if line.strip())
 
 
 def _size(n: int) -> str:

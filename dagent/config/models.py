@@ -80,7 +80,7 @@ class ApiConfig(Section):
     """Send the agent's own lines about a run to the Prefect API (seed `--no-cloud-logs` inverts)."""
     pass_settings: Annotated[list[PrefectSetting], NoDecode, BeforeValidator(list_from_text)] = []
     """The agent's own PREFECT_* variables to copy into every flow container, named one by one
-    (Prefect's worker copies all of its settings, credentials included); a job's `env` wins over them."""
+    (Prefect's worker copies all of its settings, credentials included); kept secret, never shown."""
     send_events: bool = True
     """Emit the events Prefect's worker emits (worker started and stopped, each run's submission,
     container and end), for automations and the UI; none while idle."""

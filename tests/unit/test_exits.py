@@ -30,3 +30,15 @@ def test_the_tail_is_the_last_lines_within_the_byte_cap_with_secrets_masked() ->
     assert tail(big) == ("last",)  # the first line, cut mid-way by the byte cap, is dropped
     assert tail(b"y" * 10_000) == ("y" * TAIL_BYTES,)  # one long line: its end, not nothing
     assert tail(b"caf\xe9\r\n") == ("caf\ufffd",)
+
+
+def test_a_secret_is_masked_before_the_output_is_cut() -> None:
+    """A key cut in half by the byte cap must not show its end (review of issue 28's first slice)."""
+    secret = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    output = ("y" * (TAIL_BYTES - 20) + secret + "\n").encode()
+    assert not any("RSTUVWXYZ" in line for line in tail(output, [secret]))
+    assert tail(b"key=abcd-long and abc\n", ["abcd-long", "abcd", "abc"]) == ("key=*** and abc",)
+
+
+def test_a_container_that_would_not_stop_has_no_exit_code_to_tell() -> None:
+    assert why(None, {}, None) == "did not end when stopped (no exit code)"

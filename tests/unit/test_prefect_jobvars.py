@@ -141,7 +141,8 @@ def test_only_the_prefect_settings_named_one_by_one_reach_the_container(monkeypa
         origin = source._origin("r1", FlowRunContext({}, None, None), {"image": "busybox"})
     finally:
         source.close()
-    assert origin.base_env["PREFECT_LOGGING_LEVEL"] == "DEBUG" and "PREFECT_NOT_SET" not in origin.base_env
-    assert "not-for-flows" not in str(origin.base_env)
+    passed = {k: v.get_secret_value() for k, v in origin.secret_env.items()}
+    assert passed["PREFECT_LOGGING_LEVEL"] == "DEBUG" and "PREFECT_NOT_SET" not in passed
+    assert "not-for-flows" not in str(passed) and "PREFECT_LOGGING_LEVEL" not in origin.base_env
     with pytest.raises(ConfigError, match="not a Prefect setting"):
         load_config({"source": "prefect", "api": {"pass_settings": ["HOME"]}}, environ={})

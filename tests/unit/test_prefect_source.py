@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from dagent.config import load_config
-from dagent.contracts import Claim, RunResult
+from dagent.contracts import Claim, ContainerInfo, RunResult
 from dagent.errors import SourceUnavailable
 from dagent.sources.prefect import PrefectSource, listing
 from dagent.sources.prefect import fleet as fleet_module
@@ -1129,9 +1129,15 @@ def test_a_crashed_proposal_the_server_refuses_for_one_run_does_not_end_the_poll
 def test_a_runs_life_emits_the_events_prefects_worker_emits() -> None:
     """submitted → container created → running → exited → executed, chained by `follows`, with R(run) related."""
     world = World([_flow_run("r1", "d1")])
-    world.runs["r1"].update(name="brave-fox", tags=["team-a"])
+    world.runs["r1"].update(name="brave-fox", tags=["team-a"], flow_id="f1")
     world.deployments["d1"] = {"id": "d1", "name": "dep", "tags": ["nightly"], "job_variables": {"image": "busybox"}}
-    source, transport = _source(world, send_events=True)
+
+    def with_flows(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path == "/flows/f1":
+            return 200, {"id": "f1", "name": "etl", "tags": ["flow-tag"]}
+        return world(method, path, body)
+
+    source, transport = _source(with_flows, send_events=True)
     source.pool_id = "p1"
     [claim] = source.poll(1)
     assert source.starting(claim)
@@ -1147,8 +1153,8 @@ def test_a_runs_life_emits_the_events_prefects_worker_emits() -> None:
     worker = by_name["prefect.worker.submitted-flow-run"]["resource"]
     assert worker["prefect.resource.id"] == f"prefect.worker.docker.{NAME.lower()}"
     related = [r["prefect.resource.id"] for r in by_name["prefect.worker.submitted-flow-run"]["related"]]
-    assert related == ["prefect.deployment.d1", "prefect.flow-run.r1", "prefect.tag.nightly", "prefect.tag.team-a",
-                       "prefect.work-pool.p1"]  # fmt: skip
+    assert related == ["prefect.deployment.d1", "prefect.flow.f1", "prefect.flow-run.r1", "prefect.tag.flow-tag",
+                       "prefect.tag.nightly", "prefect.tag.team-a", "prefect.work-pool.p1"]  # fmt: skip
     container = by_name["prefect.docker.container.created"]
     assert container["resource"] == {"prefect.resource.id": "prefect.docker.container." + "c" * 64,
                                      "prefect.resource.name": "brave-fox"}  # fmt: skip
@@ -1164,14 +1170,41 @@ def test_a_runs_life_emits_the_events_prefects_worker_emits() -> None:
 
 def test_an_idle_source_sends_no_events_and_a_container_that_never_ran_says_creation_failed() -> None:
     world = World([_flow_run("r1")])
-    source, transport = _source(world, send_events=True)
-    source.poll(0)
+
+    def with_pool(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path == "/admin/version":
+            return 200, "3.8.8"
+        if path == "/work_pools/pool":
+            return 200, {"id": "p1", "type": "docker", "base_job_template": {}}
+        return world(method, path, body)
+
+    source, transport = _source(with_pool, send_events=True, work_pool="pool")
+    source.connect()
+    for _ in range(3):
+        source.poll(0)
     source._events.flush()  # type: ignore[union-attr]
-    assert [p for _, p, _ in transport.seen if p == "/events"] == []
+    sent = [e["event"] for _, p, body in transport.seen if p == "/events" for e in body]
+    assert sent == ["prefect.worker.started"]  # and nothing more while idle
     [claim] = source.poll(1)
     assert source.starting(claim)
     source.report(claim, RunResult.crashed("r1", "image missing"))
     source.close()
-    names = [e["event"] for _, p, body in transport.seen if p == "/events" for e in body]
+    names = [e["event"] for _, p, body in transport.seen if p == "/events" for e in body][1:]
+    # As the worker: a container that could not be made was never executed.
     assert names == ["prefect.worker.submitted-flow-run", "prefect.docker.container.creation-failed",
-                     "prefect.worker.executed-flow-run"]  # fmt: skip
+                     "prefect.worker.stopped"]  # fmt: skip
+
+
+def test_a_run_adopted_after_a_restart_says_its_end_only() -> None:
+    """The agent that started it said submitted, created and running; the restarted one says exited and executed."""
+    world = World([_flow_run("r1")])
+    world.states["r1"] = {"type": "PENDING", "message": NOTE, "id": "p"}
+    source, transport = _source(world, send_events=True)
+    info = ContainerInfo("c" * 64, "dagent-r1", "r1", "busybox", "exited", 0, "t0", "t1", {"dagent.agent": NAME})
+    [claim] = source.recover({"r1": info}, ["c" * 64])
+    assert source.starting(claim)
+    source.started(claim, "c" * 64)
+    source.report(claim, RunResult.ended("r1", "succeeded", 0, "c" * 64, "t0", "t1"))
+    source.close()
+    names = [e["event"] for _, p, body in transport.seen if p == "/events" for e in body]
+    assert names == ["prefect.docker.container.exited", "prefect.worker.executed-flow-run"]

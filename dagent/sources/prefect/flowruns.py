@@ -41,8 +41,9 @@ class FlowRuns:
 
     def set_state(
         self, run_id: str, kind: str, name: str, message: str, force: bool = False, quiet: bool = False
-    ) -> None:
-        """Propose a state; a refusal is logged, not raised (Prefect's state machine has the last word)."""
+    ) -> bool:
+        """Propose a state; True when accepted. A refusal is logged, not raised (Prefect's state machine
+        has the last word)."""
         answer = self.client.call(
             "POST",
             f"/flow_runs/{path_id(run_id)}/set_state",
@@ -54,6 +55,7 @@ class FlowRuns:
             log.log(
                 logging.DEBUG if quiet else logging.INFO, "flow run %s: %s proposal answered %s", run_id, kind, status
             )
+        return status == "ACCEPT"
 
     def claim(self, run_id: str, listed_at: float) -> ClaimAnswer:
         """Propose PENDING; ours when Prefect's state machine says so (and nobody ran it meanwhile)."""

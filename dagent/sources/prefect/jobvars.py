@@ -319,10 +319,10 @@ def container_origin(
         "PREFECT__DEPLOYMENT_ID": str(flow_run.get("deployment_id") or ""),
         "PREFECT__DEPLOYMENT_NAME": str(deployment.get("name") or ""),
     }
-    # The agent's settings named in api.pass_settings; its own attribution of the run wins over them.
-    base_env = {**(passed_settings or {}), **{k: v for k, v in attribution.items() if v}}
+    base_env = {k: v for k, v in attribution.items() if v}
     env = {"PREFECT__FLOW_RUN_ID": run_id}
-    secret_env = {}
+    # The agent's settings named in api.pass_settings: kept as secrets (never shown), as any may hold one.
+    secret_env = {name: SecretStr(value) for name, value in (passed_settings or {}).items() if name not in base_env}
     if token is not None:
         secret_env["PREFECT_API_KEY"] = token
     elif auth_string is not None:

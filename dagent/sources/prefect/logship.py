@@ -49,4 +49,5 @@ class LogShipper:
 
     def close(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=5)  # a batch in flight finishes before the client is closed
         self.flush()

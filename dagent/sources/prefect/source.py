@@ -67,6 +67,7 @@ class _RunEvents:
 
     related: list[Resource]
     run_name: str
+    adopted: bool = False  # resumed after a restart: its submission and container were said before
     submitted: str | None = None
     container: Resource | None = None
     last: str | None = None
@@ -445,13 +446,7 @@ class PrefectSource:
         self.client.call(
             "PATCH", f"/flow_runs/{path_id(claim.handle)}", {"infrastructure_pid": f"{self.hostname}:{container_id}"}
         )
-        with self._lock:
-            chain = self._run_events.get(claim.handle)
-        if chain is not None:
-            chain.container = container_resource(container_id, chain.run_name)
-            related = [*chain.related, as_role(self._me, "worker")]
-            created = self._emit("prefect.docker.container.created", chain.container, related)
-            chain.last = self._emit("prefect.docker.container.running", chain.container, related, created)
+        self._container_up(claim.handle, container_id)
 
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
@@ -470,7 +465,6 @@ class PrefectSource:
                     run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True
                 )
             return
-        self._ship_tail(run_id, result)
         if result.outcome == "timed-out":
             message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
         elif result.exit_code is None:
@@ -496,7 +490,9 @@ class PrefectSource:
                 return
             message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
         # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
-        self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True)
+        if self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True):
+            # Only when CRASHED stands: an engine that ended the run (FAILED) has logged its error itself.
+            self._ship_tail(run_id, result)
 
     # --- the worker's events --------------------------------------------------------------------
 
@@ -506,21 +502,35 @@ class PrefectSource:
     def _submitted(self, run_id: str) -> None:
         with self._lock:
             chain = self._run_events.get(run_id)
-        if chain is not None and chain.submitted is None:
+        if chain is not None and chain.submitted is None and not chain.adopted:
             chain.submitted = self._emit("prefect.worker.submitted-flow-run", self._me, chain.related)
 
+    def _container_up(self, run_id: str, container_id: str) -> None:
+        with self._lock:
+            chain = self._run_events.get(run_id)
+        if chain is None:
+            return
+        chain.container = container_resource(container_id, chain.run_name)
+        if chain.adopted:
+            return  # its created and running were said by the agent that started it, before a restart
+        related = [*chain.related, as_role(self._me, "worker")]
+        created = self._emit("prefect.docker.container.created", chain.container, related)
+        chain.last = self._emit("prefect.docker.container.running", chain.container, related, created)
+
     def _ended(self, run_id: str, result: RunResult) -> None:
-        """The container's end (or its failed creation) and the run's execution, as the worker says them."""
+        """The container's end and the run's execution, as the worker says them; a container that never
+        came to be after the run was submitted is creation-failed, and then nothing was executed."""
         with self._lock:
             chain = self._run_events.pop(run_id, None)
-        if chain is None or (result.outcome == "cancelled" and result.container_id is None):
-            return  # never submitted (cancelled while PENDING): nothing to say
-        if chain.container is not None:
-            related = [*chain.related, as_role(self._me, "worker")]
-            self._emit("prefect.docker.container.exited", chain.container, related, chain.last)
-        elif result.exit_code is None and result.outcome == "crashed":
-            self._emit("prefect.docker.container.creation-failed", self._me, chain.related)
-        pid = f"{self.hostname}:{result.container_id}" if result.container_id else ""
+        if chain is None:
+            return
+        if chain.container is None or not result.container_id:
+            if chain.submitted is not None:
+                self._emit("prefect.docker.container.creation-failed", self._me, chain.related)
+            return
+        related = [*chain.related, as_role(self._me, "worker")]
+        self._emit("prefect.docker.container.exited", chain.container, related, chain.last)
+        pid = f"{self.hostname}:{result.container_id}"
         self._emit("prefect.worker.executed-flow-run", self._me,
                    executed_related(chain.related, pid, result.exit_code), chain.submitted)  # fmt: skip
 
@@ -548,6 +558,8 @@ class PrefectSource:
     def refuse(self, claim: Claim, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
         self._track(claim.handle, mine=False)
+        with self._lock:
+            self._run_events.pop(claim.handle, None)
         log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
         self._runs.set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
 
@@ -658,6 +670,9 @@ class PrefectSource:
         claim = self._prepare(flow_run)
         if claim is not None:
             self._track(flow_run["id"], mine=True)
+            with self._lock:
+                if (chain := self._run_events.get(flow_run["id"])) is not None:
+                    chain.adopted = True
         return claim
 
     def close(self) -> None:

@@ -23,6 +23,8 @@ from dagent.sources.prefect.client import PrefectClient
 log = logging.getLogger("dagent.prefect")
 
 Resource = dict[str, str]
+# Prefect's server refuses an event with more than 100 related resources (and with it the whole batch).
+MAX_TAGS = 90
 
 
 def slug(name: str) -> str:
@@ -66,7 +68,9 @@ def run_related(
             tags.update(str(tag) for tag in given)
         related.append({"prefect.resource.id": f"prefect.{kind}.{obj['id']}", "prefect.resource.role": kind,
                         "prefect.resource.name": str(obj.get("name") or "")})  # fmt: skip
-    related += [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in sorted(tags)]
+    # The server takes at most 100 related resources an event (the worker's own role added later).
+    kept = sorted(tags)[:MAX_TAGS]
+    related += [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in kept]
     return related + pool_related(pool_id, pool_name)
 
 
@@ -85,8 +89,10 @@ def executed_related(related: list[Resource], infrastructure_pid: str, status_co
     found = []
     for resource in related:
         if resource.get("prefect.resource.role") == "flow-run":
+            # The worker's -1 for a container whose exit code could not be read.
+            code = -1 if status_code is None else status_code
             resource = {**resource, "prefect.infrastructure.identifier": infrastructure_pid,
-                        "prefect.infrastructure.status-code": str(status_code)}  # fmt: skip
+                        "prefect.infrastructure.status-code": str(code)}  # fmt: skip
         found.append(resource)
     return found
 
@@ -141,6 +147,7 @@ class EventSender:
             self.flush()
 
     def close(self) -> None:
-        """Send what is left and stop."""
+        """Stop, let a batch in flight finish, then send what is left."""
         self._stop.set()
+        self._thread.join(timeout=5)
         self.flush()
