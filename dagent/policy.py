@@ -58,6 +58,8 @@ ISOLATED_NETWORKS = ("none",)
 # Docker's network drivers that are no network of their own: the host's, or none.
 HOST_DRIVERS = ("host",)
 DEVICE_PERMISSIONS = "rwm"
+# Log drivers that keep a container's output on this host, where `docker logs` and dagent read it.
+LOG_DRIVERS = ("json-file", "local")
 
 
 # The local driver's options dagent understands: a bind of a host directory, judged as that bind.
@@ -333,6 +335,15 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
         size = _tmpfs_size(options)
         if memory is not None and (size is None or size > memory):
             yield f"docker.max_memory: tmpfs {path!r} needs size= within the memory limit {memory} ({options!r})"
+    if run.mem_reservation is not None and memory is not None and run.mem_reservation > memory:
+        yield f"docker.max_memory: mem_reservation = {run.mem_reservation} bytes is over the memory limit {memory}"
+    if config.max_pids is not None and run.pids_limit is not None:
+        if run.pids_limit <= 0:
+            yield f"docker.max_pids: pids_limit = {run.pids_limit} is unlimited; at most {config.max_pids}"
+        elif run.pids_limit > config.max_pids:
+            yield f"docker.max_pids: pids_limit = {run.pids_limit} is over {config.max_pids}"
+    if run.log_config is not None and run.log_config.type not in (*LOG_DRIVERS, *config.allowed_log_drivers):
+        yield f"docker.allowed_log_drivers: log_config type {run.log_config.type!r} is not json-file, local or listed"
     # Swap is memory too: with a maximum set, no unlimited swap and at most as much again.
     swap, most = run.memory_swap, config.max_memory
     if swap is not None and most is not None and (swap == -1 or swap > 2 * most):

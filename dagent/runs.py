@@ -134,6 +134,15 @@ class Ulimit(BaseModel):
 Memory = Annotated[int, BeforeValidator(parse_bytes), Field(ge=MIN_MEMORY)]
 
 
+class LogConfig(BaseModel):
+    """A container's log driver and its options (docker-py's `log_config`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(pattern=r"^[a-z0-9][a-z0-9_.:/-]{0,63}$")
+    config: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=1024)]] = {}
+
+
 class RunRequest(BaseModel):
     """One run: what to start, with what, and what it may use."""
 
@@ -205,6 +214,25 @@ class RunRequest(BaseModel):
     """tmpfs mounts, path = options (e.g. "size=64m"); with docker.max_memory each needs a size within it."""
     keep: Literal["never", "on-failure", "always"] | None = None
     """Which finished container to keep for this run; unset uses docker.keep_containers."""
+    dns_search: tuple[Annotated[str, Field(min_length=1, max_length=253)], ...] = ()
+    """DNS search domains."""
+    dns_opt: tuple[Annotated[str, Field(min_length=1, max_length=253)], ...] = ()
+    """DNS resolver options (ndots:2, ...)."""
+    domainname: str | None = Field(default=None, min_length=1, max_length=253)
+    """The container's domain name."""
+    tty: bool | None = None
+    """Give the container a terminal."""
+    read_only: bool | None = None
+    """Mount the container's root filesystem read-only."""
+    cap_drop: tuple[Annotated[str, Field(min_length=1, max_length=40)], ...] = ()
+    """Capabilities to drop (grants nothing)."""
+    mem_reservation: Memory | None = None
+    """Soft memory limit, e.g. 256m (within the memory limit and docker.max_memory)."""
+    pids_limit: int | None = Field(default=None, ge=-1, le=2**31 - 1)
+    """Most processes and threads at once; 0 or -1 is unlimited (refused while docker.max_pids is set)."""
+    log_config: LogConfig | None = None
+    """The container's log driver, as docker-py takes it: type and config (json-file and local, else
+    docker.allowed_log_drivers)."""
 
     @model_validator(mode="before")
     @classmethod

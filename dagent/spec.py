@@ -102,6 +102,15 @@ class ContainerSpec(BaseModel):
     stop_signal: str | None = None
     healthcheck: dict[str, Any] | None = None
     tmpfs: dict[str, str] = {}
+    dns_search: tuple[str, ...] = ()
+    dns_opt: tuple[str, ...] = ()
+    domainname: str | None = None
+    tty: bool | None = None
+    read_only: bool | None = None
+    cap_drop: tuple[str, ...] = ()
+    mem_reservation: int | None = None
+    pids_limit: int | None = None
+    log_config: dict[str, Any] | None = None
     registry_login: RegistryLogin | None = None
     timeout: float
     stop_grace: float
@@ -147,6 +156,15 @@ class ContainerSpec(BaseModel):
             "stop_signal": self.stop_signal,
             "healthcheck": dict(self.healthcheck) if self.healthcheck else None,
             "tmpfs": dict(self.tmpfs) or None,
+            "dns_search": list(self.dns_search) or None,
+            "dns_opt": list(self.dns_opt) or None,
+            "domainname": self.domainname,
+            "tty": self.tty,
+            "read_only": self.read_only,
+            "cap_drop": list(self.cap_drop) or None,
+            "mem_reservation": self.mem_reservation,
+            "pids_limit": self.pids_limit,
+            "log_config": dict(self.log_config) if self.log_config else None,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         return kwargs
@@ -279,6 +297,15 @@ def build(
         stop_signal=run.stop_signal,
         healthcheck=run.healthcheck.model_dump(exclude_none=True) if run.healthcheck else None,
         tmpfs=dict(run.tmpfs),
+        dns_search=run.dns_search,
+        dns_opt=run.dns_opt,
+        domainname=run.domainname,
+        tty=run.tty,
+        read_only=run.read_only,
+        cap_drop=tuple(normalize_capability(c) for c in run.cap_drop),
+        mem_reservation=run.mem_reservation,
+        pids_limit=run.pids_limit if run.pids_limit is not None else docker.max_pids,
+        log_config=run.log_config.model_dump() if run.log_config else None,
         registry_login=_login(origin.registry_auth, run.image),
         timeout=run.timeout if run.timeout is not None else docker.run_timeout,
         stop_grace=docker.stop_grace,

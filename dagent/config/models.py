@@ -201,6 +201,12 @@ class DockerConfig(Section):
     """Most CPUs one run may ask for; unset is no cap."""
     max_memory: Annotated[int, BeforeValidator(parse_bytes), Field(ge=MIN_MEMORY)] | None = None
     """Most memory one run may ask for, e.g. 2g (at least 6m, Docker's minimum); unset is no cap."""
+    max_pids: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    """Most processes and threads one run may have at once (`pids_limit`), and the limit of a run
+    that asks for none; unset is no cap (one run can then use up the host's PIDs)."""
+    allowed_log_drivers: StrList = []
+    """Log drivers runs may pick with `log_config` besides json-file and local (with `none` a failed
+    run has no output to show)."""
     allowed_networks: StrList | None = None
     """Docker networks a run may pick with `network`; unset: only docker.network when that is set, else any."""
     allowed_pull_policies: Annotated[list[PullPolicy], NoDecode, BeforeValidator(list_from_text)] | None = None

@@ -77,6 +77,35 @@ CASES: list[Case] = [
         {"container_create_kwargs": {"healthcheck": {"test": ["CMD", "true"], "interval": 10**9}}},
     ),
     Case("create kwargs tmpfs", {"container_create_kwargs": {"tmpfs": {"/scratch": "size=16m"}}}, short=True),
+    # container_create_kwargs the worker passes that grant nothing, or that dagent judges (issue 28).
+    Case(
+        "create kwargs entrypoint, domainname, tty",
+        {"container_create_kwargs": {"entrypoint": ["env"], "domainname": "example.org", "tty": True}},
+    ),
+    Case(
+        "create kwargs dns_search, dns_opt, read_only, cap_drop",
+        {
+            "container_create_kwargs": {
+                "dns_search": ["corp.example"],
+                "dns_opt": ["ndots:2"],
+                "read_only": True,
+                "cap_drop": ["NET_RAW"],
+            }
+        },
+        short=True,
+    ),
+    Case(
+        "create kwargs mem_reservation, nano_cpus, pids_limit",
+        {"container_create_kwargs": {"mem_reservation": "32m", "nano_cpus": 500_000_000, "pids_limit": 256}},
+    ),
+    Case(
+        "create kwargs log_config json-file",
+        {"container_create_kwargs": {"log_config": {"type": "json-file", "config": {"max-size": "10m"}}}},
+    ),
+    Case(
+        "create kwargs dns and stop_signal",
+        {"container_create_kwargs": {"dns": ["127.0.0.1"], "stop_signal": "SIGINT"}},
+    ),
     Case("null values", {"command": None, "mem_limit": None, "network_mode": None}),
     Case("unknown variable", {"not_a_variable": "x"}),
     Case("flow-run overrides image and command", {"command": EXIT_0}, {"command": "sh -c 'exit 0 # run'"}),

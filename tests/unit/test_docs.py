@@ -100,7 +100,14 @@ def test_docs_module_regenerates_in_a_copy(tmp_path: Path) -> None:
         (tmp_path / sub).mkdir()
     (tmp_path / docs.CONFIG_PAGE).write_text(f"x\n{docs.README_BEGIN}\n{docs.README_END}\n")
     (tmp_path / docs.RUNS_PAGE).write_text(f"x\n{docs.RUNFILE_BEGIN}\n{docs.RUNFILE_END}\n")
+    (tmp_path / docs.PREFECT_PAGE).write_text(f"x\n{docs.KWARGS_BEGIN}\n{docs.KWARGS_END}\n")
     subprocess.run([sys.executable, "-m", "dagent.docs", str(tmp_path)], check=True, cwd=REPO)
     assert (tmp_path / "config" / "agent.toml").read_text() == docs.reference_toml()
     assert docs.reference_markdown() in (tmp_path / docs.CONFIG_PAGE).read_text()
     assert docs.run_fields_markdown() in (tmp_path / docs.RUNS_PAGE).read_text()
+    assert docs.create_kwargs_markdown() in (tmp_path / docs.PREFECT_PAGE).read_text()
+
+
+def test_the_create_kwargs_table_is_current() -> None:
+    """docs/prefect.md's container_create_kwargs table equals the decisions in the code (`python -m dagent.docs`)."""
+    assert docs.create_kwargs_markdown() in (REPO / docs.PREFECT_PAGE).read_text()

@@ -690,3 +690,26 @@ def test_allowed_roots_on_mounts_without_nosuid_nodev_are_named() -> None:
     assert "nosuid" in (mount_options("/srv/runs/sub/y", _MOUNTINFO) or set())  # the superblock's options count
     config = _config(allowed_host_paths=["/srv/runs/x", "/srv/data", "/srv/runs/sub"])
     assert exposed_roots(config, _MOUNTINFO) == ["/srv/data"]
+
+
+def test_pids_are_bounded_by_max_pids_and_a_run_that_asks_none_gets_the_maximum() -> None:
+    """A run with no pids_limit could start processes until the host has no PIDs left (issue 27's review)."""
+    config = _config(max_pids=512)
+    assert _judge(config, _run()).to_docker_kwargs()["pids_limit"] == 512
+    assert _judge(config, _run(pids_limit=100)).to_docker_kwargs()["pids_limit"] == 100
+    _refused(config, _run(pids_limit=1000), "docker.max_pids: pids_limit = 1000 is over 512")
+    _refused(config, _run(pids_limit=-1), "is unlimited")
+    _refused(config, _run(pids_limit=0), "is unlimited")
+    assert "pids_limit" not in _judge(_config(), _run()).to_docker_kwargs()
+
+
+def test_a_soft_memory_limit_stays_within_the_hard_one() -> None:
+    _refused(_config(max_memory="64m"), _run(mem_reservation="128m"), "mem_reservation")
+    _judge(_config(max_memory="64m"), _run(mem_reservation="32m"))
+
+
+@pytest.mark.parametrize("driver", ["syslog", "fluentd", "none", "gelf"])
+def test_log_drivers_past_this_host_need_allowed_log_drivers(driver: str) -> None:
+    _refused(_config(), _run(log_config={"type": driver}), "docker.allowed_log_drivers")
+    _judge(_config(allowed_log_drivers=[driver]), _run(log_config={"type": driver}))
+    _judge(_config(), _run(log_config={"type": "local", "config": {"max-size": "10m"}}))

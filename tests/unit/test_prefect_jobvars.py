@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -146,3 +147,60 @@ def test_only_the_prefect_settings_named_one_by_one_reach_the_container(monkeypa
     assert "not-for-flows" not in str(passed) and "PREFECT_LOGGING_LEVEL" not in origin.base_env
     with pytest.raises(ConfigError, match="not a Prefect setting"):
         load_config({"source": "prefect", "api": {"pass_settings": ["HOME"]}}, environ={})
+
+
+def test_every_keyword_docker_py_takes_has_a_decision() -> None:
+    """A docker-py release that gains a containers.create keyword fails here until someone decides it."""
+    from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS
+
+    from dagent.sources.prefect.create_kwargs import DECISIONS
+
+    keywords = {*RUN_CREATE_KWARGS, *RUN_HOST_CONFIG_KWARGS, "ports", "volumes", "network", "networking_config"}
+    assert sorted(keywords - set(DECISIONS)) == []
+
+
+_PASSED = {
+    "entrypoint": (["/bin/sh", "-c"], "Entrypoint", ["/bin/sh", "-c"]),
+    "domainname": ("example.org", "Domainname", "example.org"),
+    "dns_search": (["corp.example"], "DnsSearch", ["corp.example"]),
+    "dns_opt": (["ndots:2"], "DnsOptions", ["ndots:2"]),
+    "tty": (True, "Tty", True),
+    "read_only": (True, "ReadonlyRootfs", True),
+    "cap_drop": (["net_raw"], "CapDrop", ["NET_RAW"]),
+    "mem_reservation": ("32m", "MemoryReservation", 32 << 20),
+    "nano_cpus": (500_000_000, "NanoCpus", 500_000_000),
+    "pids_limit": (256, "PidsLimit", 256),
+    "log_config": ({"type": "json-file", "config": {"max-size": "10m"}}, "LogConfig",
+                   {"Type": "json-file", "Config": {"max-size": "10m"}}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", sorted(_PASSED))
+def test_container_create_kwargs_that_grant_nothing_reach_docker(key: str) -> None:
+    """Attack-free keywords Prefect's worker passes (issue 28: they were refused, so the run CRASHED)."""
+    from dagent.config import load_config
+    from dagent.hostview import DaemonFacts, HostView
+    from dagent.spec import build
+    from tests.helpers import docker_request
+
+    value, field, expected = _PASSED[key]
+    run = run_request("r1", {"image": "busybox", "container_create_kwargs": {key: value}})
+    config = load_config({"name": "a1"}, environ={}).config
+    spec = build(config, run, facts=HostView(config, DaemonFacts(None, None, None)).facts(run))
+    body = docker_request(spec.to_docker_kwargs())
+    assert {**body, **body["HostConfig"]}[field] == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("restart_policy", {"Name": "always"}, "a run starts once"),
+        ("security_opt", ["seccomp=unconfined"], "seccomp"),
+        ("mounts", [{"Type": "bind", "Source": "/", "Target": "/h"}], "`volumes` job variable"),
+        ("device_requests", [{"Count": -1}], "docker.allow_gpus"),
+        ("no_such_keyword", 1, "not a docker-py containers.create argument"),
+    ],
+)
+def test_container_create_kwargs_dagent_cannot_judge_are_refused_by_name(key: str, value: Any, says: str) -> None:
+    with pytest.raises(RunFileError, match=rf"container_create_kwargs\.{key}: .*{re.escape(says)}"):
+        run_request("r1", {"image": "busybox", "container_create_kwargs": {key: value}})

@@ -16,6 +16,7 @@ from dagent import __version__
 from dagent.errors import RunFileError
 from dagent.images import normalize_registry, parse_image
 from dagent.runs import RunRequest, parse_run
+from dagent.sources.prefect.create_kwargs import DECISIONS
 from dagent.spec import Origin, RegistryLogin
 
 log = logging.getLogger("dagent.prefect")
@@ -145,24 +146,8 @@ def _pull_policy(given: Any, image: Any, origin: str, prefect_rule: bool) -> str
     return "always" if ref.digest is None and ref.tag in (None, "latest") else None
 
 
-# docker-py arguments of container_create_kwargs that become run fields: those that grant nothing,
-# and those the policy judges as it judges the run's own fields.
-_CREATE_KWARGS = {
-    "shm_size": "shm_size", "init": "init", "user": "user", "working_dir": "working_dir", "hostname": "hostname",
-    "extra_hosts": "extra_hosts", "dns": "dns", "ulimits": "ulimits", "stop_signal": "stop_signal",
-    "cap_add": "cap_add", "devices": "devices", "pid_mode": "pid", "ipc_mode": "ipc",
-    "healthcheck": "healthcheck", "tmpfs": "tmpfs",
-}  # fmt: skip
-# Keys Prefect's worker itself drops from container_create_kwargs: its own job variables win.
-_WORKER_FIELDS = frozenset(
-    {"command", "env", "labels", "name", "image", "registry_credentials", "image_pull_policy", "networks",
-     "network_mode", "auto_remove", "volumes", "stream_output", "mem_limit", "memswap_limit", "privileged",
-     "container_create_kwargs"}
-)  # fmt: skip
-
-
 def _create_kwargs(kwargs: Any, data: Mapping[str, Any], origin: str) -> dict[str, Any]:
-    """container_create_kwargs → run fields; a key dagent cannot judge is refused by name."""
+    """container_create_kwargs → run fields, keyword by keyword as create_kwargs.DECISIONS says."""
     if kwargs in (None, {}):
         return {}
     where = f"{origin}: container_create_kwargs"
@@ -170,13 +155,29 @@ def _create_kwargs(kwargs: Any, data: Mapping[str, Any], origin: str) -> dict[st
         raise RunFileError(f"{where}: expected a table of docker-py arguments, not {type(kwargs).__name__}")
     fields: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key in _WORKER_FIELDS:
-            log.debug("%s.%s: ignored, as Prefect's worker ignores it (the job variable of that name wins)", where, key)
-        elif key in _CREATE_KWARGS:
-            fields[_CREATE_KWARGS[key]] = _extra_hosts(value, where) if key == "extra_hosts" else value
+        decision = DECISIONS.get(key) if isinstance(key, str) else None
+        shown = str(key)[:40]
+        if decision is None:
+            raise RunFileError(f"{where}.{shown}: not a docker-py containers.create argument dagent knows")
+        if decision.kind == "worker":
+            log.debug("%s.%s: ignored (%s)", where, shown, decision.why)
+        elif decision.kind == "refused":
+            raise RunFileError(f"{where}.{shown}: refused: {decision.why}")
         else:
-            raise RunFileError(f"{where}.{str(key)[:40]}: not supported (dagent cannot judge what it would grant)")
+            assert decision.field is not None
+            fields[decision.field] = _converted(key, value, f"{where}.{shown}")
     return {k: v for k, v in fields.items() if k not in data or data[k] in (None, [], {})}
+
+
+def _converted(key: str, value: Any, where: str) -> Any:
+    """A keyword's value as the run field takes it (the field's own validation does the rest)."""
+    if key == "extra_hosts":
+        return _extra_hosts(value, where)
+    if key == "nano_cpus":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RunFileError(f"{where}: expected a whole number of billionths of a CPU")
+        return value / 1e9
+    return value
 
 
 def _extra_hosts(value: Any, where: str) -> Any:
