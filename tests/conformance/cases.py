@@ -79,11 +79,11 @@ CASES: list[Case] = [
     Case("create kwargs tmpfs", {"container_create_kwargs": {"tmpfs": {"/scratch": "size=16m"}}}, short=True),
     # container_create_kwargs the worker passes that grant nothing, or that dagent judges (issue 28).
     Case(
-        "create kwargs entrypoint, domainname, tty",
+        "create kwargs entrypoint domainname tty",
         {"container_create_kwargs": {"entrypoint": ["env"], "domainname": "example.org", "tty": True}},
     ),
     Case(
-        "create kwargs dns_search, dns_opt, read_only, cap_drop",
+        "create kwargs dns_search dns_opt read_only cap_drop",
         {
             "container_create_kwargs": {
                 "dns_search": ["corp.example"],
@@ -95,7 +95,7 @@ CASES: list[Case] = [
         short=True,
     ),
     Case(
-        "create kwargs mem_reservation, nano_cpus, pids_limit",
+        "create kwargs mem_reservation nano_cpus pids_limit",
         {"container_create_kwargs": {"mem_reservation": "32m", "nano_cpus": 500_000_000, "pids_limit": 256}},
     ),
     Case(
