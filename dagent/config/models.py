@@ -81,6 +81,9 @@ class ApiConfig(Section):
     pass_settings: Annotated[list[PrefectSetting], NoDecode, BeforeValidator(list_from_text)] = []
     """The agent's own PREFECT_* variables to copy into every flow container, named one by one
     (Prefect's worker copies all of its settings, credentials included); kept secret, never shown."""
+    worker_labels: bool = True
+    """Give each flow run the worker's labels, as Prefect's worker does (`prefect.worker.name`,
+    `prefect.worker.type`, `prefect.work-pool.name`, `prefect.work-pool.id`): one request a run."""
     send_events: bool = True
     """Emit the events Prefect's worker emits (worker started and stopped, each run's submission,
     container and end), for automations and the UI; none while idle."""

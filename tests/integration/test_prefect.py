@@ -464,7 +464,8 @@ def _events(api: PrefectAPI, flow_run_id: str) -> list[dict[str, Any]]:
 
 
 def test_prefect_sees_the_workers_events(agent: AgentProcess, api: PrefectAPI, pool: str, flow_image: str) -> None:
-    """The events Prefect's Docker worker emits for a run, with the same names, resources and chains."""
+    """The events Prefect's Docker worker emits for a run, with the same names, resources and chains,
+    and the worker's labels on the flow run."""
     run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello"))
     api.wait_state(run_id, "COMPLETED", 120)
     wanted = {"prefect.worker.submitted-flow-run", "prefect.docker.container.created",
@@ -487,3 +488,6 @@ def test_prefect_sees_the_workers_events(agent: AgentProcess, api: PrefectAPI, p
                                                              "resource": {"id": [worker["prefect.resource.id"]]}},
                                                   "limit": 5})  # fmt: skip
     assert started["events"], "no prefect.worker.started for the agent"
+    labels = api.flow_run(run_id)["labels"]
+    assert labels["prefect.worker.type"] == "docker" and labels["prefect.work-pool.name"] == pool
+    assert labels["prefect.worker.name"] == worker["prefect.resource.name"]

@@ -1208,3 +1208,23 @@ def test_a_run_adopted_after_a_restart_says_its_end_only() -> None:
     source.close()
     names = [e["event"] for _, p, body in transport.seen if p == "/events" for e in body]
     assert names == ["prefect.docker.container.exited", "prefect.worker.executed-flow-run"]
+
+
+def test_a_started_run_gets_the_workers_labels_and_a_failure_to_set_them_is_not_the_runs() -> None:
+    world = World([_flow_run("r1")])
+    refuse = {"labels": False}
+
+    def handler(method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path.endswith("/labels") and refuse["labels"]:
+            return 422, {"detail": "no"}
+        return world(method, path, body)
+
+    source, transport = _source(handler)
+    source.pool_id = "p1"
+    [claim] = source.poll(1)
+    source.started(claim, "c" * 64)
+    [labels] = [body for method, path, body in transport.seen if path == "/flow_runs/r1/labels"]
+    assert labels == {"prefect.worker.name": NAME, "prefect.worker.type": "docker",
+                      "prefect.work-pool.name": "dagent", "prefect.work-pool.id": "p1"}  # fmt: skip
+    refuse["labels"] = True
+    source.started(claim, "c" * 64)  # logged, not raised: a label never ends a running run

@@ -437,15 +437,17 @@ class PrefectSource:
         return True
 
     def started(self, claim: Claim, container_id: str) -> None:
-        """Record where the run is: `infrastructure_pid` = host:container.
-
-        Prefect's worker also gives the run `prefect.worker.*` labels; the API takes them only in a
-        request (and a database write) of their own per run, which a busy server feels, so dagent
-        leaves them out: the container's io.prefect.worker-name label and infrastructure_pid say it.
-        """
-        self.client.call(
-            "PATCH", f"/flow_runs/{path_id(claim.handle)}", {"infrastructure_pid": f"{self.hostname}:{container_id}"}
-        )
+        """Record where the run is (`infrastructure_pid` = host:container) and, as Prefect's worker
+        does, which worker runs it (`prefect.worker.*` and `prefect.work-pool.*` flow-run labels)."""
+        run_path = f"/flow_runs/{path_id(claim.handle)}"
+        self.client.call("PATCH", run_path, {"infrastructure_pid": f"{self.hostname}:{container_id}"})
+        if self.api.worker_labels:
+            labels = {"prefect.worker.name": self.worker, "prefect.worker.type": "docker",
+                      "prefect.work-pool.name": self.api.work_pool, "prefect.work-pool.id": self.pool_id}  # fmt: skip
+            try:
+                self.client.call("PATCH", f"{run_path}/labels", {k: v for k, v in labels.items() if v})
+            except SourceError as e:  # a label is the UI's, never worth a running run
+                log.warning("flow run %s: could not set the worker's labels (%s)", claim.handle, one_line(e))
         self._container_up(claim.handle, container_id)
 
     def report(self, claim: Claim, result: RunResult) -> None:
