@@ -449,7 +449,8 @@ def test_a_crashed_runs_own_last_output_is_on_the_flow_run(
 ) -> None:
     """A container that prints an error and exits 3: the CRASHED message says how it ended and its last
     line, and its last lines are in the run's logs, so Prefect's UI shows the error without `docker logs`."""
-    command = "sh -c 'echo starting; echo \"ERROR: could not open /data/input.csv\" >&2; exit 3'"
+    # Out and err are two streams, ordered in the log by their time: the error comes last, a moment later.
+    command = "sh -c 'echo starting; sleep 0.5; echo \"ERROR: could not open /data/input.csv\" >&2; exit 3'"
     run_id = api.run(_deploy(api, pool, flow_image, "flows.py:hello", command=command))
     message = api.wait_state(run_id, "CRASHED", 90)["state"]["message"]
     assert "the container exited with code 3" in message and "ERROR: could not open /data/input.csv" in message
