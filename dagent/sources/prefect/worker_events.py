@@ -9,18 +9,14 @@ those of prefect-docker 0.7.4's worker (../shared notes; checked against it by t
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from dagent.errors import one_line
+from dagent.sources.prefect.batches import BatchSender
 from dagent.sources.prefect.client import PrefectClient
-
-log = logging.getLogger("dagent.prefect")
 
 Resource = dict[str, str]
 # Prefect's server refuses an event with more than 100 related resources (and with it the whole batch).
@@ -110,44 +106,16 @@ def event(name: str, resource: Resource, related: list[Resource], follows: str |
     }
 
 
-class EventSender:
-    """Queues events and sends them in one `POST /events` a second; never raises, never blocks the caller."""
+class EventSender(BatchSender):
+    """Queues events and sends them in one `POST /events` a second while there are any."""
 
     INTERVAL = 1.0
-    MAX_QUEUED = 10_000  # events kept while Prefect cannot take them; the oldest go first
 
     def __init__(self, client: PrefectClient) -> None:
-        self.client = client
-        self._queue: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="prefect-events-out", daemon=True)
-        self._thread.start()
+        super().__init__(client, "/events", "events")
 
     def emit(self, name: str, resource: Resource, related: list[Resource], follows: str | None = None) -> str:
         """Queue one event; its id, for the next event of its chain to follow."""
         made = event(name, resource, related, follows)
-        with self._lock:
-            self._queue.append(made)
-            del self._queue[: -self.MAX_QUEUED]
+        self.queue(made)
         return str(made["id"])
-
-    def flush(self) -> None:
-        """Send what is queued now."""
-        with self._lock:
-            batch, self._queue = self._queue, []
-        if batch:
-            try:
-                self.client.call("POST", "/events", batch)
-            except Exception as e:  # any failure: the thread lives on, and the events are dropped
-                log.debug("could not send %d event(s) to Prefect: %s", len(batch), one_line(e))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.INTERVAL):
-            self.flush()
-
-    def close(self) -> None:
-        """Stop, let a batch in flight finish, then send what is left."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.flush()
