@@ -3,6 +3,7 @@ user runs it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -130,3 +131,23 @@ def api(prefect_server: prefect_infra.PrefectServer) -> PrefectAPI:
 @pytest.fixture
 def pool() -> str:
     return f"pool-{uuid.uuid4().hex[:8]}"
+
+
+# --- in CI, a skip is a failure ----------------------------------------------------------------------
+# CI installs every component these tests need, so a test that skips there has lost what it tests and
+# would pass unseen. A test that may skip in CI is listed here, by node id, with why.
+ALLOWED_SKIPS: dict[str, str] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    in_ci = os.environ.get("CI") == "true"
+    if in_ci and report.skipped and not hasattr(report, "wasxfail") and item.nodeid not in ALLOWED_SKIPS:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped in CI ({reason}): CI installs every component, so a skip hides a test that did not run "
+            "(tests/integration/conftest.py ALLOWED_SKIPS lists the exceptions)"
+        )
