@@ -492,3 +492,7 @@ def test_prefect_sees_the_workers_events(agent: AgentProcess, api: PrefectAPI, p
     labels = api.flow_run(run_id)["labels"]
     assert labels["prefect.worker.type"] == "docker" and labels["prefect.work-pool.name"] == pool
     assert labels["prefect.worker.name"] == worker["prefect.resource.name"]
+    # The states on the way, as under the worker: Scheduled, Pending, Submitting, then the engine's.
+    history = api.call("GET", f"/flow_run_states/?flow_run_id={run_id}")
+    names = [h["name"] for h in sorted(history, key=lambda h: h["timestamp"])]
+    assert names == ["Scheduled", "Pending", "Submitting", "Running", "Completed"], names

@@ -60,3 +60,27 @@ def test_any_foreign_state_after_the_schedule_takes_the_run(kinds: list[str]) ->
     history = [state("s", "SCHEDULED", 1), state("ours", "PENDING", 2)]
     history += [state(f"o{i}", kind, 3 + i) for i, kind in enumerate(kinds)]
     assert len(taken_since_scheduled(history, "ours")) == len(kinds)
+
+
+NOTE = "Claimed by dagent agent 'a'"
+
+
+def test_our_submitting_step_and_our_claim_are_both_ours() -> None:
+    """A check made from the run's Submitting state (after a restart) must not read our own claim as a rival."""
+    history = [
+        state("s", "SCHEDULED", 1),
+        {**state("claim", "PENDING", 2), "name": "Pending", "message": NOTE},
+        {**state("sub", "PENDING", 3), "name": "Submitting", "message": NOTE},
+    ]
+    assert taken_since_scheduled(history, "sub", NOTE) == []
+    assert [h["id"] for h in taken_since_scheduled(history, "sub")] == ["claim"]  # without the note: a rival
+
+
+def test_another_agents_submitting_takes_the_run() -> None:
+    history = [
+        state("s", "SCHEDULED", 1),
+        {**state("theirs", "PENDING", 2), "message": "Claimed by dagent agent 'b'"},
+        {**state("sub", "PENDING", 3), "name": "Submitting", "message": "Claimed by dagent agent 'b'"},
+        {**state("ours", "PENDING", 4), "message": NOTE},
+    ]
+    assert [h["id"] for h in taken_since_scheduled(history, "ours", NOTE)] == ["theirs", "sub"]

@@ -78,9 +78,12 @@ class World:
                 return 200, scheduled[: (body or {}).get("limit", len(scheduled))]
             if method == "POST" and path.endswith("/set_state"):
                 run_id = path.split("/")[2]
-                if body["state"]["type"] == "PENDING" and self.claim_answer is not None:
+                proposed, now = body["state"], self.states[run_id]
+                if proposed["type"] == "PENDING" and proposed["name"] == "Pending" and self.claim_answer is not None:
                     return self.claim_answer(run_id)
-                if body["state"]["type"] == "PENDING" and self.states[run_id]["type"] != "SCHEDULED":
+                # As Prefect: PENDING only over SCHEDULED, or over PENDING under a new name other than Pending.
+                step = now["type"] == "PENDING" and proposed["name"] not in ("Pending", now.get("name"))
+                if proposed["type"] == "PENDING" and now["type"] != "SCHEDULED" and not step:
                     return 200, {"status": "ABORT", "details": {"reason": "not scheduled"}}
                 self.states[run_id] = {**body["state"], "id": uuid.uuid4().hex}
                 return 200, {"status": "ACCEPT", "state": self.states[run_id]}
@@ -282,20 +285,19 @@ def test_a_run_cancelled_after_its_claim_never_starts() -> None:
     source, _ = _source(world)
     [claim] = source.poll(1)
     world.states["r1"] = {"type": "CANCELLED", "id": "c1"}
-    source._checked["r1"] -= 60  # the claim check is no longer fresh: starting() asks again
     assert source.starting(claim) is False
     source.report(claim, RunResult.not_started("r1", "cancelled", "cancelled before it started"))
     assert world.states["r1"]["type"] == "CANCELLED"  # nothing proposed over it
 
 
 def test_refuse_forgets_the_run() -> None:
-    """A refused run leaves nothing behind (it left an entry in _checked until restart)."""
+    """A refused run leaves nothing behind."""
     world = World([_flow_run("r1", privileged=True)])
     source, _ = _source(world)
     [claim] = source.poll(1)
     source.refuse(claim, "refused by docker.allow_privileged")
     assert world.states["r1"]["type"] == "CRASHED"
-    assert source._checked == {} and source._mine == set() and source._heard == {}
+    assert source._mine == set() and source._heard == {}
 
 
 def test_an_edited_deployment_is_seen_without_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -318,6 +320,30 @@ def test_recovery_resumes_our_pending_runs_only() -> None:
     world.states["theirs"] = {"type": "PENDING", "message": "Claimed by dagent agent 'other'", "id": "q"}
     source, _ = _source(world)
     assert [c.run.id for c in source.recover({}, [])] == ["ours"]
+
+
+def test_a_run_is_submitting_when_its_container_starts() -> None:
+    """As Prefect's worker: Pending, then Submitting (in the claim's words) just before the container."""
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    [claim] = source.poll(1)
+    assert source.starting(claim) is True
+    assert (world.states["r1"]["type"], world.states["r1"]["name"], world.states["r1"]["message"]) == (
+        "PENDING", "Submitting", NOTE,
+    )  # fmt: skip
+
+
+def test_a_restart_resumes_a_run_it_left_submitting() -> None:
+    """Died between Submitting and the container: the claim check reads both PENDING states as ours."""
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    world.states["r1"] = {"type": "PENDING", "name": "Submitting", "message": NOTE, "id": "q"}
+    world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)},
+                           {"id": "p", "type": "PENDING", "name": "Pending", "message": NOTE, "timestamp": _at(1)},
+                           {"id": "q", "type": "PENDING", "name": "Submitting", "message": NOTE, "timestamp": _at(2)}]  # fmt: skip
+    [claim] = source.recover({}, [])
+    assert claim.run.id == "r1"
+    assert source.starting(claim) is True  # Submitting again is refused; the run is still ours and starts
 
 
 def _at(second: int) -> str:
@@ -390,7 +416,7 @@ def test_many_threads_at_once_leave_consistent_state(seed: int) -> None:
     source.close()
     assert errors == [], errors[:3]
     assert len({c.run.id for c in claims}) == len(claims) == len(ids)
-    assert source._mine == set() and source._checked == {} and source._abandoned == set()
+    assert source._mine == set() and source._abandoned == set()
 
 
 def _run_all(threads: list[threading.Thread]) -> None:

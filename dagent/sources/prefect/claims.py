@@ -25,11 +25,20 @@ def claimer(message: str) -> str | None:
 EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def taken_since_scheduled(history: Iterable[Any], pending_id: Any) -> list[dict[str, Any]]:
-    """States other than ours since the run was last scheduled, oldest first: empty when the claim is ours."""
+def taken_since_scheduled(history: Iterable[Any], pending_id: Any, note: str | None = None) -> list[dict[str, Any]]:
+    """States other than ours since the run was last scheduled, oldest first: empty when the claim is ours.
+
+    Ours are the claim `pending_id` and, given the agent's `note`, every PENDING state that carries it
+    (the claim's `Submitting` step, or the claim itself when the check runs after it)."""
     states = sorted((h for h in history if isinstance(h, dict) and isinstance(h.get("type"), str)), key=when)
     since = max((when(h) for h in states if h.get("type") == "SCHEDULED"), default=EPOCH)
-    return [h for h in states if h.get("id") != pending_id and h.get("type") != "SCHEDULED" and when(h) >= since]
+
+    def ours(h: dict[str, Any]) -> bool:
+        if h.get("id") == pending_id:
+            return True
+        return note is not None and h.get("type") == "PENDING" and h.get("message") == note
+
+    return [h for h in states if not ours(h) and h.get("type") != "SCHEDULED" and when(h) >= since]
 
 
 def start_time(flow_run: Mapping[str, Any]) -> datetime | None:

@@ -91,6 +91,12 @@ class FlowRuns:
             return ClaimAnswer(False, float(delay) if isinstance(delay, (int, float)) else 0.0)
         return ClaimAnswer(False)
 
+    def submitting(self, run_id: str) -> bool:
+        """Propose `Submitting` (PENDING under another name), as Prefect's worker does just before it starts
+        a run's infrastructure; True when accepted. Prefect refuses it over anything but PENDING, so an
+        acceptance also says the run was not cancelled meanwhile."""
+        return self.set_state(run_id, "PENDING", "Submitting", self.note, quiet=True)
+
     def claim_stands(self, run_id: str, pending_id: Any) -> bool:
         """True when our accepted PENDING claimed the run as scheduled, not after someone ran it.
 
@@ -133,7 +139,7 @@ class FlowRuns:
             run_id,
             [(h.get("type"), h.get("timestamp")) for h in history if isinstance(h, dict)],
         )
-        return taken_since_scheduled(history, pending_id)
+        return taken_since_scheduled(history, pending_id, self.note)
 
     def _put_back_end(self, run_id: str, others: list[dict[str, Any]]) -> bool:
         """Force the run's first end since it was scheduled back over a stale PENDING; False if it had none."""

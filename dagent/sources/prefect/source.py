@@ -51,8 +51,6 @@ from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
 
-# A claim checked this recently needs no second read before its container starts.
-FRESH_CLAIM = 1.0
 # Seconds between cancellation checks over REST while the event stream reports cancellations.
 CANCEL_CHECK_STREAMING = 60.0
 # How long a container that exited 0 waits for the engine's final state to be heard on the stream.
@@ -108,7 +106,6 @@ class PrefectSource:
         self._mine: set[str] = set()
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
-        self._checked: dict[str, float] = {}  # run id → when the claim check last read its state
         self._cancel_confirmed: set[str] = set()  # CANCELLING heard and borne out by the run's state
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
@@ -221,10 +218,8 @@ class PrefectSource:
             self._heard.pop(run_id, None)
             if mine:
                 self._mine.add(run_id)
-                self._checked[run_id] = time.monotonic()
             else:
                 self._mine.discard(run_id)
-                self._checked.pop(run_id, None)
                 self._cancel_confirmed.discard(run_id)
 
     def _streaming(self) -> bool:
@@ -415,17 +410,13 @@ class PrefectSource:
     # --- a run's life ----------------------------------------------------------------------------
 
     def starting(self, claim: Claim) -> bool:
-        """False when the run was cancelled while PENDING: it must never start."""
-        with self._lock:
-            checked = self._checked.pop(claim.handle, None)
-            heard = self._heard.get(claim.handle)
-        if (
-            checked is not None
-            and time.monotonic() - checked < FRESH_CLAIM
-            and heard not in ("CANCELLING", "CANCELLED")
-        ):
+        """False when the run was cancelled while PENDING: it must never start.
+
+        As Prefect's worker does, the run goes to `Submitting` first; Prefect accepts that only over
+        PENDING, so an acceptance is the check, and only a refusal needs the run's state read."""
+        if self._runs.submitting(claim.handle):
             self._submitted(claim.handle)
-            return True  # the claim check has just read the state, and no cancel was heard since
+            return True
         state = self._runs.state(claim.handle) or {}
         if state.get("type") in ("CANCELLING", "CANCELLED"):
             log.info("flow run %s was cancelled before it started", claim.handle)
@@ -433,6 +424,8 @@ class PrefectSource:
                 with self._lock:
                     self._abandoned.add(claim.handle)  # nothing left to report; CANCELLING still gets CANCELLED
             return False
+        # Already Submitting (a claim resumed after a restart), or moved on by Prefect's own rules:
+        # the container decides, as before this step existed.
         self._submitted(claim.handle)
         return True
 
