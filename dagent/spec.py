@@ -122,7 +122,8 @@ class ContainerSpec(BaseModel):
         kwargs: dict[str, Any] = {
             "image": self.image,
             "name": self.name,
-            "detach": True,
+            # No `detach`: created as Prefect's worker creates them (Attach* on, which nothing uses once
+            # the container is started apart), so `docker inspect` shows the same Config.
             "environment": env,
             "labels": dict(self.labels),
             "privileged": self.privileged,

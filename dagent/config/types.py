@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
@@ -161,6 +161,9 @@ class Mount:
     source: str
     target: str
     read_only: bool = False
+    # Whether `:rw` was written: kept as written, as Prefect's worker passes a volume (`docker inspect`
+    # then shows the same Binds); it grants nothing, so two mounts that differ only by it are equal.
+    mode_written: bool = field(default=False, compare=False)
 
     @property
     def is_bind(self) -> bool:
@@ -168,7 +171,8 @@ class Mount:
         return self.source.startswith("/") or bool(_WINDOWS_DRIVE_RE.match(self.source))
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+        mode = ":ro" if self.read_only else ":rw" if self.mode_written else ""
+        return f"{self.source}:{self.target}{mode}"
 
 
 def parse_volume(value: Any) -> Mount:
@@ -198,7 +202,9 @@ def parse_volume(value: Any) -> Mount:
         raise ValueError(f"volume {value!r}: {source!r} is neither an absolute path nor a volume name")
     if not PurePosixPath(target).is_absolute() and not PureWindowsPath(target).is_absolute():
         raise ValueError(f"volume {value!r}: container path {target!r} must be absolute")
-    return Mount(source=source, target=target, read_only=len(parts) == 3 and parts[2] == "ro")
+    return Mount(
+        source=source, target=target, read_only=len(parts) == 3 and parts[2] == "ro", mode_written=len(parts) == 3
+    )
 
 
 Volume = Annotated[

@@ -1254,3 +1254,15 @@ def test_a_started_run_gets_the_workers_labels_and_a_failure_to_set_them_is_not_
                       "prefect.work-pool.name": "dagent", "prefect.work-pool.id": "p1"}  # fmt: skip
     refuse["labels"] = True
     source.started(claim, "c" * 64)  # logged, not raised: a label never ends a running run
+
+
+def test_a_run_whose_container_never_ran_still_says_which_worker_tried() -> None:
+    """Prefect's worker labels a run before it starts the container; dagent after, and on a failed start too."""
+    world = World([_flow_run("r1")])
+    source, transport = _source(world)
+    source.pool_id = "p1"
+    [claim] = source.poll(1)
+    assert source.starting(claim)
+    source.report(claim, RunResult.crashed("r1", "start failed: OCI runtime create failed"))
+    assert [p for _, p, _ in transport.seen if p == "/flow_runs/r1/labels"] == ["/flow_runs/r1/labels"]
+    assert world.states["r1"]["type"] == "CRASHED"

@@ -29,7 +29,7 @@ def test_minimal_run() -> None:
     """Name, labels and defaults of a run that asks for nothing."""
     spec = _build({})
     kwargs = spec.to_docker_kwargs()
-    assert kwargs["name"] == "dagent-r1" and kwargs["image"] == "local/busybox:latest" and kwargs["detach"] is True
+    assert kwargs["name"] == "dagent-r1" and kwargs["image"] == "local/busybox:latest" and "detach" not in kwargs
     assert kwargs["labels"] == {
         "dagent.agent": "a1",
         "dagent.run-id": "r1",
@@ -47,13 +47,14 @@ def test_every_field(tmp_path: Path) -> None:
     docker = {"allowed_host_paths": [str(tmp_path / "data")], "allow_named_volumes": True, "allow_privileged": True,
               "allow_host_network": True, "allowed_capabilities": ["NET_ADMIN"], "allowed_devices": ["/dev/null"],
               "allow_gpus": True, "allow_ports": True}  # fmt: skip
-    run = {"command": "sh -c 'exit 0'", "entrypoint": ["/bin/sh"], "volumes": [f"{tmp_path}/data:/d:ro", "cache:/c"],
+    run = {"command": "sh -c 'exit 0'", "entrypoint": ["/bin/sh"], "volumes": [f"{tmp_path}/data:/d:ro", "cache:/c", "cache:/w2:rw"],
            "cpus": 1.5, "memory": "256m", "shm_size": "64m", "gpus": 2, "devices": ["/dev/null"],
            "ports": ["127.0.0.1:8080:80", "9090:90/udp", "7000"], "cap_add": ["cap_net_admin"], "privileged": True,
            "pid": "host", "ipc": "host", "working_dir": "/w", "user": "1000", "timeout": 5}  # fmt: skip
     kwargs = _build(run, docker).to_docker_kwargs()
     assert kwargs["command"] == ["sh", "-c", "exit 0"] and kwargs["entrypoint"] == ["/bin/sh"]
-    assert kwargs["volumes"] == [f"{tmp_path}/data:/d:ro", "cache:/c:rw"]
+    # As written, as Prefect's worker passes them: a mode only where one was given.
+    assert kwargs["volumes"] == [f"{tmp_path}/data:/d:ro", "cache:/c", "cache:/w2:rw"]
     assert (
         kwargs["nano_cpus"] == 1_500_000_000 and kwargs["mem_limit"] == 256 * 2**20 and kwargs["shm_size"] == 64 * 2**20
     )

@@ -59,7 +59,7 @@ DECISIONS: dict[str, Decision] = {
     "memswap_limit": _worker(),
     "privileged": _worker(),
     "container_create_kwargs": _worker(),
-    "detach": _worker("dagent's own: always detached"),
+    "detach": _worker("dagent's own: a container is created, then started apart, as in Prefect's worker"),
     "version": _worker("dagent's own: the daemon's API version"),
     "use_config_proxy": _worker("dagent's own: the agent's proxies are never copied in"),
     # Passed as they are: they grant nothing.

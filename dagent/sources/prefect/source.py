@@ -434,14 +434,19 @@ class PrefectSource:
         does, which worker runs it (`prefect.worker.*` and `prefect.work-pool.*` flow-run labels)."""
         run_path = f"/flow_runs/{path_id(claim.handle)}"
         self.client.call("PATCH", run_path, {"infrastructure_pid": f"{self.hostname}:{container_id}"})
-        if self.api.worker_labels:
-            labels = {"prefect.worker.name": self.worker, "prefect.worker.type": "docker",
-                      "prefect.work-pool.name": self.api.work_pool, "prefect.work-pool.id": self.pool_id}  # fmt: skip
-            try:
-                self.client.call("PATCH", f"{run_path}/labels", {k: v for k, v in labels.items() if v})
-            except SourceError as e:  # a label is the UI's, never worth a running run
-                log.warning("flow run %s: could not set the worker's labels (%s)", claim.handle, one_line(e))
+        self._label(claim.handle)
         self._container_up(claim.handle, container_id)
+
+    def _label(self, run_id: str) -> None:
+        """The worker's flow-run labels, which Prefect's worker sets before it starts a run's container."""
+        if not self.api.worker_labels:
+            return
+        labels = {"prefect.worker.name": self.worker, "prefect.worker.type": "docker",
+                  "prefect.work-pool.name": self.api.work_pool, "prefect.work-pool.id": self.pool_id}  # fmt: skip
+        try:
+            self.client.call("PATCH", f"/flow_runs/{path_id(run_id)}/labels", {k: v for k, v in labels.items() if v})
+        except SourceError as e:  # a label is the UI's, never worth a running run
+            log.warning("flow run %s: could not set the worker's labels (%s)", run_id, one_line(e))
 
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
@@ -463,6 +468,9 @@ class PrefectSource:
         if result.outcome == "timed-out":
             message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
         elif result.exit_code is None:
+            # Set after the container started (one request less on the way to it), so say here too who
+            # tried, as the worker's labels say on a run whose container would not start.
+            self._label(run_id)
             message = f"dagent could not run the container: {result.error}"
         elif result.exit_code != 0:
             message = f"the container {result.why or f'exited with code {result.exit_code}'}"
