@@ -567,6 +567,13 @@ def secrets(chaos: Chaos) -> Row:
     return row
 
 
+def mixed_fleet(chaos: Chaos) -> Row:
+    """Prefect's worker and dagent on one pool (tests/chaos/mixed_fleet.py, which builds on this module)."""
+    from tests.chaos import mixed_fleet as scenario
+
+    return scenario.mixed_fleet(chaos)
+
+
 SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
     "inbox-kill": inbox_kill,
     "prefect-kill": prefect_kill,
@@ -580,6 +587,7 @@ SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
         *([many_prefect(c, 5, kills=c.sizes.kills)] if c.backend == "postgres" else []),
         many_prefect(c, 2, engine=True),
     ],
+    "mixed-fleet": mixed_fleet,
     "corpus": lambda c: [bad_inputs(c), bypasses(c)],
     "secrets": secrets,  # last: it reads what the others wrote
 }

@@ -3,11 +3,13 @@
 It does to the API what `prefect flow-run execute` does to it for a flow that returns at once:
 propose RUNNING, then COMPLETED, for the run in PREFECT__FLOW_RUN_ID, in milliseconds instead of
 seconds of CPU. Standard library only; exits 1 if the server refuses RUNNING (cancelled, taken).
+STANDIN_SECONDS (default 0) is how long the "flow" runs between the two.
 """
 
 import json
 import os
 import sys
+import time
 import urllib.request
 
 
@@ -22,4 +24,5 @@ def propose(kind: str, name: str) -> str:
 if __name__ == "__main__":
     if propose("RUNNING", "Running") != "ACCEPT":
         sys.exit(1)
+    time.sleep(float(os.environ.get("STANDIN_SECONDS", "0")))
     propose("COMPLETED", "Completed")
