@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,14 +87,41 @@ def _ssh(config: AgentConfig) -> bool:
     return True
 
 
+def _import_docker(ssh: bool) -> None:
+    """docker-py, imported without paramiko unless the daemon is reached over ssh://.
+
+    docker-py imports paramiko (and with it cryptography: about 18 MB of an idle agent's memory) for
+    its ssh transport whatever the URL, whenever paramiko is installed. A first import with paramiko
+    hidden leaves that transport out; an ssh:// client made later puts it back."""
+    if "docker" not in sys.modules and not ssh and "paramiko" not in sys.modules:
+        sys.modules["paramiko"] = None  # type: ignore[assignment]  # makes `import paramiko` fail
+        try:
+            import docker  # noqa: F401  # the first import is the one that decides
+        finally:
+            del sys.modules["paramiko"]
+    from docker.api import client as api_client_module
+
+    if ssh and not hasattr(api_client_module, "SSHHTTPAdapter"):
+        from docker.transport.sshconn import SSHHTTPAdapter
+
+        api_client_module.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
+
+
+def import_docker(config: AgentConfig) -> None:
+    """Import docker-py as this configuration needs it (see _import_docker); call before any other import of it."""
+    _import_docker(_ssh(config))
+
+
 def client(config: AgentConfig, version: str = "auto") -> docker.DockerClient:
     """A DockerClient for docker.base_url with docker.tls and docker.timeout."""
+    ssh = _ssh(config)
+    _import_docker(ssh)
     import docker
 
     tls = tls_config(config)
     made = docker.DockerClient(
         base_url=_url(config, tls), version=_FIRST_VERSION, timeout=round(config.docker.timeout), tls=tls or False,
-        use_ssh_client=_ssh(config),
+        use_ssh_client=ssh,
     )  # fmt: skip
     _own_trust(made.api, version)
     return made
@@ -101,12 +129,14 @@ def client(config: AgentConfig, version: str = "auto") -> docker.DockerClient:
 
 def api_client(config: AgentConfig, version: str, timeout: int) -> docker.APIClient:
     """A low-level APIClient for the same daemon (health pings with a short timeout)."""
+    ssh = _ssh(config)
+    _import_docker(ssh)
     import docker
 
     tls = tls_config(config)
     made = docker.APIClient(
         base_url=_url(config, tls), version=_FIRST_VERSION, timeout=timeout, tls=tls or False,
-        use_ssh_client=_ssh(config),
+        use_ssh_client=ssh,
     )  # fmt: skip
     _own_trust(made, version)
     return made

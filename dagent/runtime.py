@@ -94,6 +94,7 @@ class DockerRuntime:
         """The docker-py client, created on first use with the daemon's API version."""
         with self._lock:
             if self._client is None:
+                dockerclient.import_docker(self.config)  # before _call imports docker.errors, so it decides how
                 self._client = self._call("connect", lambda: dockerclient.client(self.config))
             return self._client
 

@@ -361,3 +361,18 @@ def test_a_container_killed_for_memory_says_so(dagent: Dagent, image: str) -> No
     assert result.returncode == 137, result.stderr
     assert "was killed for running out of memory (memory limit 8 MiB)" in result.stderr, result.stderr
     assert "last output:\n  filling" in result.stderr  # not shown as it ran: its end, with the error
+
+
+def test_an_agent_on_the_local_socket_never_loads_paramiko(dagent: Dagent) -> None:
+    """docker-py imports paramiko (about 18 MB) for ssh:// whenever it is installed; dagent keeps it out
+    unless the daemon is reached over ssh (paramiko is installed in the test venv, so this can fail)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from dagent.config import load_config; from dagent.runtime import DockerRuntime; "
+        "r = DockerRuntime(load_config({'name': 'p'}, environ={}).config); r.verify(); "
+        "print('paramiko' in sys.modules, 'docker' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=dagent.workdir, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr[-500:]
