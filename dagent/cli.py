@@ -185,7 +185,8 @@ def host_view(config: Any, runtime: Any, config_file: Any) -> Any:
 
 def _judge(loaded: Any, run: Any) -> Any:
     """The run's ContainerSpec as the agent would judge it now; with no daemon, by Docker's defaults."""
-    from dagent.hostview import DaemonFacts, HostView, socket_path, view_error
+    from dagent.contracts import DaemonFacts
+    from dagent.hostview import HostView, socket_path, view_error
     from dagent.runtime import DockerRuntime
     from dagent.spec import build
 

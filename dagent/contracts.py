@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from dagent.hostview import DaemonFacts
 from dagent.policy import VolumeFacts
 from dagent.runs import RunRequest
 from dagent.spec import LABEL_AGENT, ContainerSpec, Origin
@@ -19,6 +18,18 @@ if TYPE_CHECKING:
     from dagent.config import AgentConfig
 
 Outcome = Literal["succeeded", "failed", "timed-out", "cancelled", "crashed"]
+
+
+@dataclass(frozen=True)
+class DaemonFacts:
+    """What the daemon says of itself: where it keeps its state, and whether we share its view."""
+
+    data_root: str | None
+    """DockerRootDir from `docker info`; None when the daemon could not be asked."""
+    socket_path: str | None
+    """The unix socket of docker.base_url, if it is one."""
+    view_error: str | None
+    """Why the agent cannot vouch that it sees the daemon's filesystem; None when it checked."""
 
 
 def utc_now() -> str:

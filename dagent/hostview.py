@@ -16,11 +16,11 @@ import socket
 import stat
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dagent.config import AgentConfig
+from dagent.contracts import DaemonFacts
 from dagent.policy import SENSITIVE_PATHS, HostFacts, VolumeFacts, device_host, run_host_paths, volume_bind
 from dagent.runs import RunRequest
 
@@ -114,18 +114,6 @@ def resolve_or_keep(path: str) -> str:
 
 
 # --- the daemon ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DaemonFacts:
-    """What the daemon says of itself: where it keeps its state, and whether we share its view."""
-
-    data_root: str | None
-    """DockerRootDir from `docker info`; None when the daemon could not be asked."""
-    socket_path: str | None
-    """The unix socket of docker.base_url, if it is one."""
-    view_error: str | None
-    """Why the agent cannot vouch that it sees the daemon's filesystem; None when it checked."""
 
 
 def socket_path(base_url: str) -> str | None:

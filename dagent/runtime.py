@@ -15,10 +15,10 @@ import requests
 
 from dagent import dockerclient, exits, retry
 from dagent.config import AgentConfig
-from dagent.contracts import ContainerInfo, Outcome, RunHandle, RunResult, should_remove, utc_now
+from dagent.contracts import ContainerInfo, DaemonFacts, Outcome, RunHandle, RunResult, should_remove, utc_now
 from dagent.daemon_faults import explain, is_transient, reason
 from dagent.errors import DaemonError
-from dagent.hostview import DaemonFacts, socket_path, view_error
+from dagent.hostview import socket_path, view_error
 from dagent.images import PullProgress, names_reference, parse_image
 from dagent.policy import VolumeFacts
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, RegistryLogin, container_name

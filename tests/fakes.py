@@ -19,8 +19,7 @@ from urllib.parse import urlsplit
 import requests
 import requests.adapters
 
-from dagent.contracts import Claim, ContainerInfo, RunHandle, RunResult, utc_now
-from dagent.hostview import DaemonFacts
+from dagent.contracts import Claim, ContainerInfo, DaemonFacts, RunHandle, RunResult, utc_now
 from dagent.policy import VolumeFacts
 from dagent.runs import RunRequest
 from dagent.spec import ContainerSpec, Origin

@@ -21,8 +21,9 @@ from pydantic import SecretStr
 
 from dagent import cli
 from dagent.config import load_config
+from dagent.contracts import DaemonFacts
 from dagent.errors import DagentError, PolicyError, RunFileError, SourceError
-from dagent.hostview import DaemonFacts, HostView
+from dagent.hostview import HostView
 from dagent.images import parse_image
 from dagent.policy import VolumeFacts
 from dagent.runs import parse_run

@@ -188,8 +188,9 @@ _PERMISSIVE = {
 
 
 def _through_docker_py(make_run: Any) -> None:
+    from dagent.contracts import DaemonFacts
     from dagent.errors import PolicyError
-    from dagent.hostview import DaemonFacts, HostView
+    from dagent.hostview import HostView
     from dagent.spec import build
     from tests.helpers import docker_request
 
@@ -296,8 +297,9 @@ def _lookups() -> Lookups:
 
 
 def _whole_path(make: Any) -> None:
+    from dagent.contracts import DaemonFacts
     from dagent.errors import InputError, PolicyError
-    from dagent.hostview import DaemonFacts, HostView
+    from dagent.hostview import HostView
     from dagent.spec import build
 
     config = load_config({"name": "fuzz", "docker": _PERMISSIVE}, environ={}).config

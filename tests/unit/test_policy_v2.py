@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from dagent.config import AgentConfig, DockerConfig, load_config
+from dagent.contracts import DaemonFacts
 from dagent.errors import PolicyError, RunFileError
-from dagent.hostview import DaemonFacts, HostView, Unresolvable, resolve, view_error
+from dagent.hostview import HostView, Unresolvable, resolve, view_error
 from dagent.policy import HostFacts, VolumeFacts, check
 from dagent.runs import RunRequest, parse_run
 from dagent.spec import Origin, build

@@ -179,7 +179,8 @@ _PASSED = {
 def test_container_create_kwargs_that_grant_nothing_reach_docker(key: str) -> None:
     """Attack-free keywords Prefect's worker passes (issue 28: they were refused, so the run CRASHED)."""
     from dagent.config import load_config
-    from dagent.hostview import DaemonFacts, HostView
+    from dagent.contracts import DaemonFacts
+    from dagent.hostview import HostView
     from dagent.spec import build
     from tests.helpers import docker_request
 

@@ -11,7 +11,8 @@ from pydantic import SecretStr
 
 from dagent.cli import main
 from dagent.config import load_config
-from dagent.hostview import DaemonFacts, HostView
+from dagent.contracts import DaemonFacts
+from dagent.hostview import HostView
 from dagent.runs import RunRequest
 from dagent.spec import Origin, build
 
