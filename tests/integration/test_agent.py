@@ -108,9 +108,9 @@ def test_sigterm_leaves_containers_and_restart_adopts_them(
         wait_for(
             lambda: len([c for c in dagent.containers() if c.status == "running"]) == 2, 60, "two running containers"
         )
-        stopped_at = time.monotonic()
+        # It stops without waiting for its runs: they are left running, to be adopted.
         assert first.signal(signal.SIGTERM) == 0
-        assert time.monotonic() - stopped_at < 5
+        assert "stopping; 2 run(s) left running" in first.log
     assert {c.labels["dagent.run-id"] for c in dagent.containers() if c.status == "running"} == {"a", "b"}
     assert results(inbox) == {}
     with AgentProcess(dagent, config) as second:

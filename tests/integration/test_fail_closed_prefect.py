@@ -235,13 +235,11 @@ def test_credentials_in_the_api_url_are_refused_and_never_shown(dagent: Dagent) 
     """api.url with user:password@ → `dagent start` exits 2 at once, and the password is in none of its output."""
     url = f"http://user:s3cretpw@127.0.0.1:{infra.free_port()}/api"
     config = prefect_config(dagent, url, "p", extra="[retry]\nattempts = 2\n")
-    started = time.monotonic()
     result = dagent("start", "-c", str(config), timeout=60)
-    took = time.monotonic() - started
     output = result.stdout + result.stderr
     assert "s3cretpw" not in output, f"the password is shown: {output[-1500:]}"
     assert result.returncode == 2, f"exit {result.returncode}: {output[-1500:]}"
-    assert took < 30, f"took {took:.0f}s"
+    assert "try 2" not in output and "Prefect API" not in output, "it asked the API instead of refusing at once"
 
 
 # --- 7: half-open connections to the health server -----------------------------------------------

@@ -10,7 +10,6 @@ import grp
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +88,6 @@ def test_plan_as_nobody_refuses_a_path_it_cannot_resolve(host: Host) -> None:
 def test_start_as_nobody_runs_the_good_run_and_refuses_the_hidden_link(host: Host) -> None:
     """`dagent start` as nobody: the plain run succeeds, the hidden link goes to failed/ with why."""
     inbox = host.root / "inbox"
-    started = time.monotonic()
     (inbox / "new").mkdir(exist_ok=True)
     shutil.chown(inbox / "new", "nobody")
     for name in ("hidden", "plain"):
@@ -98,7 +96,6 @@ def test_start_as_nobody_runs_the_good_run_and_refuses_the_hidden_link(host: Hos
         shutil.chown(target, "nobody")
     code, _, err = _dagent(host, "start")
     assert code == 0, err
-    assert time.monotonic() - started < 120
     done = json.loads((inbox / "done" / "plain.json").read_text())
     assert done["outcome"] == "succeeded", done
     assert (host.data / "out").read_text() == "ok\n"

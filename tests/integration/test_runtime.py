@@ -98,9 +98,8 @@ def test_timeout_stops_the_container(dagent: Dagent, image: str) -> None:
     """Past `timeout` the container gets SIGTERM, then SIGKILL after the grace, and the run is timed-out."""
     config = dagent.config(keep_containers="never", stop_grace=1)
     run = dagent.run_file("slow", image=image, command=["sleep", "60"], timeout=1)
-    started = time.monotonic()
     result = dagent("run", str(run), "-c", str(config))
-    assert time.monotonic() - started < 30
+    # Stopped by its timeout, not by its own end: `sleep 60` would have exited 0.
     assert "run slow: timed-out" in result.stderr and "timed out after 1s" in result.stderr
     assert result.returncode in (137, 143)
     assert dagent.containers("slow") == []
@@ -143,9 +142,8 @@ def test_permanent_fault_is_not_retried(dagent: Dagent) -> None:
     """A 4xx from the daemon (no such image, pull never) fails at once, naming the image."""
     config = dagent.config(pull="never")
     run = dagent.run_file("missing", image=f"dagent-test/absent-{uuid.uuid4().hex[:6]}:1")
-    started = time.monotonic()
     result = dagent("run", str(run), "-c", str(config))
-    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert result.returncode == 1
     assert "is not present and is not pulled (docker.pull is never)" in result.stderr
     assert "try 2" not in result.stderr
 
