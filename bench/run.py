@@ -323,6 +323,14 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _commit() -> str:
+    """The code measured: HEAD's short hash, with `-dirty` when the tree has uncommitted changes."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True)  # fmt: skip
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
 def main() -> int:
     if "--scale" in sys.argv[1:]:
         from bench import scale
@@ -362,10 +370,15 @@ def main() -> int:
         "concurrency": CONCURRENCY,
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _commit(),
     }
     out = REPO / "bench" / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.smoke:  # a dated copy, which documents cite: latest.json is overwritten by the next run
+        (out.parent / f"run-{results['meta']['mode']}-{time.strftime('%Y-%m-%d', time.gmtime())}.json").write_text(
+            out.read_text()
+        )
     for system in ("dagent", "worker"):
         results.setdefault(system, asdict(Figures(system)))
     print(table(results))

@@ -450,7 +450,7 @@ class Conformance:
                     container.reload()
                 except docker.errors.NotFound:  # removed at its end (auto_remove): what was read last stands
                     break
-            flow_run = self._settled(run_id, case)
+            flow_run = self._settled(run_id, case, side)
             names = {f"{socket.gethostname()}:{container.id}": "<host>:<container id>", container.id: "<container id>",
                      str(flow_run.get("name")): "<run-name>", **names}  # fmt: skip
             values = _container_fields(container, names)
@@ -471,10 +471,17 @@ class Conformance:
             values |= _event_fields(self._events(run_id), names)
         return values
 
-    def _settled(self, run_id: str, case: Case) -> dict[str, Any]:
+    def _settled(self, run_id: str, case: Case, side: Side) -> dict[str, Any]:
         """The flow run once its state has followed its container's end."""
+        final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
         if case.entrypoint:
-            return self.api.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}, 60)
+            return self.api.wait_state(run_id, final, 60)
+        if side.name == "dagent":
+            # dagent ends a run whose container exited: after ENGINE_EVENT_WAIT (2 s) for the engine's word,
+            # more on a loaded machine. A fixed pause here once read some runs before dagent had ended them.
+            with contextlib.suppress(AssertionError):
+                return self.api.wait_state(run_id, final, 20)
+            return self.api.flow_run(run_id)
         time.sleep(2.0)  # a container that exited 0 leaves the run as it was under the worker: nothing to wait for
         return self.api.flow_run(run_id)
 
@@ -619,12 +626,24 @@ def report(results: list[Result]) -> Report:
 MUTANTS_BEGIN, MUTANTS_END = "<!-- mutants:begin -->", "<!-- mutants:end -->"
 
 
+def _provenance(command: str) -> str:
+    """Which command, when, and on what code a table was printed."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True)  # fmt: skip
+    code = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    backend = {"postgres": "PostgreSQL", "sqlite": "SQLite"}.get(prefect_infra.default_backend(), "?")
+    return f"`{command}`, {when}, code {code}, {os.cpu_count()} CPUs, Prefect {prefect_infra.PREFECT} on {backend}."
+
+
 def _write_section(path: Path, text: str, mutants: bool) -> None:
     """Write the results (or, with `mutants`, only the mutants' section) into `path`, keeping the other part."""
     old = path.read_text() if path.exists() else ""
     kept = old[old.find(MUTANTS_BEGIN) : old.find(MUTANTS_END) + len(MUTANTS_END)] if MUTANTS_END in old else ""
     if mutants:
         head = old[: old.find(MUTANTS_BEGIN)] if MUTANTS_BEGIN in old else old
+        text = text.replace("\n\n", f"\n\n{_provenance('python -m tests.conformance --mutants')}\n\n", 1)
         path.write_text(f"{head.rstrip()}\n\n{MUTANTS_BEGIN}\n{text}\n{MUTANTS_END}\n")
         return
     path.write_text(
@@ -633,6 +652,7 @@ def _write_section(path: Path, text: str, mutants: bool) -> None:
         "Config and HostConfig, Env and Labels key by key), and for flow runs their state names, labels, "
         "`infrastructure_pid` and events, compared between Prefect's worker and dagent. "
         "[docs/prefect.md](prefect.md#differences-from-prefects-worker) says why each exemption is so.\n\n"
+        + _provenance("python -m tests.conformance --markdown docs/conformance.md") + "\n\n"
         + text + ("\n\n" + kept if kept else "") + "\n"
     )  # fmt: skip
 
