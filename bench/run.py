@@ -326,8 +326,9 @@ def table(results: dict[str, Any]) -> str:
 def _commit() -> str:
     """The code measured: HEAD's short hash, with `-dirty` when the tree has uncommitted changes."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True)  # fmt: skip
+    code_paths = ["--", "dagent", "tests", "bench"]  # what was measured; a changed document is not
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *code_paths], cwd=REPO,
+                           capture_output=True, text=True)  # fmt: skip
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
 
 

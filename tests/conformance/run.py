@@ -629,8 +629,9 @@ MUTANTS_BEGIN, MUTANTS_END = "<!-- mutants:begin -->", "<!-- mutants:end -->"
 def _provenance(command: str) -> str:
     """Which command, when, and on what code a table was printed."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True)  # fmt: skip
+    code_paths = ["--", "dagent", "tests", "bench"]  # what was measured; a changed document is not
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *code_paths], cwd=REPO,
+                           capture_output=True, text=True)  # fmt: skip
     code = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     backend = {"postgres": "PostgreSQL", "sqlite": "SQLite"}.get(prefect_infra.default_backend(), "?")
