@@ -137,7 +137,9 @@ class FaultyHTTPProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
-        self.claims: list[tuple[str, str]] = []  # (flow run id, the answer's status) of each claim (PENDING named Pending)
+        self.claims: list[
+            tuple[str, str]
+        ] = []  # (flow run id, the answer's status) of each claim (PENDING named Pending)
         self.claim_log: list[tuple[float, str, str, str]] = []  # (when answered, run id, status, the state's message)
         self.refuse_websockets = False  # the event stream is down: upgrades get 503
         self._tunnels: list[socket.socket] = []
