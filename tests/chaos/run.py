@@ -621,8 +621,11 @@ SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
 }
 
 
-def run_mutants(sizes: Sizes, backend: str, names: str) -> int:
-    """Each mutant against every row it must break; then, per row, the mutants that broke it."""
+def run_mutants(short: bool, backend: str, names: str) -> int:
+    """Each mutant against every row it must break; then, per row, the mutants that broke it.
+
+    Each row runs in a process of its own with the mutant's copy of dagent first on PYTHONPATH, so
+    the rows that judge in-process (the corpus) use the broken code as much as the agents they start."""
     from tests.chaos.mutants import MUTANTS
     from tests.mutants import StaleMutant
 
@@ -633,28 +636,28 @@ def run_mutants(sizes: Sizes, backend: str, names: str) -> int:
         return 2
     caught: dict[str, list[str]] = {row: [] for m in mutants for row in m.catchers}
     started = time.monotonic()
-    with infra.docker_engine(), ExitStack() as stack:
-        chaos = Chaos(sizes, stack, backend)
-        for mutant in mutants:
-            try:
-                os.environ["DAGENT_TEST_CODE"] = str(mutant.apply(chaos.root / "mutants"))
-            except StaleMutant as e:
-                print(f"{mutant.name}: stale ({e})", flush=True)
-                continue
-            try:
-                for name in mutant.catchers:
-                    print(f"chaos: {name} under mutant {mutant.name} ...", file=sys.stderr, flush=True)
-                    try:
-                        result = SCENARIOS[name](chaos)
-                    except Exception as e:  # a row that cannot finish under a mutant went red
-                        result = Row(name, failures=[f"{type(e).__name__}: {e}"])
-                    rows = result if isinstance(result, list) else [result]
-                    if not all(r.ok for r in rows):
-                        caught[name].append(mutant.name)
-                    print(f"{mutant.name} → {name}: {'red' if caught[name][-1:] == [mutant.name] else 'green'}",
-                          flush=True)  # fmt: skip
-            finally:
-                del os.environ["DAGENT_TEST_CODE"]
+    root = Path(tempfile.mkdtemp(prefix="dagent-chaos-mutants-"))
+    for mutant in mutants:
+        try:
+            code = mutant.apply(root)
+        except StaleMutant as e:
+            print(f"{mutant.name}: stale ({e})", flush=True)
+            continue
+        for name in mutant.catchers:
+            print(f"chaos: {name} under mutant {mutant.name} ...", file=sys.stderr, flush=True)
+            log = root / f"{code.name}-{name}.log"
+            with log.open("w") as out:
+                result = subprocess.run(
+                    [sys.executable, "-m", "tests.chaos", "--only", name, "--backend", backend,
+                     *(["--short"] if short else [])],
+                    cwd=code, stdout=out, stderr=subprocess.STDOUT,  # -m puts the cwd first: the mutant
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(REPO)]),
+                         "DAGENT_TEST_CODE": str(code)},
+                )  # fmt: skip
+            red = result.returncode != 0
+            if red:
+                caught[name].append(mutant.name)
+            print(f"{mutant.name} → {name}: {'red' if red else 'green'} ({log})", flush=True)
     for row in SCENARIOS:
         if row in caught:
             print(f"{row}: caught by {', '.join(caught[row])}" if caught[row] else f"{row}: not caught")
@@ -695,7 +698,7 @@ def main() -> int:
     os.environ.pop("DOCKER_HOST", None)
     threading.excepthook = lambda hook: None  # the proxies' broken pipes are part of the chaos
     if args.mutants:
-        return run_mutants(sizes, args.backend, args.mutants)
+        return run_mutants(args.short, args.backend, args.mutants)
     rows: list[Row] = []
     started = time.monotonic()
     with infra.docker_engine(), ExitStack() as stack:
