@@ -122,11 +122,22 @@ class Chaos:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+def _wait(
+    condition: Callable[[], bool], timeout: float, progress: Callable[[], int] | None = None, stall: float = 90.0
+) -> bool:
+    """Wait for `condition`; give up at `timeout`, or when `progress` (a count of work done or left) has
+    not moved for `stall` seconds: a row whose runs stopped moving fails now, not at its timeout."""
     deadline = time.monotonic() + timeout
+    seen, moved = (progress(), time.monotonic()) if progress else (0, 0.0)
     while not condition():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             return False
+        if progress is not None:
+            if (value := progress()) != seen:
+                seen, moved = value, now
+            elif now - moved > stall:
+                return False
         time.sleep(0.2)
     return True
 
@@ -340,7 +351,7 @@ def inbox_kill(chaos: Chaos) -> Row:
     config = _inbox_config(agent, inbox, count)
     _kills(row, chaos, agent, config, (0.3, 2.5))
     with AgentProcess(agent, config) as last:
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300, lambda: len(_inbox_outcomes(inbox)))
         _wait(lambda: not agent.containers(), 30)
         _stop(row, last)
     return _inbox_row(row, inbox, ids, count, [agent])
@@ -360,7 +371,7 @@ def prefect_kill(chaos: Chaos) -> Row:
     ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
     _kills(row, chaos, agent, config, (0.5, 4.0))
     with AgentProcess(agent, config) as last:
-        _wait(lambda: _all_final(chaos, ids), 400)
+        _wait(lambda: _all_final(chaos, ids), 400, lambda: _unfinished(chaos, ids))
         _wait(lambda: not agent.containers(), 30)
         _stop(row, last)
     return _prefect_row(row, chaos, ids, count, [agent])
@@ -397,7 +408,7 @@ def daemon_restart(chaos: Chaos) -> Row:
         engine.start()
         if _wait(lambda: _get(health) == 200, 90):
             seen.append(200)
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300, lambda: len(_inbox_outcomes(inbox)))
         _wait(lambda: not agent.containers(), 30)
         alive = process.process.poll() is None
         _stop(row, process)
@@ -426,7 +437,7 @@ def api_faults(chaos: Chaos) -> Row:
     deployment = _deployment(chaos, pool, count)
     ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
     with AgentProcess(agent, config) as process:
-        _wait(lambda: _all_final(chaos, ids), 400)
+        _wait(lambda: _all_final(chaos, ids), 400, lambda: _unfinished(chaos, ids))
         _wait(lambda: not agent.containers(), 30)
         _stop(row, process)
     row = _prefect_row(row, chaos, ids, count, [agent])
@@ -451,7 +462,7 @@ def socket_faults(chaos: Chaos) -> Row:
     # that its paths are ours (dagent cannot see through a TCP proxy to check).
     config = _inbox_config(agent, inbox, count, base_url=proxy.url, verify_host_view=False)
     with AgentProcess(agent, config) as process:
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300, lambda: len(_inbox_outcomes(inbox)))
         _wait(lambda: not agent.containers(), 30)
         _stop(row, process)
     row = _inbox_row(row, inbox, ids, count, [agent])
@@ -474,7 +485,11 @@ def many_inbox(chaos: Chaos, n: int) -> Row:
     fleet = _fleet(chaos, agent, n)
     with _agents(agent, config, fleet, row) as processes:
         # Also stops waiting when an agent is gone: the runs it took would keep the row waiting its timeout.
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids) or _one_gone(processes), 600)
+        _wait(
+            lambda: all(i in _inbox_outcomes(inbox) for i in ids) or _one_gone(processes),
+            600,
+            lambda: len(_inbox_outcomes(inbox)),
+        )
         _wait(lambda: not _orphans(fleet), 30)
     return _inbox_row(row, inbox, ids, count, [agent, *fleet])
 
@@ -521,7 +536,7 @@ def many_prefect(chaos: Chaos, n: int, engine: bool = False, kills: int = 0) -> 
                 victim = chaos.random.randrange(n)
                 processes[victim].signal(signal.SIGKILL)
                 processes[victim] = AgentProcess(agent, config, name=fleet[victim].name)
-        _wait(lambda: _all_final(chaos, ids) or _one_gone(processes), 600)
+        _wait(lambda: _all_final(chaos, ids) or _one_gone(processes), 600, lambda: _unfinished(chaos, ids))
         _wait(lambda: not _orphans(fleet), 60)
     return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED")
 
