@@ -31,6 +31,13 @@ MUTANTS: list[Mutant] = [
         ("socket-faults", "daemon-restart"),
     ),
     Mutant(
+        "health never sees the daemon down",
+        "agent.py",
+        "daemon = self.runtime.ping()",
+        "daemon = True",
+        ("daemon-restart",),
+    ),
+    Mutant(
         "API faults never retried",
         "sources/prefect/client.py",
         'answer: _Answer = retry.call(self.retry, _is_transient, f"{method} {path}", once)',
