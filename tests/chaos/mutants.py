@@ -68,11 +68,11 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "a secret written to a log line",
-        "sources/prefect/source.py",
-        'log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)',
-        'log.info("connected to Prefect %s at %s; serving pool %s %s", version, self.client.url, pool_name, '
-        "self.api.token.get_secret_value() if self.api.token else '')",
-        ("api-faults", "secrets"),
+        "agent.py",
+        "sorted(self.config.labels),\n        )  # fmt: skip",
+        "sorted(self.config.labels),\n        )  # fmt: skip\n        "
+        "log.info('token %s', self.config.api.token.get_secret_value() if self.config.api.token else '')",
+        ("secrets",),
     ),
     Mutant(
         "recovery reads the worker's infrastructure_pid as this host's",
