@@ -31,10 +31,10 @@ MUTANTS: list[Mutant] = [
         ("socket-faults", "daemon-restart"),
     ),
     Mutant(
-        "health never sees the daemon down",
+        "health always answers 200",
         "agent.py",
-        "daemon = self.runtime.ping()",
-        "daemon = True",
+        "return polling and daemon, details",
+        "return True, details",
         ("daemon-restart",),
     ),
     Mutant(
