@@ -424,6 +424,16 @@ class DockerRuntime:
         if should_remove(spec.keep, result.outcome) and result.container_id:
             self.remove_id(result.container_id)
 
+    def stop_id(self, container_id: str, grace: float) -> None:
+        """SIGTERM a container by id, then SIGKILL after `grace` seconds (gone already is fine)."""
+        import docker.errors
+
+        try:
+            self._call("stop container", partial(self.client.api.stop, container_id, timeout=round(grace)))
+        except DaemonError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
+
     def remove_id(self, container_id: str) -> None:
         """Remove a container by id (gone already is fine)."""
         import docker.errors

@@ -41,6 +41,7 @@ class FakeRuntime:
     calls: Counter[str] = field(default_factory=Counter)
     launched: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
     containers: list[ContainerInfo] = field(default_factory=list)
     block: threading.Event | None = None  # when set, watch() waits for it (a long run)
     config: Any = None  # the last configuration a reload gave it
@@ -74,7 +75,8 @@ class FakeRuntime:
 
     def managed(self, agent: str | None = None, run_id: str | None = None) -> list[ContainerInfo]:
         self._call("managed")
-        return [c for c in self.containers if agent is None or c.labels.get("dagent.agent") == agent]
+        return [c for c in self.containers if (agent is None or c.labels.get("dagent.agent") == agent)
+                and (run_id is None or c.run_id == run_id)]  # fmt: skip
 
     def container_ids(self) -> frozenset[str]:
         return frozenset(c.id for c in self.containers)
@@ -104,6 +106,10 @@ class FakeRuntime:
 
     def stop(self, container: Any, grace: float) -> None:
         self._call("stop")
+
+    def stop_id(self, container_id: str, grace: float) -> None:
+        self._call("stop_id")
+        self.stopped.append(container_id)
 
     def remove_id(self, container_id: str) -> None:
         self._call("remove_id")

@@ -112,10 +112,17 @@ class StubAPI:
 RUNUSER = shutil.which("runuser") or ""
 
 
+def dagent_path() -> str:
+    """What every dagent a test starts puts first on PYTHONPATH: the checkout, or a mutant's copy of the
+    package (tests/mutants.py) named by DAGENT_TEST_CODE, so that a suite can be run against broken code."""
+    code = os.environ.get("DAGENT_TEST_CODE")
+    return os.pathsep.join([code, str(REPO)]) if code else str(REPO)
+
+
 def _path() -> str:
     # The venv's interpreter may live under /root (pyenv), which nobody cannot enter; a system
     # Python of the same version can import the venv's packages instead.
-    return os.pathsep.join([str(REPO), *site.getsitepackages()])
+    return os.pathsep.join([dagent_path(), *site.getsitepackages()])
 
 
 @functools.cache
@@ -199,7 +206,7 @@ class Dagent:
         return subprocess.run(
             [sys.executable, "-m", "dagent", *args],
             cwd=self.workdir,
-            env={**base, "PYTHONPATH": str(REPO), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1", **(env or {})},
+            env={**base, "PYTHONPATH": dagent_path(), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1", **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -234,7 +241,7 @@ class AgentProcess:
     ) -> None:
         self.log_path = dagent.workdir / f"agent-{name or dagent.name}-{time.monotonic_ns()}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("DAGENT_", "PREFECT_")) and k != "DOCKER_HOST"}
-        env = {**base, "PYTHONPATH": str(REPO), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1", **(env or {})}
+        env = {**base, "PYTHONPATH": dagent_path(), "DAGENT_RETRY__BACKOFF_INITIAL": "0.1", **(env or {})}
         if os.environ.get("TEST_AGENT_LOG_LEVEL"):  # e.g. DEBUG, to chase a race in the agents' logs
             env["DAGENT_LOG_LEVEL"] = os.environ["TEST_AGENT_LOG_LEVEL"]
         if name:

@@ -122,11 +122,22 @@ class Chaos:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+def _wait(
+    condition: Callable[[], bool], timeout: float, progress: Callable[[], int] | None = None, stall: float = 90.0
+) -> bool:
+    """Wait for `condition`; give up at `timeout`, or when `progress` (a count of work done or left) has
+    not moved for `stall` seconds: a row whose runs stopped moving fails now, not at its timeout."""
     deadline = time.monotonic() + timeout
+    seen, moved = (progress(), time.monotonic()) if progress else (0, 0.0)
     while not condition():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             return False
+        if progress is not None:
+            if (value := progress()) != seen:
+                seen, moved = value, now
+            elif now - moved > stall:
+                return False
         time.sleep(0.2)
     return True
 
@@ -233,7 +244,7 @@ def _prefect_row(
             row.twice += 1
     row.orphans = _orphans(agents)
     row.notes.append(", ".join(f"{n} {s}" for s, n in Counter(states.values()).items()))
-    for run_id in ids[:10]:  # the agent's own lines sent to the run's logs
+    for run_id in ids:  # the agent's own lines sent to each run's logs, every run
         chaos.leaks["Prefect run logs"] += any(SECRET in line for line in chaos.api.logs(run_id))
     return row
 
@@ -252,9 +263,11 @@ def _all_final(chaos: Chaos, ids: list[str]) -> bool:
 
 
 def _deployment(chaos: Chaos, pool: str, count: Path, engine: bool = True) -> str:
-    """A deployment whose containers record each start; `engine` runs the real flow after it."""
+    """A deployment whose containers record each start, then run the real flow engine (`engine`) or its
+    stand-in (tests/integration/flows/standin.py: RUNNING, then COMPLETED, in milliseconds of CPU)."""
     record = 'echo "$PREFECT__FLOW_RUN_ID" >> /count/starts'
-    command = f"sh -c '{record} && exec prefect flow-run execute'" if engine else f"sh -c '{record}'"
+    run = "prefect flow-run execute" if engine else "python3 /flows/standin.py"
+    command = f"sh -c '{record} && exec {run}'"
     return chaos.api.deployment(
         pool,
         "flows.py:hello",
@@ -286,14 +299,41 @@ def _fleet(chaos: Chaos, agent: Dagent, n: int) -> list[Dagent]:
 
 
 @contextmanager
-def _agents(agent: Dagent, config: Path, fleet: list[Dagent]) -> Iterator[list[AgentProcess]]:
+def _agents(agent: Dagent, config: Path, fleet: list[Dagent], row: Row) -> Iterator[list[AgentProcess]]:
     processes = [AgentProcess(agent, config, name=member.name) for member in fleet]
     try:
         yield processes
     finally:
         for p in processes:
-            if p.process.poll() is None:
-                p.signal(timeout=60)
+            _stop(row, p, timeout=60)
+
+
+def _kills(row: Row, chaos: Chaos, agent: Dagent, config: Path, pause: tuple[float, float]) -> None:
+    """kill -9 of the agent, started again each time, at random moments; counts the kills that landed
+    while a run's container was running (a kill before any run started proves nothing about runs)."""
+    landed = 0
+    for _ in range(chaos.sizes.kills):
+        with AgentProcess(agent, config) as victim:
+            time.sleep(chaos.random.uniform(*pause))
+            landed += any(c.status == "running" for c in agent.containers())
+            victim.signal(signal.SIGKILL)
+    row.notes.append(f"{landed} of {chaos.sizes.kills} kills with a run's container running")
+    if not landed:
+        row.failures.append("no kill landed while a run's container was running")
+
+
+def _one_gone(processes: list[AgentProcess]) -> bool:
+    return any(p.process.poll() is not None for p in processes)
+
+
+def _stop(row: Row, process: AgentProcess, timeout: float = 45) -> None:
+    """Stop an agent the row started, and fail the row if it had already ended by itself (the others
+    would have finished its work, and the row would pass without it)."""
+    code = process.process.poll()
+    if code is not None:
+        row.failures.append(f"an agent exited by itself (code {code}): {process.log_path.name}")
+        return
+    process.signal(timeout=timeout)
 
 
 # --- scenarios -----------------------------------------------------------------------------------
@@ -309,14 +349,11 @@ def inbox_kill(chaos: Chaos) -> Row:
     for run_id in ids:
         _drop(inbox, run_id, _counting(chaos.image, count, round(chaos.random.uniform(0.2, 2.0), 2)))
     config = _inbox_config(agent, inbox, count)
-    for _ in range(chaos.sizes.kills):
-        with AgentProcess(agent, config) as victim:
-            time.sleep(chaos.random.uniform(0.3, 2.5))
-            victim.signal(signal.SIGKILL)
+    _kills(row, chaos, agent, config, (0.3, 2.5))
     with AgentProcess(agent, config) as last:
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300, lambda: len(_inbox_outcomes(inbox)))
         _wait(lambda: not agent.containers(), 30)
-        last.signal()
+        _stop(row, last)
     return _inbox_row(row, inbox, ids, count, [agent])
 
 
@@ -332,14 +369,11 @@ def prefect_kill(chaos: Chaos) -> Row:
     _create_pool(agent, config)
     deployment = _deployment(chaos, pool, count)
     ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
-    for _ in range(chaos.sizes.kills):
-        with AgentProcess(agent, config) as victim:
-            time.sleep(chaos.random.uniform(0.5, 4.0))
-            victim.signal(signal.SIGKILL)
+    _kills(row, chaos, agent, config, (0.5, 4.0))
     with AgentProcess(agent, config) as last:
-        _wait(lambda: _all_final(chaos, ids), 400)
+        _wait(lambda: _all_final(chaos, ids), 400, lambda: _unfinished(chaos, ids))
         _wait(lambda: not agent.containers(), 30)
-        last.signal()
+        _stop(row, last)
     return _prefect_row(row, chaos, ids, count, [agent])
 
 
@@ -374,10 +408,10 @@ def daemon_restart(chaos: Chaos) -> Row:
         engine.start()
         if _wait(lambda: _get(health) == 200, 90):
             seen.append(200)
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300, lambda: len(_inbox_outcomes(inbox)))
         _wait(lambda: not agent.containers(), 30)
         alive = process.process.poll() is None
-        process.signal()
+        _stop(row, process)
     if seen != [503, 200]:
         row.failures.append(f"/health went {seen}, not [503, 200]")
     if not alive:
@@ -403,11 +437,13 @@ def api_faults(chaos: Chaos) -> Row:
     deployment = _deployment(chaos, pool, count)
     ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
     with AgentProcess(agent, config) as process:
-        _wait(lambda: _all_final(chaos, ids), 400)
+        _wait(lambda: _all_final(chaos, ids), 400, lambda: _unfinished(chaos, ids))
         _wait(lambda: not agent.containers(), 30)
-        process.signal()
+        _stop(row, process)
     row = _prefect_row(row, chaos, ids, count, [agent])
     row.notes.append(f"faults: {sum(proxy.faults.values())} ({', '.join(f'{k} {v}' for k, v in proxy.faults.items())})")
+    if not sum(proxy.faults.values()):  # a row of faults with none injected proves nothing
+        row.failures.append("no fault was injected")
     return row
 
 
@@ -426,11 +462,13 @@ def socket_faults(chaos: Chaos) -> Row:
     # that its paths are ours (dagent cannot see through a TCP proxy to check).
     config = _inbox_config(agent, inbox, count, base_url=proxy.url, verify_host_view=False)
     with AgentProcess(agent, config) as process:
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300)
+        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 300, lambda: len(_inbox_outcomes(inbox)))
         _wait(lambda: not agent.containers(), 30)
-        process.signal()
+        _stop(row, process)
     row = _inbox_row(row, inbox, ids, count, [agent])
     row.notes.append(f"{proxy.dropped + proxy.forwarded} connections: {proxy.dropped} refused, {proxy.cut} cut")
+    if not (proxy.dropped and proxy.cut):
+        row.failures.append("no connection was refused or cut: no fault was injected")
     return row
 
 
@@ -445,15 +483,20 @@ def many_inbox(chaos: Chaos, n: int) -> Row:
         _drop(inbox, run_id, _counting(chaos.image, count, 0))
     config = _inbox_config(agent, inbox, count)
     fleet = _fleet(chaos, agent, n)
-    with _agents(agent, config, fleet):
-        _wait(lambda: all(i in _inbox_outcomes(inbox) for i in ids), 600)
+    with _agents(agent, config, fleet, row) as processes:
+        # Also stops waiting when an agent is gone: the runs it took would keep the row waiting its timeout.
+        _wait(
+            lambda: all(i in _inbox_outcomes(inbox) for i in ids) or _one_gone(processes),
+            600,
+            lambda: len(_inbox_outcomes(inbox)),
+        )
         _wait(lambda: not _orphans(fleet), 30)
     return _inbox_row(row, inbox, ids, count, [agent, *fleet])
 
 
 def many_prefect(chaos: Chaos, n: int, engine: bool = False, kills: int = 0) -> Row:
-    """n agents on one work pool; without the engine each container exits 0 at once (CRASHED, fast),
-    with it each runs a real flow (COMPLETED). `kills`: that many kill -9s of random agents of the
+    """n agents on one work pool; each run's container runs the flow engine's stand-in (COMPLETED, fast)
+    or, with `engine`, a real flow (COMPLETED). `kills`: that many kill -9s of random agents of the
     fleet while the runs arrive, each agent started again at once."""
     chaos.fresh_server()
     row = Row(
@@ -477,14 +520,14 @@ def many_prefect(chaos: Chaos, n: int, engine: bool = False, kills: int = 0) -> 
         while len(ids) < total:
             batch = [chaos.api.run(deployment) for _ in range(min(40, total - len(ids)))]
             ids += batch
-            with _agents(agent, config, fleet):
-                _wait(lambda batch=batch: _all_final(chaos, batch), 300)  # type: ignore[misc]
+            with _agents(agent, config, fleet, row) as processes:
+                _wait(lambda batch=batch, ps=processes: _all_final(chaos, batch) or _one_gone(ps), 300)  # type: ignore[misc]
                 # A real flow's engine sets the final state before its container exits: the agents must
                 # stay up until they have removed the containers (a stopped agent leaves them to its restart).
                 _wait(lambda: not _orphans(fleet), 60)
-        return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED" if engine else "CRASHED")
+        return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED")
     # Postgres: every run arrives while the whole fleet is up and claiming, and agents die under it.
-    with _agents(agent, config, fleet) as processes:
+    with _agents(agent, config, fleet, row) as processes:
         kill_at = sorted(chaos.random.sample(range(1, total), min(kills, total - 1)))
         for i in range(total):
             ids.append(chaos.api.run(deployment))
@@ -493,9 +536,9 @@ def many_prefect(chaos: Chaos, n: int, engine: bool = False, kills: int = 0) -> 
                 victim = chaos.random.randrange(n)
                 processes[victim].signal(signal.SIGKILL)
                 processes[victim] = AgentProcess(agent, config, name=fleet[victim].name)
-        _wait(lambda: _all_final(chaos, ids), 600)
+        _wait(lambda: _all_final(chaos, ids) or _one_gone(processes), 600, lambda: _unfinished(chaos, ids))
         _wait(lambda: not _orphans(fleet), 60)
-    return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED" if engine else "CRASHED")
+    return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED")
 
 
 def bad_inputs(chaos: Chaos) -> Row:
@@ -593,6 +636,52 @@ SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
 }
 
 
+def run_mutants(short: bool, backend: str, names: str) -> int:
+    """Each mutant against every row it must break; then, per row, the mutants that broke it.
+
+    Each row runs in a process of its own with the mutant's copy of dagent first on PYTHONPATH, so
+    the rows that judge in-process (the corpus) use the broken code as much as the agents they start."""
+    from tests.chaos.mutants import MUTANTS
+    from tests.mutants import StaleMutant
+
+    wanted = None if names == "all" else {n.strip() for n in names.split(",")}
+    mutants = [m for m in MUTANTS if wanted is None or m.name in wanted]
+    if wanted and wanted - {m.name for m in mutants}:
+        print(f"--mutants: no such mutant: {', '.join(sorted(wanted - {m.name for m in mutants}))}", file=sys.stderr)
+        return 2
+    caught: dict[str, list[str]] = {row: [] for m in mutants for row in m.catchers}
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="dagent-chaos-mutants-"))
+    for mutant in mutants:
+        try:
+            code = mutant.apply(root)
+        except StaleMutant as e:
+            print(f"{mutant.name}: stale ({e})", flush=True)
+            continue
+        for name in mutant.catchers:
+            print(f"chaos: {name} under mutant {mutant.name} ...", file=sys.stderr, flush=True)
+            log = root / f"{code.name}-{name}.log"
+            with log.open("w") as out:
+                result = subprocess.run(
+                    [sys.executable, "-m", "tests.chaos", "--only", name, "--backend", backend,
+                     *(["--short"] if short else [])],
+                    cwd=code, stdout=out, stderr=subprocess.STDOUT,  # -m puts the cwd first: the mutant
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(REPO)]),
+                         "DAGENT_TEST_CODE": str(code)},
+                )  # fmt: skip
+            red = result.returncode != 0
+            if red:
+                caught[name].append(mutant.name)
+            print(f"{mutant.name} → {name}: {'red' if red else 'green'} ({log})", flush=True)
+    for row in SCENARIOS:
+        if row in caught:
+            print(f"{row}: caught by {', '.join(caught[row])}" if caught[row] else f"{row}: not caught")
+    missed = [row for row in caught if not caught[row]]
+    print(f"\n{len(mutants)} mutants, {len(caught) - len(missed)} of {len(caught)} rows caught, "
+          f"{time.monotonic() - started:.0f} s", file=sys.stderr)  # fmt: skip
+    return 1 if missed else 0
+
+
 def table(rows: list[Row]) -> str:
     lines = [
         "| scenario | runs / cases | lost | run twice | stuck | orphans | target met | notes |",
@@ -610,6 +699,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="a few of everything (CI)")
     parser.add_argument("--only", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
+    parser.add_argument("--mutants", nargs="?", const="all", metavar="NAMES",
+                        help="run each mutant of tests/chaos/mutants.py (or those named) against the rows it must "
+                             "break; one line per row, caught or not; exit 0 only when every row was caught")  # fmt: skip
     parser.add_argument("--backend", choices=prefect_infra.BACKENDS, default=prefect_infra.default_backend(),
                         help="the Prefect server's database (default: DAGENT_TEST_BACKEND, else postgres)")  # fmt: skip
     args = parser.parse_args()
@@ -620,6 +712,8 @@ def main() -> int:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     os.environ.pop("DOCKER_HOST", None)
     threading.excepthook = lambda hook: None  # the proxies' broken pipes are part of the chaos
+    if args.mutants:
+        return run_mutants(args.short, args.backend, args.mutants)
     rows: list[Row] = []
     started = time.monotonic()
     with infra.docker_engine(), ExitStack() as stack:

@@ -137,7 +137,9 @@ class FaultyHTTPProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
-        self.claims: list[tuple[str, str]] = []  # (flow run id, the answer's status) of each PENDING proposed
+        self.claims: list[
+            tuple[str, str]
+        ] = []  # (flow run id, the answer's status) of each claim (PENDING named Pending)
         self.claim_log: list[tuple[float, str, str, str]] = []  # (when answered, run id, status, the state's message)
         self.refuse_websockets = False  # the event stream is down: upgrades get 503
         self._tunnels: list[socket.socket] = []
@@ -245,7 +247,9 @@ class FaultyHTTPProxy:
     def _note_claim(self, path: str, body: bytes, answer: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
             state = json.loads(body)["state"]
-            if state["type"] == "PENDING":
+            # A claim is PENDING named Pending; `Submitting` (PENDING under another name, which Prefect's
+            # worker and dagent both propose before starting a run's container) is the claimer's next step.
+            if state["type"] == "PENDING" and state.get("name", "Pending") == "Pending":
                 status = str(json.loads(answer).get("status"))
                 with self.lock:
                     self.claims.append((path.split("/")[-2], status))

@@ -84,6 +84,19 @@ def test_a_run_cancelled_before_it_starts_never_starts() -> None:
     ]
 
 
+def test_a_resumed_run_cancelled_before_it_starts_stops_the_container_it_already_has() -> None:
+    """After a restart a run may have its container already (the mixed-fleet row caught its run ending
+    COMPLETED after dagent said CANCELLED): cancelled before the launch, that container is stopped too."""
+    from dagent.contracts import ContainerInfo
+
+    labels = {"dagent.agent": "unit", "dagent.run-id": "x"}
+    live = ContainerInfo("c1", "dagent-x", "x", "busybox", "running", None, "", None, labels)
+    source, runtime = FakeSource(queue=[_run("x")], cancel={"x"}), FakeRuntime(containers=[live])
+    _agent(source, runtime).run()
+    assert runtime.launched == [] and runtime.stopped == ["c1"]
+    assert [(r.outcome, r.error) for r in source.reports] == [("cancelled", "cancelled before it started")]
+
+
 def test_a_run_cancelled_while_running_is_stopped_and_reported_cancelled() -> None:
     block = threading.Event()
     source, runtime = FakeSource(queue=[_run("long")]), FakeRuntime(block=block)
