@@ -368,9 +368,12 @@ class Agent:
             if handle.cancel.is_set() or not self.source.starting(claim):
                 # A run resumed after a restart may have its container already: it is stopped too, or
                 # it would end a run Prefect was told is cancelled (and Prefect takes COMPLETED over it).
-                for info in self.runtime.managed(self.config.name, run_id):
-                    if info.state in ("running", "restarting", "paused", "created"):
-                        self.runtime.stop_id(info.id, entry.spec.stop_grace)
+                try:
+                    for info in self.runtime.managed(self.config.name, run_id):
+                        if info.state in ("running", "restarting", "paused", "created"):
+                            self.runtime.stop_id(info.id, entry.spec.stop_grace)
+                except DaemonError as e:  # the run is still cancelled: Prefect takes nothing else over CANCELLING
+                    log.warning("run %s: could not stop its container (%s)", run_id, e)
                 return RunResult.not_started(run_id, "cancelled", "cancelled before it started")
             spec = entry.spec = self._judge(claim)
             container = self.runtime.launch(spec)

@@ -98,7 +98,7 @@ def _import_docker(ssh: bool) -> None:
         try:
             import docker  # noqa: F401  # the first import is the one that decides
         finally:
-            del sys.modules["paramiko"]
+            sys.modules.pop("paramiko", None)
     from docker.api import client as api_client_module
 
     if ssh and not hasattr(api_client_module, "SSHHTTPAdapter"):

@@ -97,6 +97,18 @@ def test_a_resumed_run_cancelled_before_it_starts_stops_the_container_it_already
     assert [(r.outcome, r.error) for r in source.reports] == [("cancelled", "cancelled before it started")]
 
 
+def test_a_daemon_fault_stopping_that_container_still_reports_the_run_cancelled() -> None:
+    """Prefect takes only CANCELLED over CANCELLING: a fault here must not turn the run into a crash."""
+    from dagent.contracts import ContainerInfo
+
+    labels = {"dagent.agent": "unit", "dagent.run-id": "x"}
+    live = ContainerInfo("c1", "dagent-x", "x", "busybox", "running", None, "", None, labels)
+    runtime = FakeRuntime(containers=[live], fail={"stop_id": [DaemonError("docker: stop: connection reset")]})
+    source = FakeSource(queue=[_run("x")], cancel={"x"})
+    _agent(source, runtime).run()
+    assert [(r.outcome, r.error) for r in source.reports] == [("cancelled", "cancelled before it started")]
+
+
 def test_a_run_cancelled_while_running_is_stopped_and_reported_cancelled() -> None:
     block = threading.Event()
     source, runtime = FakeSource(queue=[_run("long")]), FakeRuntime(block=block)

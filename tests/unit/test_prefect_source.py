@@ -81,9 +81,14 @@ class World:
                 proposed, now = body["state"], self.states[run_id]
                 if proposed["type"] == "PENDING" and proposed["name"] == "Pending" and self.claim_answer is not None:
                     return self.claim_answer(run_id)
-                # As Prefect: PENDING only over SCHEDULED, or over PENDING under a new name other than Pending.
+                # As Prefect's PreventPendingTransitions: PENDING is refused over RUNNING, CANCELLING and
+                # CANCELLED, and over PENDING unless under a new name other than Pending; it is accepted
+                # over SCHEDULED and over a final state (COMPLETED, FAILED, CRASHED).
                 step = now["type"] == "PENDING" and proposed["name"] not in ("Pending", now.get("name"))
-                if proposed["type"] == "PENDING" and now["type"] != "SCHEDULED" and not step:
+                refused = now["type"] in ("RUNNING", "CANCELLING", "CANCELLED") or (
+                    now["type"] == "PENDING" and not step
+                )
+                if proposed["type"] == "PENDING" and refused:
                     return 200, {"status": "ABORT", "details": {"reason": "not scheduled"}}
                 self.states[run_id] = {**body["state"], "id": uuid.uuid4().hex}
                 return 200, {"status": "ACCEPT", "state": self.states[run_id]}
@@ -344,6 +349,33 @@ def test_a_restart_resumes_a_run_it_left_submitting() -> None:
     [claim] = source.recover({}, [])
     assert claim.run.id == "r1"
     assert source.starting(claim) is True  # Submitting again is refused; the run is still ours and starts
+
+
+def test_a_resumed_run_its_container_ended_is_not_revived_by_submitting() -> None:
+    """Prefect takes PENDING over COMPLETED: a resumed run's state is read first, and a final one is left."""
+    world = World([_flow_run("r1")])
+    source, transport = _source(world)
+    world.states["r1"] = {"type": "PENDING", "name": "Pending", "message": NOTE, "id": "p"}
+    world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)},
+                           {"id": "p", "type": "PENDING", "name": "Pending", "message": NOTE, "timestamp": _at(1)}]  # fmt: skip
+    [claim] = source.recover({}, [])
+    world.states["r1"] = {"type": "COMPLETED", "name": "Completed", "id": "c"}  # its engine, while we prepared
+    assert source.starting(claim) is True  # the container decides (adopted, or its end read)
+    assert world.states["r1"]["type"] == "COMPLETED"
+    assert not [b for _, p, b in transport.seen if p.endswith("/set_state") and b["state"]["name"] == "Submitting"]
+
+
+def test_a_resumed_run_another_worker_claimed_is_left_to_it() -> None:
+    world = World([_flow_run("r1")])
+    source, _ = _source(world)
+    world.states["r1"] = {"type": "PENDING", "name": "Pending", "message": NOTE, "id": "p"}
+    world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)},
+                           {"id": "p", "type": "PENDING", "name": "Pending", "message": NOTE, "timestamp": _at(1)}]  # fmt: skip
+    [claim] = source.recover({}, [])
+    world.states["r1"] = {"type": "PENDING", "name": "Submitting", "message": None, "id": "w"}  # Prefect's worker
+    assert source.starting(claim) is False
+    source.report(claim, RunResult.not_started("r1", "cancelled", "cancelled before it started"))
+    assert world.states["r1"]["id"] == "w"  # nothing of ours said over theirs
 
 
 def _at(second: int) -> str:

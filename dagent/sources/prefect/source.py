@@ -106,6 +106,7 @@ class PrefectSource:
         self._mine: set[str] = set()
         self._heard: dict[str, str] = {}  # run id → its latest state type
         self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
+        self._fresh: set[str] = set()  # runs this process claimed, not yet started: their state is our Pending
         self._cancel_confirmed: set[str] = set()  # CANCELLING heard and borne out by the run's state
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
@@ -220,6 +221,7 @@ class PrefectSource:
                 self._mine.add(run_id)
             else:
                 self._mine.discard(run_id)
+                self._fresh.discard(run_id)
                 self._cancel_confirmed.discard(run_id)
 
     def _streaming(self) -> bool:
@@ -359,6 +361,8 @@ class PrefectSource:
         answer = self._runs.claim(run_id, listed_at)
         if answer.ours:
             self._track(run_id, mine=True)
+            with self._lock:
+                self._fresh.add(run_id)
             log.info("claimed flow run %s", run_id)
             return True
         self._pace.dropped(run_id)  # not heard back: a refused claim makes no event
@@ -410,23 +414,37 @@ class PrefectSource:
     # --- a run's life ----------------------------------------------------------------------------
 
     def starting(self, claim: Claim) -> bool:
-        """False when the run was cancelled while PENDING: it must never start.
+        """False when the run must not start: cancelled while PENDING, or claimed by another since.
 
-        As Prefect's worker does, the run goes to `Submitting` first; Prefect accepts that only over
-        PENDING, so an acceptance is the check, and only a refusal needs the run's state read."""
-        if self._runs.submitting(claim.handle):
-            self._submitted(claim.handle)
+        As Prefect's worker does, the run goes to `Submitting` first. Prefect takes a PENDING proposal
+        over PENDING (under a new name) but also over a final state, so it is proposed at once only
+        for a run this process has just claimed (its state is our Pending); there the acceptance is
+        the not-cancelled check. A resumed run's state is read first: its container may have ended
+        it meanwhile, and `Submitting` over an engine's COMPLETED would revive it."""
+        run_id = claim.handle
+        with self._lock:
+            fresh = run_id in self._fresh
+            self._fresh.discard(run_id)
+        if fresh and self._runs.submitting(run_id):
+            self._submitted(run_id)
             return True
-        state = self._runs.state(claim.handle) or {}
-        if state.get("type") in ("CANCELLING", "CANCELLED"):
-            log.info("flow run %s was cancelled before it started", claim.handle)
-            if state.get("type") == "CANCELLED":
+        state = self._runs.state(run_id) or {}
+        kind, message = state.get("type"), state.get("message")
+        if kind in ("CANCELLING", "CANCELLED"):
+            log.info("flow run %s was cancelled before it started", run_id)
+            if kind == "CANCELLED":
                 with self._lock:
-                    self._abandoned.add(claim.handle)  # nothing left to report; CANCELLING still gets CANCELLED
+                    self._abandoned.add(run_id)  # nothing left to report; CANCELLING still gets CANCELLED
             return False
-        # Already Submitting (a claim resumed after a restart), or moved on by Prefect's own rules:
-        # the container decides, as before this step existed.
-        self._submitted(claim.handle)
+        if kind == "PENDING" and message != self._claim_note:
+            log.warning("flow run %s was claimed by another worker before it started; leaving it to them", run_id)
+            with self._lock:
+                self._abandoned.add(run_id)  # theirs: nothing of ours to report
+            return False
+        if kind == "PENDING" and state.get("name") != "Submitting":
+            self._runs.submitting(run_id)  # a resumed claim of ours takes the worker's next step too
+        # Ours (Submitting already), or moved on by its container: the container decides, as before.
+        self._submitted(run_id)
         return True
 
     def started(self, claim: Claim, container_id: str) -> None:
