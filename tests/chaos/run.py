@@ -189,17 +189,21 @@ def _inbox_outcomes(inbox: Path) -> dict[str, str]:
     return found
 
 
-def _each_once(row: Row, ids: list[str], count: Path, ends: dict[str, str], expected: str) -> None:
+def _each_once(row: Row, ids: list[str], count: Path, ends: dict[str, str], expected: str | dict[str, str]) -> None:
     """Tie the row to what the containers themselves recorded: every run started exactly once, and
-    ended as `expected`. A build where nothing runs, or where every run is refused, misses this."""
+    ended as `expected` (one state for all, or run id → state). A build where nothing runs, or where
+    every run is refused, misses this."""
     starts = _starts(count)
     row.twice = sum(1 for i in ids if starts[i] > 1)
     never = [i for i in ids if starts[i] == 0]
     if never:
         row.failures.append(f"{len(never)} run(s) never started (e.g. {never[0]})")
-    wrong = [i for i in ids if ends.get(i) != expected]
+    want = expected if isinstance(expected, dict) else dict.fromkeys(ids, expected)
+    wrong = [i for i in ids if ends.get(i) != want.get(i)]
     if wrong:
-        row.failures.append(f"{len(wrong)} run(s) did not end {expected} (e.g. {wrong[0]}: {ends.get(wrong[0])})")
+        row.failures.append(
+            f"{len(wrong)} run(s) did not end as expected (e.g. {wrong[0]}: {ends.get(wrong[0])}, not {want.get(wrong[0])})"
+        )
     strays = set(starts) - set(ids)
     if strays:
         row.failures.append(f"{len(strays)} start(s) of runs not in this row")
@@ -231,7 +235,12 @@ def _inbox_row(
 
 
 def _prefect_row(
-    row: Row, chaos: Chaos, ids: list[str], count: Path, agents: list[Dagent], expected: str = "COMPLETED"
+    row: Row,
+    chaos: Chaos,
+    ids: list[str],
+    count: Path,
+    agents: list[Dagent],
+    expected: str | dict[str, str] = "COMPLETED",
 ) -> Row:
     states = {i: chaos.api.state(i) for i in ids}
     row.runs = len(ids)
@@ -368,13 +377,20 @@ def prefect_kill(chaos: Chaos) -> Row:
     config = _prefect_config(agent, chaos.server.api_url, pool, count)
     _create_pool(agent, config)
     deployment = _deployment(chaos, pool, count)
-    ids = [chaos.api.run(deployment) for _ in range(chaos.sizes.runs)]
+    # Every third run's container fails before any engine could report (exit 3 after 2 s): only the
+    # agent can end such a run, so one whose agent was killed meanwhile ends only if a restart adopts it.
+    failing = chaos.api.deployment(pool, "flows.py:hello", {
+        "image": chaos.flow_image, "network_mode": "host", "volumes": [f"{count}:/count"],
+        "command": "sh -c 'echo \"$PREFECT__FLOW_RUN_ID\" >> /count/starts && sleep 2 && exit 3'",
+    })  # fmt: skip
+    ids = [chaos.api.run(failing if i % 3 == 2 else deployment) for i in range(chaos.sizes.runs)]
+    expected = {i: "CRASHED" if n % 3 == 2 else "COMPLETED" for n, i in enumerate(ids)}
     _kills(row, chaos, agent, config, (0.5, 4.0))
     with AgentProcess(agent, config) as last:
         _wait(lambda: _all_final(chaos, ids), 400, lambda: _unfinished(chaos, ids))
         _wait(lambda: not agent.containers(), 30)
         _stop(row, last)
-    return _prefect_row(row, chaos, ids, count, [agent])
+    return _prefect_row(row, chaos, ids, count, [agent], expected=expected)
 
 
 def daemon_restart(chaos: Chaos) -> Row:
