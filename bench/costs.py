@@ -43,6 +43,32 @@ def _requests(api: PrefectClient) -> dict[str, Callable[[int], Any]]:
     return {"workers/heartbeat": heartbeat, "get_scheduled_flow_runs": scheduled, "workers/filter": roster}
 
 
+def paced(
+    request: Callable[[int], Any], rate: float, window: float, cpu: Callable[[], float]
+) -> tuple[float, int, float]:
+    """Send `rate` requests a second from a thread of their own; over a `window` that opens once they
+    are under way: (CPU-s used by `cpu()`'s processes, requests sent, seconds measured)."""
+    done, stop = 0, threading.Event()
+
+    def send() -> None:
+        nonlocal done
+        start = time.monotonic()
+        while not stop.is_set():
+            request(done)
+            done += 1
+            stop.wait(max(0.0, start + done / rate - time.monotonic()))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(2)  # under way before the window opens
+    before, sent, t = cpu(), done, time.monotonic()
+    time.sleep(window)
+    used, sent, seconds = cpu() - before, done - sent, time.monotonic() - t
+    stop.set()
+    sender.join()
+    return used, sent, seconds
+
+
 def measure(api_url: str, cpu: Callable[[], float], rounds: int = 3, window: float = 40.0,
             rate: float = 5.0) -> dict[str, Any]:  # fmt: skip
     """CPU-ms per request of each kind and CPU-s/min per open stream, each the median over `rounds`."""
@@ -59,27 +85,10 @@ def measure(api_url: str, cpu: Callable[[], float], rounds: int = 3, window: flo
         time.sleep(seconds)
         return (cpu() - before) / ((time.monotonic() - t) / 60)
 
-    def paced(request: Callable[[int], Any]) -> tuple[float, float]:
+    def paced_rate(request: Callable[[int], Any]) -> tuple[float, float]:
         """(CPU-s/min, requests/min) while sending `rate` requests a second."""
-        done, stop = 0, threading.Event()
-
-        def send() -> None:
-            nonlocal done
-            start = time.monotonic()
-            while not stop.is_set():
-                request(done)
-                done += 1
-                stop.wait(max(0.0, start + done / rate - time.monotonic()))
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        time.sleep(2)  # under way before the window opens
-        before, sent, t = cpu(), done, time.monotonic()
-        time.sleep(window)
-        used, sent, minutes = cpu() - before, done - sent, (time.monotonic() - t) / 60
-        stop.set()
-        sender.join()
-        return used / minutes, sent / minutes
+        used, sent, seconds = paced(request, rate, window, cpu)
+        return used / (seconds / 60), sent / (seconds / 60)
 
     def streams() -> tuple[float, int]:
         """(CPU-s/min, streams open) with SUBSCRIBERS idle streams, once all are up."""
@@ -105,7 +114,7 @@ def measure(api_url: str, cpu: Callable[[], float], rounds: int = 3, window: flo
         background = per_min(window)
         nothing.append(background)
         for kind, request in kinds.items():
-            used, sent = paced(request)
+            used, sent = paced_rate(request)
             per_request[kind].append((used - background) / sent * 1000)
         used, open_ = streams()
         per_stream.append((used - background) / max(open_, 1))

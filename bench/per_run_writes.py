@@ -15,12 +15,12 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.costs import paced
 from bench.scale import _cpu_and_rss, _machine, _tree
 from dagent.config import AgentConfig
 from dagent.sources.prefect.client import PrefectClient
@@ -99,27 +99,6 @@ def _measure(server: prefect_infra.PrefectServer, rounds: int, window: float, ra
         time.sleep(window)
         return (cpu() - before) / (time.monotonic() - t)
 
-    def paced(request: Callable[[int], Any]) -> tuple[float, int, float]:
-        done, stop = 0, threading.Event()
-
-        def send() -> None:
-            nonlocal done
-            start = time.monotonic()
-            while not stop.is_set():
-                request(done)
-                done += 1
-                stop.wait(max(0.0, start + done / rate - time.monotonic()))
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        time.sleep(2)
-        before, sent, t = cpu(), done, time.monotonic()
-        time.sleep(window)
-        used, sent, seconds = cpu() - before, done - sent, time.monotonic() - t
-        stop.set()
-        sender.join()
-        return used, sent, seconds
-
     for request in kinds.values():
         request(0)  # the first write of each kind makes what the rest update
     per_request: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -128,7 +107,7 @@ def _measure(server: prefect_infra.PrefectServer, rounds: int, window: float, ra
         rate_idle = idle()
         background.append(rate_idle * 60)
         for kind, request in kinds.items():
-            used, sent, seconds = paced(request)
+            used, sent, seconds = paced(request, rate, window, cpu)
             per_request[kind].append((used - rate_idle * seconds) / max(sent, 1) * 1000)
     return {
         "cpu_ms_per_request": {k: round(statistics.median(v), 1) for k, v in per_request.items()},

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import docker
 
 from bench.common import REPO, by_kind, percentile, prefect_worker_pool
+from tests.helpers import code_commit
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
@@ -323,15 +324,6 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _commit() -> str:
-    """The code measured: HEAD's short hash, with `-dirty` when the tree has uncommitted changes."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    code_paths = ["--", "dagent", "tests", "bench"]  # what was measured; a changed document is not
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *code_paths], cwd=REPO,
-                           capture_output=True, text=True)  # fmt: skip
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
-
-
 def main() -> int:
     if "--scale" in sys.argv[1:]:
         from bench import scale
@@ -371,7 +363,7 @@ def main() -> int:
         "concurrency": CONCURRENCY,
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": _commit(),
+        "commit": code_commit(),
     }
     out = REPO / "bench" / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)

@@ -112,6 +112,15 @@ class StubAPI:
 RUNUSER = shutil.which("runuser") or ""
 
 
+def code_commit() -> str:
+    """The code a result measured: HEAD's short hash, `-dirty` when dagent, tests or bench have uncommitted
+    changes (a changed document is not the code)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "dagent", "tests", "bench"],
+                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
 def dagent_path() -> str:
     """What every dagent a test starts puts first on PYTHONPATH: the checkout, or a mutant's copy of the
     package (tests/mutants.py) named by DAGENT_TEST_CODE, so that a suite can be run against broken code."""

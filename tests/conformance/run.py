@@ -33,6 +33,7 @@ import docker.errors
 from tests.conformance.cases import CASES, EXIT_0, FAMILIES, Case
 from tests.conformance.mutants import MUTANTS
 from tests.conftest import REPO
+from tests.helpers import code_commit
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import PrefectAPI
 from tests.mutants import Mutant, StaleMutant
@@ -628,11 +629,7 @@ MUTANTS_BEGIN, MUTANTS_END = "<!-- mutants:begin -->", "<!-- mutants:end -->"
 
 def _provenance(command: str) -> str:
     """Which command, when, and on what code a table was printed."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    code_paths = ["--", "dagent", "tests", "bench"]  # what was measured; a changed document is not
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *code_paths], cwd=REPO,
-                           capture_output=True, text=True)  # fmt: skip
-    code = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    code = code_commit()
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     backend = {"postgres": "PostgreSQL", "sqlite": "SQLite"}.get(prefect_infra.default_backend(), "?")
     return f"`{command}`, {when}, code {code}, {os.cpu_count()} CPUs, Prefect {prefect_infra.PREFECT} on {backend}."

@@ -351,14 +351,20 @@ def test_a_restart_resumes_a_run_it_left_submitting() -> None:
     assert source.starting(claim) is True  # Submitting again is refused; the run is still ours and starts
 
 
-def test_a_resumed_run_its_container_ended_is_not_revived_by_submitting() -> None:
-    """Prefect takes PENDING over COMPLETED: a resumed run's state is read first, and a final one is left."""
-    world = World([_flow_run("r1")])
-    source, transport = _source(world)
+def _resumed(world: World, source: PrefectSource) -> Claim:
+    """r1, claimed by this agent before a restart (our Pending, nothing else since it was scheduled), recovered."""
     world.states["r1"] = {"type": "PENDING", "name": "Pending", "message": NOTE, "id": "p"}
     world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)},
                            {"id": "p", "type": "PENDING", "name": "Pending", "message": NOTE, "timestamp": _at(1)}]  # fmt: skip
     [claim] = source.recover({}, [])
+    return claim
+
+
+def test_a_resumed_run_its_container_ended_is_not_revived_by_submitting() -> None:
+    """Prefect takes PENDING over COMPLETED: a resumed run's state is read first, and a final one is left."""
+    world = World([_flow_run("r1")])
+    source, transport = _source(world)
+    claim = _resumed(world, source)
     world.states["r1"] = {"type": "COMPLETED", "name": "Completed", "id": "c"}  # its engine, while we prepared
     assert source.starting(claim) is True  # the container decides (adopted, or its end read)
     assert world.states["r1"]["type"] == "COMPLETED"
@@ -368,10 +374,7 @@ def test_a_resumed_run_its_container_ended_is_not_revived_by_submitting() -> Non
 def test_a_resumed_run_another_worker_claimed_is_left_to_it() -> None:
     world = World([_flow_run("r1")])
     source, _ = _source(world)
-    world.states["r1"] = {"type": "PENDING", "name": "Pending", "message": NOTE, "id": "p"}
-    world.history["r1"] = [{"id": "s", "type": "SCHEDULED", "timestamp": _at(0)},
-                           {"id": "p", "type": "PENDING", "name": "Pending", "message": NOTE, "timestamp": _at(1)}]  # fmt: skip
-    [claim] = source.recover({}, [])
+    claim = _resumed(world, source)
     world.states["r1"] = {"type": "PENDING", "name": "Submitting", "message": None, "id": "w"}  # Prefect's worker
     assert source.starting(claim) is False
     source.report(claim, RunResult.not_started("r1", "cancelled", "cancelled before it started"))
