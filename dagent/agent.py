@@ -23,8 +23,8 @@ from dagent.cleanup import Cleanup
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, RunHandle, RunResult, Runtime, Source, owned_by
 from dagent.errors import DaemonError, DagentError, InputError, RunFileError, one_line
-from dagent.health import Metrics
 from dagent.hostview import HostView
+from dagent.metrics import Metrics, null_metrics
 from dagent.spec import ContainerSpec, build
 
 log = logging.getLogger("dagent.agent")
@@ -64,7 +64,7 @@ class Agent:
         self.config = config
         self.source = source
         self.runtime = runtime
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or null_metrics()
         self.host = host or HostView.of(config, runtime)
         self._judged_by = (self.config, self.host)  # swapped whole by a reload: a run is judged by one pair
         # (run id, line) for each line a container prints when show_flow_logs; the log by default.

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dagent.config import AgentConfig
 from dagent.contracts import ContainerInfo, Runtime, should_remove
 from dagent.errors import DagentError, one_line
-from dagent.health import Metrics
+from dagent.metrics import Metrics
 from dagent.spec import LABEL_KEEP
 
 log = logging.getLogger("dagent.agent")

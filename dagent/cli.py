@@ -115,8 +115,8 @@ def _start(load: Callable[[], Any]) -> int:
         raise
 
     from dagent.agent import Agent
-    from dagent.health import HealthServer, Metrics
     from dagent.hostview import exposed_roots
+    from dagent.metrics import null_metrics, prometheus_metrics
     from dagent.runtime import DockerRuntime
 
     for root in exposed_roots(config):
@@ -124,13 +124,17 @@ def _start(load: Callable[[], Any]) -> int:
             "docker.allowed_host_paths: %s is on a mount without nosuid,nodev: a run (root in its container "
             "by default) can leave set-uid files or device nodes there for this host's users", root)  # fmt: skip
     runtime = DockerRuntime(config)
-    made = Agent(config, source, runtime, Metrics(), host_view(config, runtime, loaded.path))
+    # health.address waits for a restart, so an agent without the endpoint never needs Prometheus.
+    metrics = prometheus_metrics() if config.health.address else null_metrics()
+    made = Agent(config, source, runtime, metrics, host_view(config, runtime, loaded.path))
     made.reloader = lambda: named(load())
     if "drain" in early:
         made.drain()
     agent = made
     health = None
     if config.health.address:
+        from dagent.health import HealthServer
+
         try:
             health = HealthServer(config.health.address, agent.health, agent.metrics)
         except OSError as e:

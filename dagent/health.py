@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import platform
 import socket
 import sys
 import threading
@@ -14,60 +13,11 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dagent import __version__
+from dagent.metrics import Metrics
 
 log = logging.getLogger("dagent.health")
-
-
-class Metrics:
-    """The agent's Prometheus metrics, in a registry of their own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.runs_started = Counter("dagent_runs_started", "Runs whose container was started", registry=self.registry)
-        self.runs_finished = Counter(
-            "dagent_runs_finished", "Runs reported, by outcome", ["outcome"], registry=self.registry
-        )
-        self.runs_refused = Counter("dagent_runs_refused", "Runs refused by policy or invalid", registry=self.registry)
-        self.runs_in_flight = Gauge(
-            "dagent_runs_in_flight", "Runs claimed and not yet reported", registry=self.registry
-        )
-        self.poll_duration = Histogram("dagent_poll_duration_seconds", "Time one poll took", registry=self.registry)
-        self.poll_errors = Counter("dagent_poll_errors", "Polls that failed", registry=self.registry)
-        self.pull_duration = Histogram(
-            "dagent_pull_duration_seconds", "Time spent making a run's image present", registry=self.registry,
-            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900),
-        )  # fmt: skip
-        self.run_duration = Histogram(
-            "dagent_run_duration_seconds", "Container start to end, by outcome", ["outcome"], registry=self.registry,
-            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
-        )  # fmt: skip
-        self.concurrency_limit = Gauge(
-            "dagent_concurrency_limit", "Runs this agent takes at once (concurrency)", registry=self.registry
-        )
-        self.config_reloads = Counter(
-            "dagent_config_reloads", "Configuration reloads (SIGHUP), by result", ["result"], registry=self.registry
-        )
-        self.containers_expired = Counter(
-            "dagent_containers_expired", "Kept containers removed after docker.keep_for", registry=self.registry
-        )
-        Info("dagent_build", "dagent's version and Python's", registry=self.registry).info(
-            {"version": __version__, "python": platform.python_version()}
-        )
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
-        PlatformCollector(registry=self.registry)
 
 
 # Whoever reaches the port could otherwise hold a thread and a socket each for ever (a half-sent
@@ -167,7 +117,7 @@ def _handler(status: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics
                 healthy, details = status()
                 body = json.dumps({"status": "ok" if healthy else "unhealthy", **details}).encode()
                 self._send(200 if healthy else 503, "application/json", body)
-            elif path == "/metrics":
+            elif path == "/metrics" and metrics.registry is not None:
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
             else:
                 self._send(404, "application/json", b'{"error": "not found"}')

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -139,7 +138,7 @@ def check_env_names(environ: Mapping[str, str]) -> None:
     for name in sorted(environ):
         upper = name.upper()
         if upper.startswith(ENV_PREFIX) and upper not in known:
-            hint = difflib.get_close_matches(upper, known, n=1)
+            hint = _closest(upper, known, 0.6)
             extra = f"; did you mean {hint[0]}?" if hint else ""
             if upper.startswith(("DAGENT_DOCKER__ENV__", "DAGENT_DOCKER__LABELS__")):
                 table = upper.split("__")[1].lower()
@@ -208,10 +207,10 @@ def describe_error(item: Any, model: type[BaseModel]) -> tuple[str, str]:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 break
             node = annotation
-        hint = difflib.get_close_matches(loc[-1], list(node.model_fields), n=1, cutoff=0.7)
+        hint = _closest(loc[-1], node.model_fields, 0.7)
         if not hint and model is AgentConfig:  # maybe a key of another section, e.g. docker.concurrency
             by_name = {k.rsplit(".", 1)[-1]: k for k in leaf_keys()}
-            hint = [by_name[m] for m in difflib.get_close_matches(loc[-1], list(by_name), n=1, cutoff=0.7)]
+            hint = [by_name[m] for m in _closest(loc[-1], by_name, 0.7)]
         return dotted, "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
     msg = msg.removeprefix("Value error, ")
     secret = any(s in p for p in loc for s in _SECRET_PARTS)
@@ -220,3 +219,10 @@ def describe_error(item: Any, model: type[BaseModel]) -> tuple[str, str]:
         shown = repr(value)
         msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
     return dotted, msg
+
+
+def _closest(word: str, choices: Iterable[str], cutoff: float) -> list[str]:
+    """The nearest of choices to a misspelt word, if any is near enough."""
+    import difflib  # only a misspelt key needs it: an agent that starts cleanly never loads it
+
+    return difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)

@@ -11,14 +11,14 @@ from dagent import agent as agent_module
 from dagent.agent import Agent
 from dagent.config import load_config
 from dagent.errors import DaemonError
-from dagent.health import Metrics
+from dagent.metrics import prometheus_metrics
 from dagent.runs import RunRequest
 from tests.fakes import FakeRuntime, FakeSource
 
 
 def _agent(source: FakeSource, runtime: FakeRuntime, **config: Any) -> Agent:
     settings = {"name": "unit", "poll_interval": 0.01, "max_polls": 3, **config}
-    return Agent(load_config(settings, environ={}).config, source, runtime, Metrics())
+    return Agent(load_config(settings, environ={}).config, source, runtime, prometheus_metrics())
 
 
 def _run(run_id: str, **fields: Any) -> RunRequest:
