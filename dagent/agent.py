@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,9 @@ class _InFlight:
     counted_start: bool = False
     result: RunResult | None = None
     reported: bool = False
+    # Seconds each step before the start took (judged, image, source, create+start): the start's log line says them.
+    took: dict[str, float] = field(default_factory=dict)
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 class Agent:
@@ -332,7 +336,8 @@ class Agent:
         if entry.result is None:
             # Judged before the pull, so a refused run costs no download, and again just before
             # the container is created (in _run_to_end), so the host paths checked are the ones mounted.
-            entry.spec = self._judge(claim)
+            with _timed(entry.took, "judged"):
+                entry.spec = self._judge(claim)
             result = self._run_to_end(entry)
             if self.stopping.is_set() and result.outcome == "crashed":
                 return  # interrupted by our own shutdown: the restart adopts it instead
@@ -363,9 +368,12 @@ class Agent:
         assert entry.spec is not None
         started = time.monotonic()
         try:
-            self.runtime.prepare(entry.spec)
+            with _timed(entry.took, "image"):
+                self.runtime.prepare(entry.spec)
             self.metrics.pull_duration.observe(time.monotonic() - started)
-            if handle.cancel.is_set() or not self.source.starting(claim):
+            with _timed(entry.took, "source"):
+                going = not handle.cancel.is_set() and self.source.starting(claim)
+            if not going:
                 # A run resumed after a restart may have its container already: it is stopped too, or
                 # it would end a run Prefect was told is cancelled (and Prefect takes COMPLETED over it).
                 try:
@@ -375,8 +383,10 @@ class Agent:
                 except DaemonError as e:  # the run is still cancelled: Prefect takes nothing else over CANCELLING
                     log.warning("run %s: could not stop its container (%s)", run_id, e)
                 return RunResult.not_started(run_id, "cancelled", "cancelled before it started")
-            spec = entry.spec = self._judge(claim)
-            container = self.runtime.launch(spec)
+            with _timed(entry.took, "judged"):
+                spec = entry.spec = self._judge(claim)
+            with _timed(entry.took, "create+start"):
+                container = self.runtime.launch(spec)
             handle.container = container
             if handle.cancel.is_set():
                 self.runtime.stop(container, spec.stop_grace)
@@ -384,7 +394,8 @@ class Agent:
             if not entry.counted_start:
                 entry.counted_start = True
                 self.metrics.runs_started.inc()
-            log.info("run %s: started container %s (%s)", run_id, container.short_id, spec.image)
+            log.info("run %s: started container %s (%s) %.3f s after its claim: %s", run_id, container.short_id,
+                     spec.image, time.monotonic() - entry.claimed_at, _steps(entry.took))  # fmt: skip
             self._tell_source(
                 claim, "INFO", f"dagent {self.config.name}: started container {container.short_id} ({spec.image})"
             )
@@ -486,3 +497,17 @@ class Agent:
             "draining": self.draining.is_set(),
         }
         return polling and daemon, details
+
+
+@contextmanager
+def _timed(took: dict[str, float], step: str) -> Iterator[None]:
+    """Add the seconds the block takes to took[step] (a step done twice, such as judging, adds up)."""
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        took[step] = took.get(step, 0.0) + time.monotonic() - began
+
+
+def _steps(took: dict[str, float]) -> str:
+    return ", ".join(f"{step} {seconds:.3f} s" for step, seconds in took.items())

@@ -47,9 +47,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "one agent exits on its own",
         "agent.py",
-        'log.info("run %s: started container %s (%s)", run_id, container.short_id, spec.image)',
-        'log.info("run %s: started container %s (%s)", run_id, container.short_id, spec.image); '
-        '__import__("os")._exit(0) if self.config.name.endswith("-1") else None',
+        "self.metrics.runs_started.inc()",
+        'self.metrics.runs_started.inc(); __import__("os")._exit(0) if self.config.name.endswith("-1") else None',
         ("many-inbox",),
     ),
     Mutant(

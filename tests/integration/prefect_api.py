@@ -137,6 +137,8 @@ class FaultyHTTPProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
+        # (method, path, arrived, answered) of each counted request that got an answer from upstream
+        self.spans: list[tuple[str, str, float, float]] = []
         self.claims: list[
             tuple[str, str]
         ] = []  # (flow run id, the answer's status) of each claim (PENDING named Pending)
@@ -166,10 +168,11 @@ class FaultyHTTPProxy:
                 body = self.rfile.read(length) if length else None
                 from_dagent = self.headers.get("User-Agent", "").startswith("dagent/")
                 fault = None
+                arrived = time.time()
                 if from_dagent or proxy.count_all:
                     with proxy.lock:
                         proxy.requests.append((self.command, self.path))
-                        proxy.times.append(time.time())
+                        proxy.times.append(arrived)
                         if from_dagent and proxy.random.random() < proxy.fault_rate:
                             fault = proxy.random.choice(["503", "429", "reset", "slow"])
                             proxy.faults[fault] += 1
@@ -194,8 +197,11 @@ class FaultyHTTPProxy:
                 try:
                     with urllib.request.urlopen(request, timeout=60) as response:
                         answer = response.read()
-                        if (from_dagent or proxy.count_all) and self.path.endswith("/set_state") and body:
-                            proxy._note_claim(self.path, body, answer)
+                        if from_dagent or proxy.count_all:
+                            with proxy.lock:
+                                proxy.spans.append((self.command, self.path, arrived, time.time()))
+                            if self.path.endswith("/set_state") and body:
+                                proxy._note_claim(self.path, body, answer)
                         return self._reply(
                             response.status, answer, {"Content-Type": response.headers.get("Content-Type", "")}
                         )

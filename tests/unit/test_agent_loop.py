@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -311,3 +312,15 @@ def test_a_signal_is_only_recorded_by_the_handler_and_acted_on_by_the_loop() -> 
     finally:
         agent.stop()
         thread.join(5)
+
+
+def test_the_start_line_says_what_each_step_before_it_took(caplog: pytest.LogCaptureFixture) -> None:
+    """Where a slow start spent its time: the judgements (both add up), the image, the source, create+start."""
+    caplog.set_level("INFO", logger="dagent.agent")
+    _agent(FakeSource(queue=[_run("a")]), FakeRuntime()).run()
+    line = next(r.getMessage() for r in caplog.records if "started container" in r.getMessage())
+    assert re.fullmatch(
+        r"run a: started container \S+ \(busybox\) \d+\.\d{3} s after its claim: judged \d+\.\d{3} s, "
+        r"image \d+\.\d{3} s, source \d+\.\d{3} s, create\+start \d+\.\d{3} s",
+        line,
+    ), line
