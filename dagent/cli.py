@@ -8,19 +8,29 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from enum import IntEnum
 from typing import Any
 
 from dagent import __version__
 from dagent.config import MASK
-from dagent.errors import ConfigError, DaemonError, DagentError, InputError, PolicyError, one_line
+from dagent.errors import DagentError, InputError, PolicyError, one_line
 from dagent.flags import WORKER_FLAGS, add_config_flags, cli_overrides, toml_value
-from dagent.naming import StableName
+
+
+class Exit(IntEnum):
+    """Every exit code dagent gives but one: `dagent run` exits with its container's own code."""
+
+    OK = 0
+    ERROR = 1  # an error that is not bad input, an unhealthy `dagent health`, a bug of ours
+    BAD_INPUT = 2  # a config, a run file or a flag that is wrong, a run the policy refuses
+    INTERRUPTED = 130  # Ctrl-C, or `dagent run` stopped by a signal (as a shell reports SIGINT)
+
 
 # The one place errors become exit codes; the first matching class wins.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
-    (InputError, 2),
-    (PolicyError, 2),
-    (DagentError, 1),
+    (InputError, Exit.BAD_INPUT),
+    (PolicyError, Exit.BAD_INPUT),
+    (DagentError, Exit.ERROR),
 )
 
 
@@ -76,78 +86,9 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     """Run the agent until SIGINT/SIGTERM or max_polls."""
-    return _start(lambda: _load(args))
+    from dagent.app import serve
 
-
-def _start(load: Callable[[], Any]) -> int:
-    """Run the agent until SIGINT/SIGTERM, a drain (SIGQUIT) or max_polls; `load()` reads the configuration
-    (again at each SIGHUP)."""
-    import signal
-
-    from dagent import logs
-
-    # Signals are taken from the start: before the agent exists a stop exits, a drain waits for it.
-    early: list[str] = []
-    agent: Any = None
-    kinds: dict[int, str] = {signal.SIGQUIT: "drain", signal.SIGHUP: "reload"}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        what = kinds.get(signum, "stop")
-        if agent is not None:
-            agent.on_signal(what)  # no lock, no logging here: the loop thread acts on it
-        elif what == "stop":
-            raise SystemExit(0)  # nothing claimed yet
-        else:
-            early.append(what)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-    loaded, named = load(), StableName()
-    logs.setup(loaded.config.log_format, loaded.config.log_level)
-    config = named(loaded)
-    # The source's first request (what a control plane sees of a starting agent) goes out before
-    # the rest of the agent is even imported.
-    source = make_source(config)
-    try:
-        source.connect()
-    except BaseException:
-        source.close()
-        raise
-
-    from dagent.agent import Agent
-    from dagent.hostview import exposed_roots
-    from dagent.metrics import null_metrics, prometheus_metrics
-    from dagent.runtime import DockerRuntime
-
-    for root in exposed_roots(config):
-        logging.getLogger("dagent").warning(
-            "docker.allowed_host_paths: %s is on a mount without nosuid,nodev: a run (root in its container "
-            "by default) can leave set-uid files or device nodes there for this host's users", root)  # fmt: skip
-    runtime = DockerRuntime(config)
-    # health.address waits for a restart, so an agent without the endpoint never needs Prometheus.
-    metrics = prometheus_metrics() if config.health.address else null_metrics()
-    made = Agent(config, source, runtime, metrics, host_view(config, runtime, loaded.path))
-    made.reloader = lambda: named(load())
-    if "drain" in early:
-        made.drain()
-    agent = made
-    health = None
-    if config.health.address:
-        from dagent.health import HealthServer
-
-        try:
-            health = HealthServer(config.health.address, agent.health, agent.metrics)
-        except OSError as e:
-            raise ConfigError(f"health.address {config.health.address}: cannot listen: {e.strerror}") from None
-        health.start()
-    try:
-        agent.run(connect=False)
-    finally:
-        if health is not None:
-            health.stop()
-        agent.source.close()
-        runtime.close()
-    return 0
+    return serve(lambda: _load(args))
 
 
 def cmd_worker_start(args: argparse.Namespace) -> int:
@@ -162,56 +103,19 @@ def cmd_worker_start(args: argparse.Namespace) -> int:
         host = os.environ.get("PREFECT_WORKER_WEBSERVER_HOST") or "127.0.0.1"
         port = os.environ.get("PREFECT_WORKER_WEBSERVER_PORT") or "8080"
         overrides.setdefault("health", {})["address"] = f"{host}:{port}"
+    from dagent.app import serve
     from dagent.config import load_config
 
-    return _start(lambda: load_config(overrides, args.config))
-
-
-def make_source(config: Any) -> Any:
-    """The Source the configuration names."""
-    if config.source == "inbox":
-        from dagent.sources.inbox import InboxSource
-
-        return InboxSource(config)
-    from dagent.sources.prefect import PrefectSource
-
-    return PrefectSource(config)
-
-
-def host_view(config: Any, runtime: Any, config_file: Any) -> Any:
-    """The HostView runs are judged by: the daemon's facts, and the agent's own files protected."""
-    from dagent.config import ENV_CONFIG
-    from dagent.hostview import HostView
-
-    own = [p for p in (config_file, os.environ.get(ENV_CONFIG)) if p]
-    return HostView.of(config, runtime, own)
-
-
-def _judge(loaded: Any, run: Any) -> Any:
-    """The run's ContainerSpec as the agent would judge it now; with no daemon, by Docker's defaults."""
-    from dagent.contracts import DaemonFacts
-    from dagent.hostview import HostView, socket_path, view_error
-    from dagent.runtime import DockerRuntime
-    from dagent.spec import build
-
-    config = loaded.config
-    view = host_view(config, DockerRuntime(config), loaded.path)
-    try:
-        facts = view.facts(run)
-    except DaemonError as e:
-        logging.getLogger("dagent").warning("the daemon was not asked (%s); judging by Docker's defaults", e)
-        base_url = config.docker.base_url
-        daemon = DaemonFacts(None, socket_path(base_url), view_error(base_url, config.docker.verify_host_view))
-        facts = HostView(config, daemon, own_files=view.own_files).facts(run)
-    return build(config, run, facts=facts)
+    return serve(lambda: load_config(overrides, args.config))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the ContainerSpec and docker-py kwargs a run file becomes; creates nothing."""
+    from dagent.app import judge
     from dagent.runs import load_run_file
 
     loaded = _load(args)
-    spec = _judge(loaded, load_run_file(args.run_file))
+    spec = judge(loaded, load_run_file(args.run_file))
     kwargs = spec.to_docker_kwargs()
     kwargs["environment"] = spec.model_dump(mode="json")["env"] | {k: MASK for k in spec.secret_env}
     print(json.dumps({"spec": spec.model_dump(mode="json"), "docker_kwargs": kwargs}, indent=2, default=list))
@@ -223,41 +127,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     Ctrl-C or SIGTERM stops the container (as `docker run` does) and reports the run cancelled.
     """
-    import signal
-
-    from dagent.agent import Agent
+    from dagent.app import judge, run_one
     from dagent.runs import load_run_file
-    from dagent.runtime import DockerRuntime
-    from dagent.sources.oneshot import OneShotSource
 
     # The outcome is this command's own last line; the agent's log says only what went wrong.
     logging.getLogger("dagent.agent").setLevel(logging.ERROR)
     loaded = _load(args)
     run = load_run_file(args.run_file)
-    _judge(loaded, run)  # a refusal is exit 2 before anything touches the daemon
+    judge(loaded, run)  # a refusal is exit 2 before anything touches the daemon
     show = args.logs or loaded.config.show_flow_logs
-    config = loaded.config.model_copy(update={"max_polls": 1, "concurrency": 1, "show_flow_logs": show})
-    source = OneShotSource(run)
-    runtime = DockerRuntime(config)
-    agent = Agent(config, source, runtime, host=host_view(config, runtime, loaded.path),
-                  flow_output=lambda _run_id, line: print(line, flush=True))  # fmt: skip
-
-    def on_signal(signum: int, _frame: object) -> None:
-        print(f"dagent: {signal.Signals(signum).name}: stopping the run", file=sys.stderr)
-        source.cancel()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        agent.run(reconcile=False)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        runtime.close()
-    if source.refused is not None:
-        raise PolicyError(source.refused.splitlines())
-    result = source.result
-    if result is None:
-        raise DaemonError(f"run {source.run.id}: could not be finished (see the lines above)")
+    result = run_one(loaded, run, show)
     container = (result.container_id or "")[:12]
     said = [e for e in (result.error, result.why) if e and e != f"exited with code {result.exit_code}"]
     detail = f" ({'; '.join(said)})" if said else ""
@@ -268,8 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if result.outcome == "cancelled":
-        return 130
-    return result.exit_code if result.exit_code is not None else 1
+        return Exit.INTERRUPTED
+    return result.exit_code if result.exit_code is not None else Exit.ERROR
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -319,7 +198,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         print(f"unhealthy: {e.read().decode(errors='replace').strip()}", file=sys.stderr)
     except (OSError, ValueError) as e:
         print(f"unhealthy: cannot reach {address} (health.address): {getattr(e, 'reason', e)}", file=sys.stderr)
-    return 1
+    return Exit.ERROR
 
 
 def parse_duration(text: str) -> float:
@@ -397,7 +276,7 @@ def exit_code(error: BaseException) -> int:
     for cls, code in EXIT_CODES:
         if isinstance(error, cls):
             return code
-    return 1
+    return Exit.ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -412,16 +291,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dagent: error: {line}", file=sys.stderr)
         return exit_code(e)
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
         # stdout closed early (`dagent config show | head`): not an error of ours.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        return 0
+        return Exit.OK
     except Exception as e:  # a bug of ours: still one line, the traceback at debug level
         logging.getLogger("dagent").debug("internal error", exc_info=e)
         print(f"dagent: error: internal error: {type(e).__name__}: {one_line(e)} (a bug; "
               "DAGENT_LOG_LEVEL=debug shows where)", file=sys.stderr)  # fmt: skip
-        return 1
+        return Exit.ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover
