@@ -6,7 +6,9 @@
 
 Prints a markdown table of figures and exits 1 when any target is missed. Every agent of the
 suite is configured with a known secret token, and the last row greps everything the suite
-produced for it.
+produced for it. A whole suite (no --only) writes its rows to bench/results/chaos-<mode>.json, and
+--mutants (all of them) to bench/results/chaos-mutants-<mode>.json: `python -m bench.report` renders
+docs/reliability.md's tables from them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ import docker
 
 from tests.chaos import corpus
 from tests.chaos.corpus import SECRET
-from tests.helpers import AgentProcess, Dagent
+from tests.helpers import AgentProcess, Dagent, code_commit
 from tests.integration import infra, prefect_infra
 from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
@@ -557,6 +559,45 @@ def many_prefect(chaos: Chaos, n: int, engine: bool = False, kills: int = 0) -> 
     return _prefect_row(row, chaos, ids, count, [agent, *fleet], expected="COMPLETED")
 
 
+LATE_CLAIM = 8.0  # seconds each claim of the late agent is held: its peer claims, runs and ends the run first
+
+
+def late_claims(chaos: Chaos) -> Row:
+    """Two agents on one pool; every claim of one reaches Prefect LATE_CLAIM s late, when the other has
+    claimed, run and ended the run. Prefect accepts a PENDING over a COMPLETED run, so the late claim
+    is accepted: its history check must step back and put the run's end back, never run it again."""
+    chaos.fresh_server()
+    row = Row("a late claim over a run another agent ended")
+    agent = chaos.agent("late-claims")
+    count = agent.workdir / "count"
+    count.mkdir()
+    pool = f"chaos-late-{uuid.uuid4().hex[:6]}"
+    proxy = FaultyHTTPProxy(chaos.server.api_url.removesuffix("/api"), hold_claims=LATE_CLAIM)
+    chaos.stack.callback(proxy.stop)
+    config = _prefect_config(agent, chaos.server.api_url, pool, count, extra="poll_interval = 1")
+    _create_pool(agent, config)
+    deployment = _deployment(chaos, pool, count, engine=False)
+    prompt, late = _fleet(chaos, agent, 2)
+    ids = [chaos.api.run(deployment) for _ in range(8)]
+    # The late agent lists with no event stream, so nothing tells it its listed runs were taken.
+    late_env = {"DAGENT_API__URL": proxy.api_url("/api"), "DAGENT_API__EVENT_STREAM": "false"}
+    with AgentProcess(agent, config, name=late.name, env=late_env) as slow:
+        _wait(lambda: proxy.held > 0, 60)
+        with AgentProcess(agent, config, name=prompt.name) as fast:
+            _wait(lambda: _all_final(chaos, ids), 120, lambda: _unfinished(chaos, ids))
+            # Every held claim answered, and none since for longer than a hold: the late agent is done.
+            _wait(lambda: proxy.held == len(proxy.claims) and time.time() - proxy.last_held > LATE_CLAIM + 2, 90)
+            _wait(lambda: _all_final(chaos, ids) and not _orphans([prompt, late]), 60)
+            _stop(row, fast)
+        _stop(row, slow)
+    row = _prefect_row(row, chaos, ids, count, [prompt, late], expected="COMPLETED")
+    over_an_end = sum(1 for _, status in proxy.claims if status == "ACCEPT")
+    row.notes.append(f"{proxy.held} late claims, {over_an_end} accepted over a run already ended")
+    if not over_an_end:  # the race never happened: the row proves nothing about the check
+        row.failures.append("no late claim was accepted over an ended run")
+    return row
+
+
 def bad_inputs(chaos: Chaos) -> Row:
     """The corpus of bad configs, env values, flags, run files, job variables and API answers."""
     row = Row("bad inputs → one clear line, exit 2")
@@ -645,6 +686,7 @@ SCENARIOS: dict[str, Callable[[Chaos], Row | list[Row]]] = {
         many_prefect(c, 3),
         *([many_prefect(c, 5, kills=c.sizes.kills)] if c.backend == "postgres" else []),
         many_prefect(c, 2, engine=True),
+        late_claims(c),
     ],
     "mixed-fleet": mixed_fleet,
     "corpus": lambda c: [bad_inputs(c), bypasses(c)],
@@ -695,7 +737,22 @@ def run_mutants(short: bool, backend: str, names: str) -> int:
     missed = [row for row in caught if not caught[row]]
     print(f"\n{len(mutants)} mutants, {len(caught) - len(missed)} of {len(caught)} rows caught, "
           f"{time.monotonic() - started:.0f} s", file=sys.stderr)  # fmt: skip
+    if wanted is None:
+        order = [row for row in SCENARIOS if row in caught]
+        _record(f"chaos-mutants-{'short' if short else 'full'}", backend, started,
+                {"rows": {row: caught[row] for row in order}})  # fmt: skip
     return 1 if missed else 0
+
+
+def _record(name: str, backend: str, started: float, found: dict[str, Any]) -> None:
+    """Write a whole run's findings to bench/results/<name>.json, which the documents are rendered from."""
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": code_commit(), "backend": backend,
+        "cpus": os.cpu_count(), "seconds": round(time.monotonic() - started), "prefect": prefect_infra.PREFECT,
+    }  # fmt: skip
+    out = REPO / "bench" / "results" / f"{name}.json"
+    out.write_text(json.dumps({"meta": meta, **found}, indent=2) + "\n")
+    print(f"written to {out.relative_to(REPO)}", file=sys.stderr)
 
 
 def table(rows: list[Row]) -> str:
@@ -749,6 +806,9 @@ def main() -> int:
         f"\n{'short' if args.short else 'full'} suite on {args.backend}, {time.monotonic() - started:.0f} s",
         file=sys.stderr,
     )
+    if not args.only:
+        _record(f"chaos-{'short' if args.short else 'full'}", args.backend, started,
+                {"rows": [{**asdict(r), "ok": r.ok} for r in rows]})  # fmt: skip
     return 0 if all(r.ok for r in rows) else 1
 
 

@@ -117,6 +117,15 @@ class PrefectAPI:
         return None
 
 
+def _is_claim(body: bytes | None) -> bool:
+    """A set_state body proposing PENDING named Pending: an agent's claim (Submitting is its next step)."""
+    try:
+        state = json.loads(body or b"{}").get("state") or {}
+    except ValueError:
+        return False
+    return bool(state.get("type") == "PENDING" and state.get("name") == "Pending")
+
+
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that hang up (resets are part of the test) are not news
@@ -129,8 +138,15 @@ class FaultyHTTPProxy:
     but dagent (the flow engine inside containers) pass untouched. It counts dagent's requests.
     """
 
-    def __init__(self, upstream: str, fault_rate: float = 0.0, seed: int = 7, count_all: bool = False) -> None:
+    def __init__(
+        self, upstream: str, fault_rate: float = 0.0, seed: int = 7, count_all: bool = False, hold_claims: float = 0.0
+    ) -> None:
         self.upstream = upstream.rstrip("/")
+        # Each of dagent's PENDING claims reaches the server this many seconds late (a slow network, a
+        # stalled agent): long enough for another agent to claim, run and end the run meanwhile.
+        self.hold_claims = hold_claims
+        self.held = 0
+        self.last_held = 0.0  # when the latest held claim arrived
         self.count_all = count_all
         self.times: list[float] = []  # when each counted request arrived
         self.fault_rate = fault_rate
@@ -186,6 +202,11 @@ class FaultyHTTPProxy:
                     return None
                 if fault == "slow":
                     time.sleep(1.0)
+                if proxy.hold_claims and from_dagent and self.path.endswith("/set_state") and _is_claim(body):
+                    with proxy.lock:
+                        proxy.held += 1
+                        proxy.last_held = time.time()
+                    time.sleep(proxy.hold_claims)
                 headers = {
                     k: v
                     for k, v in self.headers.items()
