@@ -5,7 +5,9 @@ the same flags; their containers compared field by field with `docker inspect`.
 One Prefect server, two pools made by Prefect's CLI from one customised docker base job template
 (changed variable defaults, a value pinned in `job_configuration`), a local registry so a pull can be
 seen, and each case of `cases.py` run on both. Prints a table of every difference; a difference is
-"deliberate" only when DELIBERATE says why (and docs/prefect.md says the same).
+"deliberate" only when DELIBERATE says why (and docs/prefect.md says the same). A whole run (no
+--short or --only) writes what it printed to bench/results/conformance-full.json, and --mutants (all
+of them) to conformance-mutants.json: `python -m bench.report` renders docs/conformance.md from them.
 """
 
 from __future__ import annotations
@@ -624,41 +626,22 @@ def report(results: list[Result]) -> Report:
     return Report("\n".join(lines), undocumented, len(keys))
 
 
-MUTANTS_BEGIN, MUTANTS_END = "<!-- mutants:begin -->", "<!-- mutants:end -->"
-
-
-def _provenance(command: str) -> str:
-    """Which command, when, and on what code a table was printed."""
-    code = code_commit()
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    backend = {"postgres": "PostgreSQL", "sqlite": "SQLite"}.get(prefect_infra.default_backend(), "?")
-    return f"`{command}`, {when}, code {code}, {os.cpu_count()} CPUs, Prefect {prefect_infra.PREFECT} on {backend}."
-
-
-def _write_section(path: Path, text: str, mutants: bool) -> None:
-    """Write the results (or, with `mutants`, only the mutants' section) into `path`, keeping the other part."""
-    old = path.read_text() if path.exists() else ""
-    kept = old[old.find(MUTANTS_BEGIN) : old.find(MUTANTS_END) + len(MUTANTS_END)] if MUTANTS_END in old else ""
-    if mutants:
-        head = old[: old.find(MUTANTS_BEGIN)] if MUTANTS_BEGIN in old else old
-        text = text.replace("\n\n", f"\n\n{_provenance('python -m tests.conformance --mutants')}\n\n", 1)
-        path.write_text(f"{head.rstrip()}\n\n{MUTANTS_BEGIN}\n{text}\n{MUTANTS_END}\n")
-        return
-    path.write_text(
-        "# Conformance with Prefect's Docker worker\n\n"
-        "What `python -m tests.conformance` printed: every key of both containers (`docker inspect`'s "
-        "Config and HostConfig, Env and Labels key by key), and for flow runs their state names, labels, "
-        "`infrastructure_pid` and events, compared between Prefect's worker and dagent. "
-        "[docs/prefect.md](prefect.md#differences-from-prefects-worker) says why each exemption is so.\n\n"
-        + _provenance("python -m tests.conformance --markdown docs/conformance.md") + "\n\n"
-        + text + ("\n\n" + kept if kept else "") + "\n"
-    )  # fmt: skip
+def _record(name: str, text: str, started: float) -> None:
+    """Write a whole run's printed result to bench/results/<name>.json; `python -m bench.report` puts it in
+    docs/conformance.md with when, on which code and machine it was printed."""
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": code_commit(),
+        "backend": prefect_infra.default_backend(), "cpus": os.cpu_count(), "prefect": prefect_infra.PREFECT,
+        "seconds": round(time.monotonic() - started),
+    }  # fmt: skip
+    out = REPO / "bench" / "results" / f"{name}.json"
+    out.write_text(json.dumps({"meta": meta, "text": text}, indent=2) + "\n")
+    print(f"written to {out.relative_to(REPO)}", file=sys.stderr)
 
 
 def run_mutants(suite: Conformance, root: Path, mutants: list[Mutant]) -> tuple[str, int]:
     """Each mutant against its catchers: a line per mutant, and how many were not caught."""
-    lines = ["## Mutants: dagent broken on purpose, and the case that caught each", "",
-             "| mutant | broken in | caught by |", "|---|---|---|"]  # fmt: skip
+    lines = ["| mutant | broken in | caught by |", "|---|---|---|"]
     missed = 0
     by_name = {c.name: c for c in CASES}
     # Each catcher must pass with dagent as it is, or a red under a mutant would prove nothing.
@@ -691,7 +674,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="the cases marked short (CI)")
     parser.add_argument("--only", help="comma-separated case names")
-    parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE (docs/conformance.md)")
     parser.add_argument("--mutants", nargs="?", const="all", metavar="NAMES",
                         help="instead of the cases: run each mutant (or those named, comma-separated) against "
                              "the cases that should catch it; exit 0 only when every one is caught")  # fmt: skip
@@ -719,8 +701,8 @@ def main() -> int:
         if mutants:
             text, missed = run_mutants(suite, root, mutants)
             print(text)
-            if args.markdown:
-                _write_section(Path(args.markdown), text, mutants=True)
+            if args.mutants == "all":
+                _record("conformance-mutants", text, started)
             print(f"\n{len(mutants)} mutants, {missed} not caught, {time.monotonic() - started:.0f} s", file=sys.stderr)
             return 0 if missed == 0 else 1
         results = []
@@ -729,8 +711,8 @@ def main() -> int:
             results.append(suite.run(case))
     found = report(results)
     print(found.text)
-    if args.markdown:
-        _write_section(Path(args.markdown), found.text, mutants=False)
+    if not (args.short or args.only):
+        _record("conformance-full", found.text, started)
     print(
         f"\n{len(cases)} cases, {found.keys} keys, {found.undocumented} undocumented difference(s), "
         f"{time.monotonic() - started:.0f} s",
