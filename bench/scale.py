@@ -283,7 +283,8 @@ class Scale:
         time.sleep(10)  # the last point's agents and containers are gone
         # At least as long as the idle window it is netted against: the server's own work wanders between
         # 2-min windows (1.4 to 2.5 CPU-s/min in one run), as much as 20 idle dagent agents cost.
-        window = self.args.idle or max(BASELINE_WINDOW, IDLE_WINDOW[system])
+        # The same for both systems, so neither is netted against a shorter sample of the wander.
+        window = self.args.idle or max(BASELINE_WINDOW, *IDLE_WINDOW.values())
         point.background_cpu_s_per_min = round(self._background(window), 3)
         started = time.monotonic()
         fleet = {name: self._agent(system, pool, name, proxy) for name in names}
@@ -774,8 +775,10 @@ def main(argv: list[str]) -> int:
                     return _costs_only(scale.costs)
             print("measuring the server alone ...", file=sys.stderr, flush=True)
             scale.baseline()
-            for n in args.fleet:
-                for system in ("dagent", "worker"):
+            for i, n in enumerate(args.fleet):
+                # Which system goes first alternates with N: the database grows with every point, and
+                # neither system should always meet the larger one.
+                for system in ("dagent", "worker") if i % 2 == 0 else ("worker", "dagent"):
                     if args.only in (None, system):
                         print(f"measuring {n} × {system} ...", file=sys.stderr, flush=True)
                         points.append(asdict(scale.point(system, n)))
