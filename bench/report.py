@@ -4,8 +4,11 @@
     python -m bench.report --check   # exit 1 when a document differs from its result files (what CI runs)
 
 A generated block sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`. The standard run's
-block (`bench`) and the README's figures (`figures`) come from bench/results/latest.json, each figure
-with the date, code commit, machine and backend of the run that measured it; the scale tables must
+block (`bench`) and the README's figures (`figures`) come from bench/results/latest.json, the chaos
+tables of docs/reliability.md from bench/results/chaos-full.json and chaos-mutants-short.json (which
+`python -m tests.chaos` and its `--mutants --short` write), docs/conformance.md's from
+bench/results/conformance-full.json and conformance-mutants.json, each figure with the date, code commit,
+machine and backend of the run that measured it; the scale tables must
 appear, as `bench/scale.py --report` prints them from bench/results/scale.json, in the `scale` block,
 whose prose around them is written by hand.
 """
@@ -75,6 +78,65 @@ def figures_block() -> str:
     )
 
 
+def _suite_provenance(name: str) -> tuple[dict[str, Any], str]:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path.relative_to(REPO)}: missing; the suite that writes it has not been run whole")
+    found = dict(json.loads(path.read_text()))
+    meta = found["meta"]
+    backend = {"postgres": "PostgreSQL", "sqlite": "SQLite"}.get(str(meta.get("backend")), str(meta.get("backend")))
+    took = f"{meta['seconds']} s" if meta.get("seconds") else "its duration not recorded"
+    return found, (
+        f"{str(meta.get('when', '?'))[:16].replace('T', ' ')} UTC, code {meta.get('commit', 'not recorded')}, "
+        f"{meta.get('cpus', '?')} CPUs, Prefect {meta.get('prefect', '?')} on {backend}, {took} "
+        f"(`{path.relative_to(REPO)}`)"
+    )
+
+
+def chaos_block() -> str:
+    """The last full chaos run's table."""
+    found, provenance = _suite_provenance("chaos-full")
+    lines = [
+        f"Last full run (`python -m tests.chaos`): {provenance}.",
+        "",
+        "| scenario | runs / cases | lost | run twice | stuck | orphans | target met | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in found["rows"]:
+        notes = "; ".join(n for n in [*r["notes"], *r["failures"]] if n)
+        met = "yes" if r["ok"] else "**no**"
+        lines.append(
+            f"| {r['scenario']} | {r['runs']} | {r['lost']} | {r['twice']} | {r['stuck']} | {r['orphans']} | {met} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def chaos_mutants_block() -> str:
+    """Which mutant each chaos row went red under, from the last `--mutants --short` run."""
+    found, provenance = _suite_provenance("chaos-mutants-short")
+    lines = [
+        f"Last run of `python -m tests.chaos --mutants --short`: {provenance}.",
+        "",
+        "| row | caught by |",
+        "|---|---|",
+    ]
+    for row, mutants in found["rows"].items():
+        lines.append(f"| {row} | {'; '.join(mutants) if mutants else '**not caught**'} |")
+    return "\n".join(lines)
+
+
+def conformance_block() -> str:
+    """What the last whole conformance run printed."""
+    found, provenance = _suite_provenance("conformance-full")
+    return f"Last whole run (`python -m tests.conformance`): {provenance}.\n\n{found['text']}"
+
+
+def conformance_mutants_block() -> str:
+    """Which case caught each mutant, from the last `--mutants` run."""
+    found, provenance = _suite_provenance("conformance-mutants")
+    return f"Last run of `python -m tests.conformance --mutants`: {provenance}.\n\n{found['text']}"
+
+
 def scale_tables() -> str:
     from bench.scale import tables
 
@@ -86,6 +148,8 @@ RENDERED: dict[str, dict[str, Callable[[], str]]] = {
     "README.md": {"figures": figures_block},
     "docs/benchmarks.md": {"bench": bench_block},
     "bench/README.md": {"bench": bench_block},
+    "docs/reliability.md": {"chaos": chaos_block, "chaos-mutants": chaos_mutants_block},
+    "docs/conformance.md": {"conformance": conformance_block, "mutants": conformance_mutants_block},
 }
 CONTAINED: dict[str, dict[str, Callable[[], str]]] = {"docs/benchmarks.md": {"scale": scale_tables}}
 
