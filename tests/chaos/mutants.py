@@ -1,12 +1,12 @@
 """The mutants the chaos suite must catch: each breaks one property a row claims to prove.
 
 `python -m tests.chaos --mutants [--short]` runs each mutant's rows against dagent broken that way
-(tests/mutants.py); a mutant is caught when one of them misses its target.
+(tests/support/mutants.py); a mutant is caught when one of them misses its target.
 """
 
 from __future__ import annotations
 
-from tests.mutants import Mutant
+from tests.support.mutants import Mutant
 
 MUTANTS: list[Mutant] = [
     Mutant(

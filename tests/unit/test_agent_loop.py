@@ -14,7 +14,7 @@ from dagent.config import load_config
 from dagent.errors import DaemonError
 from dagent.metrics import prometheus_metrics
 from dagent.runs import RunRequest
-from tests.fakes import FakeRuntime, FakeSource
+from tests.support.fakes import FakeRuntime, FakeSource
 
 
 def _agent(source: FakeSource, runtime: FakeRuntime, **config: Any) -> Agent:
