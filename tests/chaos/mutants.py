@@ -61,8 +61,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "bad input exits 1 instead of 2",
         "cli.py",
-        "    (InputError, 2),",
-        "    (InputError, 1),",
+        "    (InputError, Exit.BAD_INPUT),",
+        "    (InputError, Exit.ERROR),",
         ("corpus",),
     ),
     Mutant(
