@@ -46,9 +46,9 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "one agent exits on its own",
-        "agent.py",
-        "self.metrics.runs_started.inc()",
-        'self.metrics.runs_started.inc(); __import__("os")._exit(0) if self.config.name.endswith("-1") else None',
+        "executor.py",
+        "metrics.runs_started.inc()",
+        'metrics.runs_started.inc(); __import__("os")._exit(0) if self._settings.config.name.endswith("-1") else None',
         ("many-inbox",),
     ),
     Mutant(
