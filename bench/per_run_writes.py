@@ -32,7 +32,7 @@ from dagent.sources.prefect.worker_events import (
     run_related,
     worker_resource,
 )
-from tests.integration import prefect_infra
+from tests.support import prefect_infra
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = 200

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import docker
 
 from bench.common import REPO, by_kind, percentile, prefect_worker_pool
-from tests.helpers import code_commit
-from tests.integration import infra, prefect_infra
-from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
+from tests.support import infra, prefect_infra
+from tests.support.helpers import code_commit
+from tests.support.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
 CONCURRENCY = 4
 

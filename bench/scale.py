@@ -43,8 +43,8 @@ from dagent.sources.prefect.claims import claimer
 from dagent.sources.prefect.events import StateEventWatcher
 from dagent.sources.prefect.fleet import position
 from dagent.sources.prefect.listing import ROSTER_FIRST
-from tests.integration import infra, prefect_infra
-from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
+from tests.support import infra, prefect_infra
+from tests.support.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
 CONCURRENCY = 4
 SMALL_BURST = 100

@@ -376,8 +376,7 @@ class DockerRuntime:
         on_line: Callable[[str], None] | None = None,
     ) -> RunResult:
         """Wait for the container to end (deadline, cancellation), then clean up as keep_containers says."""
-        handle = handle or RunHandle()
-        handle.container = container
+        handle = handle or RunHandle()  # its container is the caller's to set (the run's executor, before this)
         watched_from = utc_now()
         deadline = time.monotonic() + spec.timeout
         logs = self.stream_logs(container, on_line) if on_line else None

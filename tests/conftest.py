@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 _OWN_ENV = ("DAGENT_", "PREFECT_", "PREFECT__")
 
 

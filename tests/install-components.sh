@@ -27,4 +27,4 @@ if [ "${#packages[@]}" -gt 0 ]; then
   sudo_ apt-get update -qq
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
-"$python" -m tests.integration.prefect_infra --install
+"$python" -m tests.support.prefect_infra --install

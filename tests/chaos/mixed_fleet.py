@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.chaos.run import Chaos, Row, _prefect_config, _starts, _wait
-from tests.helpers import AgentProcess
-from tests.integration import prefect_infra
-from tests.integration.prefect_api import FINAL
+from tests.support import prefect_infra
+from tests.support.helpers import AgentProcess
+from tests.support.prefect_api import FINAL
 
 WORKER = "mixed-worker"
 PREFECT_WORKER = "Prefect's worker"

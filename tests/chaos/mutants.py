@@ -1,12 +1,12 @@
 """The mutants the chaos suite must catch: each breaks one property a row claims to prove.
 
 `python -m tests.chaos --mutants [--short]` runs each mutant's rows against dagent broken that way
-(tests/mutants.py); a mutant is caught when one of them misses its target.
+(tests/support/mutants.py); a mutant is caught when one of them misses its target.
 """
 
 from __future__ import annotations
 
-from tests.mutants import Mutant
+from tests.support.mutants import Mutant
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -46,9 +46,9 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "one agent exits on its own",
-        "agent.py",
-        "self.metrics.runs_started.inc()",
-        'self.metrics.runs_started.inc(); __import__("os")._exit(0) if self.config.name.endswith("-1") else None',
+        "executor.py",
+        "metrics.runs_started.inc()",
+        'metrics.runs_started.inc(); __import__("os")._exit(0) if self._settings.config.name.endswith("-1") else None',
         ("many-inbox",),
     ),
     Mutant(

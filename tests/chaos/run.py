@@ -35,11 +35,10 @@ from typing import Any
 
 import docker
 
-from tests.chaos import corpus
-from tests.chaos.corpus import SECRET
-from tests.helpers import AgentProcess, Dagent, code_commit
-from tests.integration import infra, prefect_infra
-from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
+from tests.support import corpus, infra, prefect_infra
+from tests.support.corpus import SECRET
+from tests.support.helpers import AgentProcess, Dagent, code_commit
+from tests.support.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -700,7 +699,7 @@ def run_mutants(short: bool, backend: str, names: str) -> int:
     Each row runs in a process of its own with the mutant's copy of dagent first on PYTHONPATH, so
     the rows that judge in-process (the corpus) use the broken code as much as the agents they start."""
     from tests.chaos.mutants import MUTANTS
-    from tests.mutants import StaleMutant
+    from tests.support.mutants import StaleMutant
 
     wanted = None if names == "all" else {n.strip() for n in names.split(",")}
     mutants = [m for m in MUTANTS if wanted is None or m.name in wanted]

@@ -6,7 +6,7 @@ broken that way; a mutant is caught when one of them shows a difference no exemp
 
 from __future__ import annotations
 
-from tests.mutants import Mutant
+from tests.support.mutants import Mutant
 
 MUTANTS: list[Mutant] = [
     Mutant(

@@ -34,11 +34,10 @@ import docker.errors
 
 from tests.conformance.cases import CASES, EXIT_0, FAMILIES, Case
 from tests.conformance.mutants import MUTANTS
-from tests.conftest import REPO
-from tests.helpers import code_commit
-from tests.integration import infra, prefect_infra
-from tests.integration.prefect_api import PrefectAPI
-from tests.mutants import Mutant, StaleMutant
+from tests.support import REPO, infra, prefect_infra
+from tests.support.helpers import code_commit
+from tests.support.mutants import Mutant, StaleMutant
+from tests.support.prefect_api import PrefectAPI
 
 ABSENT = "<absent>"  # a key one side has and the other has not
 

@@ -8,24 +8,17 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import docker
 import docker.errors
 import pytest
 
-from tests.helpers import Dagent
-from tests.integration import infra, prefect_infra
-from tests.integration.prefect_api import PrefectAPI
+from tests.support import infra, prefect_infra
+from tests.support.helpers import Dagent
+from tests.support.infra import not_here
+from tests.support.prefect_api import PrefectAPI
 
 pytestmark = pytest.mark.integration
-
-
-def not_here(error: BaseException, what: str) -> NoReturn:
-    """A component missing is a broken setup (fail, naming the install command); one that cannot run here is a skip."""
-    if isinstance(error, infra.Missing):
-        pytest.fail(str(error), pytrace=False)
-    pytest.skip(f"{what}: {error}")
 
 
 @pytest.fixture(scope="session")

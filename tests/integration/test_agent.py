@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
+from tests.support import infra
+from tests.support.helpers import (
     AgentProcess,
     Dagent,
     agent_config,
@@ -23,8 +24,7 @@ from tests.helpers import (
     results,
     wait_for,
 )
-from tests.integration import infra
-from tests.integration.conftest import not_here
+from tests.support.infra import not_here
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.helpers import REPO
-from tests.integration import infra, prefect_infra
-from tests.integration.conftest import not_here
-from tests.integration.prefect_api import PrefectAPI
+from tests.support import infra, prefect_infra
+from tests.support.helpers import REPO
+from tests.support.infra import not_here
+from tests.support.prefect_api import PrefectAPI
 
 pytestmark = pytest.mark.integration
 

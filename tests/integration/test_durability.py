@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.helpers import Dagent, agent_config, drop
-from tests.integration import infra
-from tests.integration.conftest import not_here
+from tests.support import REPO, infra
+from tests.support.helpers import Dagent, agent_config, drop
+from tests.support.infra import not_here
 
 pytestmark = pytest.mark.integration
 

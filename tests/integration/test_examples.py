@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.conftest import REPO
-from tests.helpers import Dagent
+from tests.support import REPO
+from tests.support.helpers import Dagent
 
 pytestmark = pytest.mark.integration
 RUNS = REPO / "examples" / "runs"

@@ -17,8 +17,8 @@ import docker
 import docker.errors
 import pytest
 
-from tests.helpers import AgentProcess, Dagent, agent_config, drop, results
-from tests.integration import infra
+from tests.support import infra
+from tests.support.helpers import AgentProcess, Dagent, agent_config, drop, results
 
 pytestmark = pytest.mark.integration
 

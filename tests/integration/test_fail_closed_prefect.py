@@ -20,9 +20,9 @@ import pytest
 
 from dagent.sources.prefect import base_job_template
 from dagent.sources.prefect.claims import claim_note
-from tests.helpers import AgentProcess, Dagent, wait_for
-from tests.integration import infra, prefect_infra
-from tests.integration.prefect_api import FINAL, PrefectAPI
+from tests.support import infra, prefect_infra
+from tests.support.helpers import AgentProcess, Dagent, wait_for
+from tests.support.prefect_api import FINAL, PrefectAPI
 
 pytestmark = pytest.mark.integration
 

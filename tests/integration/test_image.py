@@ -13,9 +13,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.helpers import REPO, drop, results, wait_for
-from tests.integration import infra
-from tests.integration.conftest import not_here
+from tests.support import infra
+from tests.support.helpers import REPO, drop, results, wait_for
+from tests.support.infra import not_here
 
 pytestmark = pytest.mark.integration
 

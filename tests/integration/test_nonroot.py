@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.helpers import nobody_python, run_as_nobody
+from tests.support.helpers import nobody_python, run_as_nobody
 
 pytestmark = pytest.mark.integration
 

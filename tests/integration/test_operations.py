@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AgentProcess, Dagent, agent_config, drop, results, wait_for
-from tests.integration import infra
+from tests.support import infra
+from tests.support.helpers import AgentProcess, Dagent, agent_config, drop, results, wait_for
 
 pytestmark = pytest.mark.integration
 

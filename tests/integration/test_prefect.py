@@ -18,9 +18,9 @@ import pytest
 from dagent.config import load_config
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
-from tests.helpers import AgentProcess, Dagent, wait_for
-from tests.integration import infra, prefect_infra
-from tests.integration.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
+from tests.support import infra, prefect_infra
+from tests.support.helpers import AgentProcess, Dagent, wait_for
+from tests.support.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
 pytestmark = pytest.mark.integration
 

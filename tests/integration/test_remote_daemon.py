@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Dagent
-from tests.integration import remote
-from tests.integration.conftest import not_here
-from tests.integration.infra import Unavailable
+from tests.support import remote
+from tests.support.helpers import Dagent
+from tests.support.infra import Unavailable, not_here
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import uuid
 import docker
 import pytest
 
-from tests.helpers import Dagent
-from tests.integration import infra
+from tests.support import infra
+from tests.support.helpers import Dagent
 
 pytestmark = pytest.mark.integration
 
@@ -314,7 +314,7 @@ def test_run_stops_its_container_on_ctrl_c(dagent: Dagent, image: str, signum: s
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support import REPO
 
     config = dagent.config(stop_grace=1)
     run = dagent.run_file("ctrl-c", image=image, command=["sleep", "60"])

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from dagent import agent as agent_module
+from dagent import executor as executor_module
 from dagent.agent import Agent
 from dagent.config import load_config
 from dagent.errors import DaemonError
 from dagent.metrics import prometheus_metrics
 from dagent.runs import RunRequest
-from tests.fakes import FakeRuntime, FakeSource
+from tests.support.fakes import FakeRuntime, FakeSource
 
 
 def _agent(source: FakeSource, runtime: FakeRuntime, **config: Any) -> Agent:
@@ -32,7 +32,7 @@ def _count(metric: Any, **labels: str) -> float:
 
 @pytest.fixture(autouse=True)
 def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_module, "MAX_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(executor_module, "MAX_RETRY_DELAY", 0.0)
 
 
 def test_runs_are_started_watched_and_reported_once_each() -> None:

@@ -14,7 +14,7 @@ from dagent import __version__
 from dagent.cli import build_parser, main
 from dagent.config import leaf_keys
 from dagent.flags import CONFIG_FLAGS
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def _dagent(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

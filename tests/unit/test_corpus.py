@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import corpus
+from tests.support import corpus
 
 
 def test_the_bad_input_corpus_is_big_enough() -> None:

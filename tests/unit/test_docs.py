@@ -15,7 +15,7 @@ import pytest
 from dagent import docs
 from dagent._compat import tomllib
 from dagent.config import load_config
-from tests.conftest import REPO
+from tests.support import REPO
 
 CONFIG_FILES = sorted([REPO / "config" / "agent.toml", *REPO.glob("examples/*/agent.toml")])
 

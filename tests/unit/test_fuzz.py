@@ -19,8 +19,8 @@ from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
 from dagent.sources.prefect.lookups import Lookups
 from dagent.spec import Origin
-from tests.chaos.corpus import SECRET
-from tests.fakes import RoutingTransport
+from tests.support.corpus import SECRET
+from tests.support.fakes import RoutingTransport
 
 _scalars = st.one_of(
     st.booleans(),
@@ -192,7 +192,7 @@ def _through_docker_py(make_run: Any) -> None:
     from dagent.errors import PolicyError
     from dagent.hostview import HostView
     from dagent.spec import build
-    from tests.helpers import docker_request
+    from tests.support.helpers import docker_request
 
     config = load_config({"name": "fuzz", "docker": _PERMISSIVE}, environ={}).config
     try:

@@ -14,7 +14,7 @@ from dagent.cli import build_parser
 from dagent.config import load_config
 from dagent.contracts import ContainerInfo, RunResult
 from dagent.sources.inbox import InboxSource
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def _source(tmp_path: Path, name: str = "a", labels: list[str] | None = None) -> InboxSource:

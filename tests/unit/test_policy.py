@@ -12,7 +12,7 @@ from dagent.config import DockerConfig
 from dagent.errors import PolicyError
 from dagent.policy import check, image_may_be_pulled, violations
 from dagent.runs import RunRequest
-from tests.helpers import lexical_facts
+from tests.support.helpers import lexical_facts
 
 
 def _run(**fields: Any) -> RunRequest:

@@ -27,8 +27,8 @@ from dagent.hostview import HostView, Unresolvable, resolve, view_error
 from dagent.policy import HostFacts, VolumeFacts, check
 from dagent.runs import RunRequest, parse_run
 from dagent.spec import Origin, build
-from tests.conftest import REPO
-from tests.helpers import StubAPI, lexical_facts, nobody_python, run_as_nobody
+from tests.support import REPO
+from tests.support.helpers import StubAPI, lexical_facts, nobody_python, run_as_nobody
 
 SHARED = DaemonFacts(data_root="/var/lib/docker", socket_path="/var/run/docker.sock", view_error=None)
 

@@ -15,7 +15,7 @@ from dagent.errors import SourceError, SourceUnavailable
 from dagent.sources.prefect import client as client_module
 from dagent.sources.prefect.client import PrefectClient, path_id
 from dagent.sources.prefect.logship import LogShipper
-from tests.fakes import RoutingTransport
+from tests.support.fakes import RoutingTransport
 
 
 def _client(transport: requests.adapters.BaseAdapter, timeout: float = 5.0) -> PrefectClient:

@@ -11,7 +11,7 @@ from dagent.config import load_config
 from dagent.errors import PolicyError, RunFileError
 from dagent.policy import check
 from dagent.sources.prefect.jobvars import FlowRunContext, container_origin, docker_label, run_request
-from tests.helpers import lexical_facts
+from tests.support.helpers import lexical_facts
 
 
 def _run(**variables: Any) -> Any:
@@ -182,7 +182,7 @@ def test_container_create_kwargs_that_grant_nothing_reach_docker(key: str) -> No
     from dagent.contracts import DaemonFacts
     from dagent.hostview import HostView
     from dagent.spec import build
-    from tests.helpers import docker_request
+    from tests.support.helpers import docker_request
 
     value, field, expected = _PASSED[key]
     run = run_request("r1", {"image": "busybox", "container_create_kwargs": {key: value}})

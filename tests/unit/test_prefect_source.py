@@ -23,7 +23,7 @@ from dagent.sources.prefect import lookups as lookups_module
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.pace import Pace
-from tests.fakes import RoutingTransport
+from tests.support.fakes import RoutingTransport
 
 NAME = "unit"
 NOTE = f"Claimed by dagent agent {NAME!r}"

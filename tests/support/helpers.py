@@ -30,7 +30,7 @@ from dagent.config import DockerConfig
 from dagent.hostview import DAEMON_PATHS
 from dagent.policy import SENSITIVE_PATHS, HostFacts, device_host, run_host_paths
 from dagent.runs import RunRequest
-from tests.conftest import REPO
+from tests.support import REPO
 
 # --- pure tests: host facts and docker-py's request ----------------------------------------------
 
@@ -123,7 +123,7 @@ def code_commit() -> str:
 
 def dagent_path() -> str:
     """What every dagent a test starts puts first on PYTHONPATH: the checkout, or a mutant's copy of the
-    package (tests/mutants.py) named by DAGENT_TEST_CODE, so that a suite can be run against broken code."""
+    package (tests/support/mutants.py) named by DAGENT_TEST_CODE, so that a suite can be run against broken code."""
     code = os.environ.get("DAGENT_TEST_CODE")
     return os.pathsep.join([code, str(REPO)]) if code else str(REPO)
 

@@ -30,7 +30,7 @@ from dagent.runs import parse_run
 from dagent.sources.prefect import PrefectSource
 from dagent.sources.prefect.jobvars import FlowRunContext
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, Origin, build
-from tests.helpers import StubAPI, docker_request
+from tests.support.helpers import StubAPI, docker_request
 
 SECRET = "chaos-s3cret-9f1c2e7a"  # a token no output may ever show
 

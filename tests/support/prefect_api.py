@@ -15,7 +15,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.integration import infra
+from tests.support import infra
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 

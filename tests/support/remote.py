@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.infra import Unavailable, free_port, require
+from tests.support.infra import Unavailable, free_port, require
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 

@@ -16,7 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.integration.infra import INSTALL, Missing, Unavailable, debootstrap, free_port, import_rootfs
+from tests.support import REPO
+from tests.support.infra import INSTALL, Missing, Unavailable, debootstrap, free_port, import_rootfs
 
 PREFECT = "3.8.8"
 # asyncpg: the server's PostgreSQL driver (the Postgres backend of the tests, the bench and the chaos suite).
@@ -24,7 +25,7 @@ PREFECT_PINS = (f"prefect=={PREFECT}", "fastapi>=0.139,<0.148", "sqlalchemy<2.1"
 BACKENDS = ("postgres", "sqlite")
 PREFECT_DOCKER = "prefect-docker==0.7.4"
 CACHE = Path(os.environ.get("DAGENT_TEST_CACHE", Path.home() / ".cache" / "dagent-test"))
-FLOWS = Path(__file__).parent / "flows"
+FLOWS = REPO / "tests" / "integration" / "flows"  # the flows the test image carries
 
 
 def prefect_venv() -> Path:
@@ -240,7 +241,7 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] != ["--install"]:
-        sys.exit("usage: python -m tests.integration.prefect_infra --install")
+        sys.exit("usage: python -m tests.support.prefect_infra --install")
     try:
         print(f"Prefect {PREFECT} venv: {install_prefect_venv()}")
     except Unavailable as e:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat", "env", "true", "false", "ls", "id", "printf", "kill", "wc", "grep")
@@ -337,3 +338,12 @@ def debian_python_image() -> str:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return tag
+
+
+def not_here(error: BaseException, what: str) -> NoReturn:
+    """A component missing is a broken setup (fail, naming the install command); one that cannot run here is a skip."""
+    import pytest  # bench imports this module too, and has no pytest to need
+
+    if isinstance(error, Missing):
+        pytest.fail(str(error), pytrace=False)
+    pytest.skip(f"{what}: {error}")
