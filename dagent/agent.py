@@ -153,17 +153,19 @@ class Agent:
                 self._wait_until(lambda: self._poll_now.is_set() or self.draining.is_set(), timeout=backoff)
             self._poll_now.clear()
         if self.stopping.is_set():
-            log.info("stopping; %d run(s) left running, to be adopted at the next start", len(self._in_flight))
+            log.info("stopping; %d run(s) left running, to be adopted at the next start", self._running())
             return
         why = "draining" if self.draining.is_set() else f"max_polls ({self.polls}) reached"
-        log.info("%s: taking no more runs; waiting for %d run(s) in flight", why, len(self._in_flight))
-        while self._in_flight and not self.stopping.is_set():
+        log.info("%s: taking no more runs; waiting for %d run(s) in flight", why, self._running())
+        while self._running() and not self.stopping.is_set():
             self._heartbeat()  # still serving: the runs in flight are this agent's
-            self._wait_until(lambda: not self._in_flight, timeout=self.config.effective_poll_interval)
+            self._wait_until(lambda: not self._running(), timeout=self.config.effective_poll_interval)
         if self.draining.is_set() and not self.stopping.is_set():
-            if self._unreported:
+            with self._lock:
+                unreported = sorted(self._unreported)
+            if unreported:
                 log.warning("drained; %d run(s) could not be reported and are taken up at the next start: %s",
-                            len(self._unreported), ", ".join(sorted(self._unreported)))  # fmt: skip
+                            len(unreported), ", ".join(unreported))  # fmt: skip
             else:
                 log.info("drained: every run in flight has ended and is reported")
 
@@ -209,9 +211,12 @@ class Agent:
 
     # --- polling ---------------------------------------------------------------------------------
 
-    def _free_slots(self) -> int:
+    def _running(self) -> int:
         with self._lock:
-            return self.config.concurrency - len(self._in_flight)
+            return len(self._in_flight)
+
+    def _free_slots(self) -> int:
+        return self.config.concurrency - self._running()
 
     def _poll(self) -> bool:
         """One poll; True when it filled every free slot (there may be more work)."""
@@ -307,8 +312,7 @@ class Agent:
         # A draining agent polls no more, on purpose: a probe must not kill it before its runs end.
         polling = self.draining.is_set() or (age is not None and age <= max(window, 1.0) + 1.0)
         daemon = self.runtime.ping()
-        with self._lock:
-            in_flight = len(self._in_flight)
+        in_flight = self._running()
         details = {
             "agent": self.config.name,
             "source": self.source.name,

@@ -90,9 +90,10 @@ class StateEventWatcher:
         self.token = token
         self.on_state = on_state
         self.on_connected = on_connected
-        self.connected = False
+        self.connected = False  # written by the stream's thread only; a reader sees the old value or the new
         self._stop = threading.Event()
-        self._socket: object | None = None
+        self._socket: object | None = None  # under _socket_lock: stop() closes it from another thread
+        self._socket_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="prefect-events", daemon=True)
 
     def start(self) -> None:
@@ -102,7 +103,8 @@ class StateEventWatcher:
     def stop(self) -> None:
         """Stop listening."""
         self._stop.set()
-        sock = self._socket
+        with self._socket_lock:
+            sock = self._socket
         if sock is not None:
             with contextlib.suppress(Exception):  # it may be closed already
                 sock.close()  # type: ignore[attr-defined]
@@ -138,7 +140,11 @@ class StateEventWatcher:
             self.url, timeout=30, enable_multithread=True, subprotocols=["prefect"], sslopt=self.sslopt
         )
         bound_messages(sock)
-        self._socket = sock
+        with self._socket_lock:
+            if self._stop.is_set():  # stopped while connecting: stop() found no socket to close
+                sock.close()
+                return
+            self._socket = sock
         try:
             sock.send(json.dumps({"type": "auth", "token": self.token}))
             answer = json.loads(sock.recv() or "{}")
@@ -172,7 +178,8 @@ class StateEventWatcher:
                     self._dispatch(json.loads(data))
         finally:
             self.connected = False
-            self._socket = None
+            with self._socket_lock:
+                self._socket = None
             sock.close()
 
     def _dispatch(self, message: object) -> None:
