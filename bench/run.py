@@ -341,7 +341,6 @@ class Bench:
             if claims:
                 add("claim", claims[0][1] - claims[0][0])
                 add("event → claim sent", claims[0][0] - seen)
-            add("listing", sum(e - a for m, p, a, e in window if "get_scheduled_flow_runs" in p or "/filter" in p))
             kinds = {
                 "listing": lambda m, p: "get_scheduled_flow_runs" in p or p.endswith("/flow_runs/filter"),
                 "lookups": lambda m, p: m == "GET" and p.startswith(("/api/deployments/", "/api/flows/")),
@@ -352,8 +351,15 @@ class Bench:
             add("requests before the start", sum(e - a for m, p, a, e in window))
             for name, seconds in steps.get(run_id, {}).items():
                 add(name, seconds)
-            if "create+start" in steps.get(run_id, {}):
-                add("own share", (started - created) - (seen - created) - steps[run_id]["create+start"])
+            ran = steps.get(run_id, {})
+            if "create+start" in ran:
+                add("own share", (started - created) - (seen - created) - ran["create+start"])
+            if claims and ran:
+                # What no step above explains: the agent's own code between the claim and the start
+                # (and its reaction to the event, inside "event → claim sent").
+                check = sum(e - a for m, p, a, e in window if kinds["claim check"](m, p))
+                accounted = claims[0][1] - created + check + sum(ran.values())
+                add("unaccounted", (started - created) - accounted)
         return {name: round(statistics.median(values), 3) for name, values in rows.items()}
 
     def _burst(self, deployment: str, size: int) -> dict[str, float]:
