@@ -14,17 +14,45 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dagent.errors import ConfigError, DaemonError, PolicyError
 from dagent.naming import StableName
 
 if TYPE_CHECKING:
+    from dagent.agent import Agent
     from dagent.config import AgentConfig, LoadedConfig
     from dagent.contracts import RunResult, Runtime, Source
+    from dagent.health import HealthServer
     from dagent.hostview import HostView
     from dagent.runs import RunRequest
     from dagent.spec import ContainerSpec
+
+
+class _Signals:
+    """Signal handlers from the very start: before the agent exists a stop exits, a drain waits for it."""
+
+    def __init__(self) -> None:
+        self.agent: Agent | None = None
+        self.early: list[str] = []
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        kinds: dict[int, str] = {signal.SIGQUIT: "drain", signal.SIGHUP: "reload"}
+        what = kinds.get(signum, "stop")
+        if self.agent is not None:
+            self.agent.on_signal(what)  # no lock, no logging here: the loop thread acts on it
+        elif what == "stop":
+            raise SystemExit(0)  # nothing claimed yet
+        else:
+            self.early.append(what)
+
+    def attach(self, agent: Agent) -> None:
+        """From now on signals go to the agent; a drain asked for while it was being built applies."""
+        if "drain" in self.early:
+            agent.drain()
+        self.agent = agent
 
 
 def serve(load: Callable[[], LoadedConfig]) -> int:
@@ -32,22 +60,7 @@ def serve(load: Callable[[], LoadedConfig]) -> int:
     (again at each SIGHUP)."""
     from dagent import logs
 
-    # Signals are taken from the start: before the agent exists a stop exits, a drain waits for it.
-    early: list[str] = []
-    agent: Any = None
-    kinds: dict[int, str] = {signal.SIGQUIT: "drain", signal.SIGHUP: "reload"}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        what = kinds.get(signum, "stop")
-        if agent is not None:
-            agent.on_signal(what)  # no lock, no logging here: the loop thread acts on it
-        elif what == "stop":
-            raise SystemExit(0)  # nothing claimed yet
-        else:
-            early.append(what)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
+    signals = _Signals()
     loaded, named = load(), StableName()
     logs.setup(loaded.config.log_format, loaded.config.log_level)
     config = named(loaded)
@@ -59,41 +72,53 @@ def serve(load: Callable[[], LoadedConfig]) -> int:
     except BaseException:
         source.close()
         raise
-
-    from dagent.agent import Agent
-    from dagent.hostview import exposed_roots
-    from dagent.metrics import null_metrics, prometheus_metrics
     from dagent.runtime import DockerRuntime
 
-    for root in exposed_roots(config):
-        logging.getLogger("dagent").warning(
-            "docker.allowed_host_paths: %s is on a mount without nosuid,nodev: a run (root in its container "
-            "by default) can leave set-uid files or device nodes there for this host's users", root)  # fmt: skip
     runtime = DockerRuntime(config)
-    # health.address waits for a restart, so an agent without the endpoint never needs Prometheus.
-    metrics = prometheus_metrics() if config.health.address else null_metrics()
-    made = Agent(config, source, runtime, metrics, host_view(config, runtime, loaded.path))
-    made.reloader = lambda: named(load())
-    if "drain" in early:
-        made.drain()
-    agent = made
-    health = None
-    if config.health.address:
-        from dagent.health import HealthServer
-
-        try:
-            health = HealthServer(config.health.address, agent.health, agent.metrics)
-        except OSError as e:
-            raise ConfigError(f"health.address {config.health.address}: cannot listen: {e.strerror}") from None
-        health.start()
+    agent = _agent(config, source, runtime, loaded.path, lambda: named(load()))
+    signals.attach(agent)
+    health = _health_server(config, agent)
     try:
         agent.run(connect=False)
     finally:
         if health is not None:
             health.stop()
-        agent.source.close()
+        source.close()
         runtime.close()
     return 0
+
+
+def _agent(
+    config: AgentConfig, source: Source, runtime: Runtime, config_file: Path | None, reload: Callable[[], AgentConfig]
+) -> Agent:
+    """The agent around a connected source and its runtime: host view, metrics, and how it reloads."""
+    from dagent.agent import Agent
+    from dagent.hostview import exposed_roots
+    from dagent.metrics import null_metrics, prometheus_metrics
+
+    for root in exposed_roots(config):
+        logging.getLogger("dagent").warning(
+            "docker.allowed_host_paths: %s is on a mount without nosuid,nodev: a run (root in its container "
+            "by default) can leave set-uid files or device nodes there for this host's users", root)  # fmt: skip
+    # health.address waits for a restart, so an agent without the endpoint never needs Prometheus.
+    metrics = prometheus_metrics() if config.health.address else null_metrics()
+    agent = Agent(config, source, runtime, metrics, host_view(config, runtime, config_file))
+    agent.reloader = reload
+    return agent
+
+
+def _health_server(config: AgentConfig, agent: Agent) -> HealthServer | None:
+    """/health and /metrics on health.address, serving already; None when unset."""
+    if not config.health.address:
+        return None
+    from dagent.health import HealthServer
+
+    try:
+        health = HealthServer(config.health.address, agent.health, agent.metrics)
+    except OSError as e:
+        raise ConfigError(f"health.address {config.health.address}: cannot listen: {e.strerror}") from None
+    health.start()
+    return health
 
 
 def make_source(config: AgentConfig) -> Source:
