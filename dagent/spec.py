@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, PlainSerializer, SecretStr
 
 from dagent import policy
-from dagent.config import AgentConfig, Mount
+from dagent.config import AgentConfig, DockerConfig, Mount
 from dagent.config.types import normalize_capability
 from dagent.images import parse_image
 from dagent.runs import PORT_RE, RunRequest
@@ -242,48 +242,80 @@ def build(
     docker = config.docker
     policy.check(docker, run, facts)
     network, network_mode = _network(run.network or docker.network, facts)
-    env = {**docker.env, **origin.base_env, **run.env, ENV_RUN_ID: run.id, **origin.env}
-    secret_env = {k: v for k, v in origin.secret_env.items() if k not in origin.env}
-    for name in secret_env:
-        env.pop(name, None)
-    labels = {
-        **origin.run_labels,
-        **docker.labels,
-        **origin.labels,
-        LABEL_AGENT: config.name,
-        LABEL_RUN_ID: run.id,
-        LABEL_SOURCE: origin.source,
-        LABEL_KEEP: run.keep or docker.keep_containers,
-    }
-    # host.docker.internal exists on Docker Desktop; on Linux it needs the host-gateway mapping.
-    # As Prefect's worker: on the host's network too (Docker refuses it only beside container: mode).
-    shared = (network_mode or "").startswith(policy.CONTAINER_MODE)
-    interface = docker.docker_interface and platform.startswith("linux") and not shared
+    env, secret_env = _environment(docker, run, origin)
     wanted = run.pull or docker.pull
-    pull = wanted if policy.image_may_be_pulled(docker, run.image) else "never"
     return ContainerSpec(
         run_id=run.id,
         name=container_name(run.id),
         agent=config.name,
         image=run.image,
-        pull=pull,
+        pull=wanted if policy.image_may_be_pulled(docker, run.image) else "never",
         command=run.command,
         entrypoint=run.entrypoint,
         env=env,
         secret_env=secret_env,
-        labels=labels,
+        labels=_labels(config, run, origin),
         mounts=(*docker.volumes, *(_resolved_mount(m, facts) for m in run.volumes)),
         network=network,
         network_mode=network_mode,
-        extra_hosts={**({"host.docker.internal": "host-gateway"} if interface else {}), **run.extra_hosts},
-        # An agent maximum is also the limit of a run that asks for nothing: no run is unbounded.
+        extra_hosts=_extra_hosts(docker, run, network_mode, platform),
+        devices=tuple(_resolved_device(d, facts) for d in run.devices),
+        cap_add=tuple(normalize_capability(c) for c in run.cap_add),
+        cap_drop=tuple(normalize_capability(c) for c in run.cap_drop),
+        registry_login=_login(origin.registry_auth, run.image),
+        stop_grace=docker.stop_grace,
+        keep=run.keep or docker.keep_containers,
+        **_limits(docker, run),
+        **_as_asked(run),
+    )
+
+
+def _environment(docker: DockerConfig, run: RunRequest, origin: Origin) -> tuple[dict[str, str], dict[str, SecretStr]]:
+    """The container's plain environment, and its secret one (never logged, never in `plan`)."""
+    env = {**docker.env, **origin.base_env, **run.env, ENV_RUN_ID: run.id, **origin.env}
+    secret_env = {k: v for k, v in origin.secret_env.items() if k not in origin.env}
+    for name in secret_env:
+        env.pop(name, None)
+    return env, secret_env
+
+
+def _labels(config: AgentConfig, run: RunRequest, origin: Origin) -> dict[str, str]:
+    """The run's own labels under the agent's, and dagent's (which say whose container it is) over all."""
+    return {
+        **origin.run_labels,
+        **config.docker.labels,
+        **origin.labels,
+        LABEL_AGENT: config.name,
+        LABEL_RUN_ID: run.id,
+        LABEL_SOURCE: origin.source,
+        LABEL_KEEP: run.keep or config.docker.keep_containers,
+    }
+
+
+def _extra_hosts(docker: DockerConfig, run: RunRequest, network_mode: str | None, platform: str) -> dict[str, str]:
+    # host.docker.internal exists on Docker Desktop; on Linux it needs the host-gateway mapping.
+    # As Prefect's worker: on the host's network too (Docker refuses it only beside container: mode).
+    shared = (network_mode or "").startswith(policy.CONTAINER_MODE)
+    interface = docker.docker_interface and platform.startswith("linux") and not shared
+    return {**({"host.docker.internal": "host-gateway"} if interface else {}), **run.extra_hosts}
+
+
+def _limits(docker: DockerConfig, run: RunRequest) -> dict[str, Any]:
+    """What bounds the run: its own ask, else the agent's maximum, so that no run is unbounded."""
+    return dict(
         cpus=run.cpus if run.cpus is not None else docker.max_cpus,
         memory=run.memory if run.memory is not None else docker.max_memory,
+        pids_limit=run.pids_limit if run.pids_limit is not None else docker.max_pids,
+        timeout=run.timeout if run.timeout is not None else docker.run_timeout,
+    )
+
+
+def _as_asked(run: RunRequest) -> dict[str, Any]:
+    """The run's fields that go to the container as they are (the policy has judged them already)."""
+    return dict(
         shm_size=run.shm_size,
         gpus=run.gpus,
-        devices=tuple(_resolved_device(d, facts) for d in run.devices),
         ports=run.ports,
-        cap_add=tuple(normalize_capability(c) for c in run.cap_add),
         privileged=run.privileged,
         pid_mode=run.pid,
         ipc_mode=run.ipc,
@@ -303,12 +335,6 @@ def build(
         domainname=run.domainname,
         tty=run.tty,
         read_only=run.read_only,
-        cap_drop=tuple(normalize_capability(c) for c in run.cap_drop),
         mem_reservation=run.mem_reservation,
-        pids_limit=run.pids_limit if run.pids_limit is not None else docker.max_pids,
         log_config=run.log_config.model_dump() if run.log_config else None,
-        registry_login=_login(origin.registry_auth, run.image),
-        timeout=run.timeout if run.timeout is not None else docker.run_timeout,
-        stop_grace=docker.stop_grace,
-        keep=run.keep or docker.keep_containers,
     )
