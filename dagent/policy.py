@@ -284,6 +284,14 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
     """Each thing the run asks for that the config does not allow, as `rule: value`."""
     facts = facts or HostFacts()
     yield from _image(config, run, facts)
+    yield from _storage(config, run, facts)
+    yield from _privileges(config, run, facts)
+    yield from _network(config, run, facts)
+    yield from _resources(config, run)
+
+
+def _storage(config: DockerConfig, run: RunRequest, facts: HostFacts) -> Iterator[str]:
+    """Volumes: a named one where named volumes are on, a bind mount only of an allowed host path."""
     for mount in run.volumes:
         if not mount.is_bind:
             if not config.allow_named_volumes:
@@ -294,6 +302,11 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
         problem = _bind(mount.source, facts)
         if problem:
             yield problem
+
+
+def _privileges(config: DockerConfig, run: RunRequest, facts: HostFacts) -> Iterator[str]:
+    """What reaches past the container: privileges, capabilities, devices, the host's namespaces,
+    GPUs, published ports, the pull policy and the log driver."""
     if run.privileged and not config.allow_privileged:
         yield "docker.allow_privileged: privileged = true"
     allowed_caps = set(config.allowed_capabilities)
@@ -304,7 +317,6 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
         problem = _device(device, config, facts)
         if problem:
             yield problem
-    yield from _network(config, run, facts)
     if not config.allow_host_network:
         if run.pid == "host":
             yield "docker.allow_host_network: pid = 'host'"
@@ -323,6 +335,12 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
         yield f"docker.allow_gpus: gpus = {run.gpus!r}"
     if run.ports and not config.allow_ports:
         yield f"docker.allow_ports: ports = {list(run.ports)}"
+    if run.log_config is not None and run.log_config.type not in (*LOG_DRIVERS, *config.allowed_log_drivers):
+        yield f"docker.allowed_log_drivers: log_config type {run.log_config.type!r} is not json-file, local or listed"
+
+
+def _resources(config: DockerConfig, run: RunRequest) -> Iterator[str]:
+    """CPUs, memory in all its forms (shm, tmpfs, reservation, swap) and processes within the maximums."""
     if config.max_cpus is not None and run.cpus is not None and run.cpus > config.max_cpus:
         yield f"docker.max_cpus: cpus = {run.cpus} is over {config.max_cpus}"
     if config.max_memory is not None and run.memory is not None and run.memory > config.max_memory:
@@ -342,8 +360,6 @@ def violations(config: DockerConfig, run: RunRequest, facts: HostFacts | None = 
             yield f"docker.max_pids: pids_limit = {run.pids_limit} is unlimited; at most {config.max_pids}"
         elif run.pids_limit > config.max_pids:
             yield f"docker.max_pids: pids_limit = {run.pids_limit} is over {config.max_pids}"
-    if run.log_config is not None and run.log_config.type not in (*LOG_DRIVERS, *config.allowed_log_drivers):
-        yield f"docker.allowed_log_drivers: log_config type {run.log_config.type!r} is not json-file, local or listed"
     # Swap is memory too: with a maximum set, no unlimited swap and at most as much again.
     swap, most = run.memory_swap, config.max_memory
     if swap is not None and most is not None and (swap == -1 or swap > 2 * most):
