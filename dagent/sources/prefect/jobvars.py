@@ -302,14 +302,7 @@ def container_origin(
     passed_settings: Mapping[str, str] | None = None,
 ) -> Origin:
     """What the container must carry: how to reach the API, which run it is, Prefect's labels."""
-    mode = variables.get("network_mode")
-    host_network = mode == "host" or (not mode and not variables.get("networks") and implicit_host)
-    if container_url:
-        url = container_url
-    elif host_network or not docker_interface:
-        url = api_url
-    else:
-        url = for_container(api_url)
+    url = _api_url_inside(variables, api_url, container_url, docker_interface, implicit_host)
     flow_run, deployment = context.flow_run, context.deployment or {}
     # Prefect's worker sets these too; the run's own env may change them, as there.
     attribution = {
@@ -328,6 +321,41 @@ def container_origin(
         secret_env["PREFECT_API_KEY"] = token
     elif auth_string is not None:
         secret_env["PREFECT_API_AUTH_STRING"] = auth_string
+    labels = _prefect_labels(run_id, context, work_pool, work_pool_id, worker)
+    run_labels = container_labels(variables, f"flow run {run_id} job_variables")
+    stream = variables.get("stream_output")
+    registry_auth = registry_login(variables.get("registry_credentials"), f"flow run {run_id} job_variables")
+    return Origin(
+        registry_auth=registry_auth,
+        source="prefect",
+        env=env,
+        secret_env=secret_env,
+        labels=labels,
+        run_labels=run_labels,
+        base_env=base_env,
+        stream_output=stream if isinstance(stream, bool) else None,
+    )
+
+
+def _api_url_inside(
+    variables: Mapping[str, Any], api_url: str, container_url: str | None, docker_interface: bool, implicit_host: bool
+) -> str:
+    """The API's URL as the container reaches it: api.container_url, else the agent's own on the host's
+    network (or without the Docker interface), else the agent's with its host seen from a container."""
+    mode = variables.get("network_mode")
+    host_network = mode == "host" or (not mode and not variables.get("networks") and implicit_host)
+    if container_url:
+        return container_url
+    if host_network or not docker_interface:
+        return api_url
+    return for_container(api_url)
+
+
+def _prefect_labels(
+    run_id: str, context: FlowRunContext, work_pool: str, work_pool_id: str, worker: str
+) -> dict[str, str]:
+    """The container labels Prefect's worker gives a flow run's container."""
+    flow_run, deployment = context.flow_run, context.deployment or {}
     labels = {
         "io.prefect.flow-run-id": run_id,
         "io.prefect.flow-run-name": str(flow_run.get("name") or ""),
@@ -343,19 +371,7 @@ def container_origin(
     updated = _utc(deployment.get("updated"))
     if updated:
         labels["io.prefect.deployment-updated"] = updated
-    run_labels = container_labels(variables, f"flow run {run_id} job_variables")
-    stream = variables.get("stream_output")
-    registry_auth = registry_login(variables.get("registry_credentials"), f"flow run {run_id} job_variables")
-    return Origin(
-        registry_auth=registry_auth,
-        source="prefect",
-        env=env,
-        secret_env=secret_env,
-        labels=labels,
-        run_labels=run_labels,
-        base_env=base_env,
-        stream_output=stream if isinstance(stream, bool) else None,
-    )
+    return labels
 
 
 def registry_login(block: Any, origin: str) -> RegistryLogin | None:
