@@ -330,6 +330,30 @@ class ScheduledRuns:
         """The runs due within `prefetch`; while streaming, arm a wake-up for runs due before the next list."""
         now = datetime.now(timezone.utc)
         due_by = now + timedelta(seconds=self.prefetch)
+        runs = self._due_now(self._ask(limit, due_by), due_by)
+        listed, fleet = runs, self.fleet()
+        if not listed:
+            with self._lock:
+                # Nothing of its queues is due: its announced runs heard before this list are none it
+                # may take now (another queue's, a paused one's), and no longer wait for it.
+                for run_id in [r for r, at in self._own_heard.items() if at <= self.listed_at]:
+                    del self._own_heard[run_id]
+        fetched = self._fetch_own(limit, listed, due_by) if len(fleet) > 1 and listed and self.streaming() else []
+        runs = self._in_turn(runs, now)
+        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns
+        # (and those it fetched), oldest first (stable sorts), and takes no more than were listed.
+        places = {r["id"]: position(self.agent, r["id"], fleet) for r in runs}
+        runs.sort(key=lambda r: places[r["id"]])
+        own = sorted([r for r in runs if places[r["id"]] == 0] + fetched, key=lambda r: start_time(r) or EPOCH)
+        runs = (own + [r for r in runs if places[r["id"]] > 0])[: len(listed)]
+        self._own = frozenset(r["id"] for r in own)
+        with self._lock:
+            self._taken = set()
+            self._listed = frozenset(r["id"] for r in runs)
+        return runs
+
+    def _ask(self, limit: int, due_by: datetime) -> list[Any]:
+        """One page of the pool's scheduled runs from Prefect (a full page marks the list due again)."""
         ahead = SAFETY_LIST if self.streaming() else 0.0
         # More than we can take: some need labels we lack, or go to others. With a fleet, a page wide
         # enough to hold some runs this agent owns; not wider, as a fleet's list is good for
@@ -350,6 +374,10 @@ class ScheduledRuns:
             raise
         if len(items) >= requested:
             self.mark_due()  # a full page: more may be waiting
+        return items
+
+    def _due_now(self, items: list[Any], due_by: datetime) -> list[dict[str, Any]]:
+        """The flow runs of a page that are due by `due_by`; a wake-up is armed for the first of the rest."""
         runs: list[dict[str, Any]] = []
         later: list[tuple[datetime, str]] = []
         for item in items:
@@ -367,25 +395,6 @@ class ScheduledRuns:
             start, run_id = min(later)
             # Each wakes at its own turn for the run, as for an announced one.
             self.wake_at(start - timedelta(seconds=self.prefetch - self._turn(run_id)))
-        listed, fleet = runs, self.fleet()
-        if not listed:
-            with self._lock:
-                # Nothing of its queues is due: its announced runs heard before this list are none it
-                # may take now (another queue's, a paused one's), and no longer wait for it.
-                for run_id in [r for r, at in self._own_heard.items() if at <= self.listed_at]:
-                    del self._own_heard[run_id]
-        fetched = self._fetch_own(limit, listed, due_by) if len(fleet) > 1 and listed and self.streaming() else []
-        runs = self._in_turn(runs, now)
-        # The page holds the pool's oldest runs; within it, each agent starts with the runs it owns
-        # (and those it fetched), oldest first (stable sorts), and takes no more than were listed.
-        places = {r["id"]: position(self.agent, r["id"], fleet) for r in runs}
-        runs.sort(key=lambda r: places[r["id"]])
-        own = sorted([r for r in runs if places[r["id"]] == 0] + fetched, key=lambda r: start_time(r) or EPOCH)
-        runs = (own + [r for r in runs if places[r["id"]] > 0])[: len(listed)]
-        self._own = frozenset(r["id"] for r in own)
-        with self._lock:
-            self._taken = set()
-            self._listed = frozenset(r["id"] for r in runs)
         return runs
 
     def _in_turn(self, runs: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
