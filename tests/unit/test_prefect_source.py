@@ -20,6 +20,7 @@ from dagent.errors import SourceUnavailable
 from dagent.sources.prefect import PrefectSource, listing
 from dagent.sources.prefect import fleet as fleet_module
 from dagent.sources.prefect import lookups as lookups_module
+from dagent.sources.prefect import roster as roster_module
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.pace import Pace
@@ -235,7 +236,7 @@ def test_other_claimers_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fleet that shrank to one agent stops waiting for turns."""
     runs, woke = _scheduled(World())
     runs.heard_taken("other", by_peer=True)
-    runs._peer_seen -= listing.PEERS_FORGOTTEN + 1
+    runs.roster._peer_seen -= roster_module.PEERS_FORGOTTEN + 1
     runs.announced("r1")
     assert woke.is_set()
 
@@ -243,9 +244,9 @@ def test_other_claimers_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_claim_in_another_agents_words_counts_as_a_peer() -> None:
     source, _ = _source(World())
     source._on_state("PENDING", "r1", NOTE)
-    assert source._scheduled._peer_seen < 0
+    assert source._scheduled.roster._peer_seen < 0
     source._on_state("PENDING", "r2", "Claimed by dagent agent 'other'")
-    assert source._scheduled._peer_seen > 0
+    assert source._scheduled.roster._peer_seen > 0
 
 
 def test_a_reconnected_event_stream_lists_at_once() -> None:
@@ -503,7 +504,7 @@ def test_a_list_in_streaming_mode_arms_a_wake_up_for_the_agents_next_slot(monkey
     slot = int(time.time() // 50.0)
     assert runs._ready_slot == slot and runs.wake_armed
     ahead = next(k for k in (1, 2) if ["a", "b"][(slot + k) % 2] == "b")
-    assert abs(runs._timer_at - time.monotonic() - ((slot + ahead) * 50.0 + 0.2 - time.time())) < 1.0
+    assert abs(runs.timer.armed_at - time.monotonic() - ((slot + ahead) * 50.0 + 0.2 - time.time())) < 1.0
     runs.close()
 
 
@@ -525,15 +526,15 @@ def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() 
     world.workers = {}
     runs.begin()  # not read again before ROSTER_EVERY
     assert runs.fleet() == ["a", "b", "c", "prefect-worker"]
-    runs._roster_at -= listing.ROSTER_FIRST[0]  # the second read comes a minute after the first
+    runs.roster._read_at -= roster_module.ROSTER_FIRST[0]  # the second read comes a minute after the first
     runs.begin()
     assert runs.fleet() == ["b"]
     world.workers = {"a": "ONLINE"}
-    runs._roster_at -= listing.ROSTER_FIRST[1]
+    runs.roster._read_at -= roster_module.ROSTER_FIRST[1]
     runs.begin()
     assert runs.fleet() == ["a", "b"]
     world.workers = {}
-    runs._roster_at -= listing.ROSTER_FIRST[1]
+    runs.roster._read_at -= roster_module.ROSTER_FIRST[1]
     runs.begin()  # from the fourth on, ROSTER_EVERY apart
     assert runs.fleet() == ["a", "b"]
 
@@ -751,7 +752,9 @@ def test_a_slow_server_cannot_keep_one_poll_listing(monkeypatch: pytest.MonkeyPa
     assert runs.next(1) is not None and len(lists) == 2  # stale: listed once more
     time.sleep(0.1)
     assert runs.next(1) is None and len(lists) == 2  # not a third time in one poll, nor others' runs from a stale list
-    assert runs.wake_armed and runs._timer_at - time.monotonic() < 5  # the runs it left: the next poll, a moment later
+    assert (
+        runs.wake_armed and runs.timer.armed_at - time.monotonic() < 5
+    )  # the runs it left: the next poll, a moment later
     runs.close()
 
 
@@ -837,13 +840,13 @@ def test_a_run_marked_late_keeps_its_place_and_its_turn() -> None:
     theirs = _late_run("a", 1)
     runs.announced(mine[0])
     runs.announced(theirs)
-    turn_at = runs._offers[theirs]
+    turn_at = runs.timer._offers[theirs]
     time.sleep(0.2)
     runs.announced(mine[1])
     runs.announced(mine[0])  # Late
     runs.announced(theirs)  # Late
     assert sorted(runs._own_heard, key=runs._own_heard.__getitem__) == mine
-    assert runs._offers[theirs] == turn_at
+    assert runs.timer._offers[theirs] == turn_at
     runs.close()
 
 

@@ -58,3 +58,9 @@ def when(state: Mapping[str, Any]) -> datetime:
     except ValueError:
         return EPOCH
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def retried_in_process(flow_run: dict[str, Any]) -> bool:
+    """AwaitingRetry while its engine sleeps and runs it again itself: not a run to claim."""
+    policy = flow_run.get("empirical_policy")
+    return isinstance(policy, dict) and policy.get("retry_type") == "in_process"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from dagent.errors import SourceError
-from dagent.sources.prefect.claims import FINAL_STATES, taken_since_scheduled
+from dagent.sources.prefect.claims import FINAL_STATES, retried_in_process, start_time, taken_since_scheduled
 from dagent.sources.prefect.client import PrefectClient, path_id
 
 log = logging.getLogger("dagent.prefect")
@@ -153,3 +154,29 @@ class FlowRuns:
             run_id, str(end.get("type")), str(end.get("name") or ""), str(end.get("message") or ""), force=True
         )
         return True
+
+
+def fetch_scheduled(
+    client: PrefectClient, work_pool: str, ids: list[str], queues: set[Any], due_by: datetime
+) -> tuple[list[dict[str, Any]], dict[str, datetime]]:
+    """The runs of `ids` still scheduled in the pool: those due by `due_by` in one of `queues` (oldest
+    first, none the engine retries in-process), and when each of the others not yet due is due."""
+    body: dict[str, Any] = {
+        "flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": ["SCHEDULED"]}}},
+        "work_pools": {"name": {"any_": [work_pool]}},
+        "sort": "EXPECTED_START_TIME_ASC",
+        "limit": len(ids),
+    }
+    items = client.call("POST", "/flow_runs/filter", body)
+    if not isinstance(items, list):
+        raise SourceError("Prefect API: /flow_runs/filter: expected a list")
+    runs, later = [], {}
+    for flow_run in items:
+        if not isinstance(flow_run, dict) or flow_run.get("id") not in ids:
+            continue
+        start = start_time(flow_run)
+        if start is not None and start > due_by:
+            later[flow_run["id"]] = start
+        elif flow_run.get("work_queue_id") in queues and not retried_in_process(flow_run):
+            runs.append(flow_run)
+    return runs, later

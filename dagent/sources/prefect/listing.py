@@ -1,13 +1,8 @@
 """Which scheduled runs are worth trying now: one list of the pool serves several polls (the backlog),
 lists are asked for only when something may have changed, and runs due later arm a wake-up.
 
-Prefect marks a pool's work queues and deployments NOT_READY when nobody has asked for their
-scheduled runs for 60 s. While the event stream does the waking, the agents of a pool share that
-duty: time is cut into READY_SLOT slots, each slot belongs to one worker of the pool (its ONLINE
-workers, read every ROSTER_EVERY seconds, and the dagent agents heard in claims since, in name
-order), and an agent lists in its own slots only. A slot of one of Prefect's own workers is left to
-it: that worker lists every 10 s anyway. The slot lists are also the safety net for an event lost in
-a reconnect: a run it announced is found at the next slot, by whichever agent owns it.
+Prefect marks a pool's queues NOT_READY when nobody lists them for 60 s: the agents of a pool share
+that duty by slots (see roster.py, which also says who is in the fleet).
 
 Agents of one pool spread their claims by rendezvous hashing: every worker of the fleet has a rank
 for every run (a hash of its name and the run's id), and a run's owner is the worker that ranks it
@@ -51,7 +46,9 @@ from dagent.errors import SourceError
 from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.fleet import claimable_since, position, rank, slot_owner, turn
+from dagent.sources.prefect.flowruns import fetch_scheduled
 from dagent.sources.prefect.pace import Pace
+from dagent.sources.prefect.roster import Roster, WakeTimer
 
 __all__ = ["ScheduledRuns", "position", "rank"]
 
@@ -65,8 +62,6 @@ SAFETY_LIST = 300.0
 # module's docstring).
 FLEET_FRESH = 1.0
 OWNED_FRESH = 10.0
-# How long another claimer counts as seen: a fleet that shrank to one agent stops spreading.
-PEERS_FORGOTTEN = 600.0
 # The most runs one list asks for; in a fleet, the runs it asks for per free slot per worker, and
 # the most workers a page grows for (a page is used for FLEET_FRESH only, and costs the server
 # by the runs it answers).
@@ -77,11 +72,6 @@ FLEET_PAGE = 4
 OWN_FETCH_MAX = 50
 # One agent of the fleet lists once per slot: under Prefect's 60 s, with room for the request.
 READY_SLOT = 50.0
-# How often the pool's ONLINE workers are read, while the event stream is up (Prefect marks a
-# worker OFFLINE three heartbeats after its last); the first reads a minute apart, as a fleet
-# started together is still coming ONLINE at the first.
-ROSTER_EVERY = 300.0
-ROSTER_FIRST = (60.0, 60.0)
 
 
 class ScheduledRuns:
@@ -108,6 +98,8 @@ class ScheduledRuns:
         self.streaming = streaming
         self.wake = wake
         self.pace = pace or Pace()  # how far the event stream trails, how long the fleet takes to claim
+        self.roster = Roster(client, agent, work_pool)
+        self.timer = WakeTimer(self._rung)
         # The loop thread's own.
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
         self.listed_at = 0.0  # when the last list was asked for (monotonic)
@@ -121,17 +113,8 @@ class ScheduledRuns:
         self._due = True  # something may have changed since the last list
         self._listed: frozenset[str] = frozenset()  # ids of the last list
         self._taken: set[str] = set()  # of those, runs heard to have left SCHEDULED
-        self._timer: threading.Timer | None = None
-        self._timer_at = 0.0  # monotonic
-        self._list_at: float | None = None  # a wake-up for a run due later (monotonic)
-        self._offers: dict[str, float] = {}  # announced runs → when this agent's turn comes (monotonic)
         self._own_heard: dict[str, float] = {}  # announced runs this agent owns → not before (monotonic)
-        self._peer_seen = -PEERS_FORGOTTEN  # when another agent last claimed a run of the pool (monotonic)
-        self._peers: dict[str, float] = {}  # other dagent agents of the pool → when last heard (monotonic)
         self._ready_slot = -1  # the last slot this agent listed in (the loop thread's own)
-        self._roster: frozenset[str] = frozenset()  # the pool's ONLINE workers, as last read
-        self._roster_at = -ROSTER_EVERY  # when (monotonic; the loop thread's own)
-        self._roster_reads = 0
 
     def mark_due(self) -> None:
         """Something changed (a run was scheduled, a wake-up fell due): list at the next poll."""
@@ -141,39 +124,31 @@ class ScheduledRuns:
     def heard_taken(self, run_id: str, by_peer: bool = False, peer_name: str | None = None) -> None:
         """The event stream says a run left SCHEDULED (`by_peer`: claimed by another agent, a dagent one
         if `peer_name`): not worth a claim."""
+        self.timer.withdraw(run_id)
         with self._lock:
-            self._offers.pop(run_id, None)
             self._own_heard.pop(run_id, None)
             if run_id in self._listed:
                 self._taken.add(run_id)
-            if by_peer:
-                self._peer_seen = time.monotonic()
-            if peer_name and peer_name != self.agent:
-                self._peers[peer_name] = time.monotonic()
+        self.roster.heard_claim(by_peer, peer_name)
 
     def fleet(self) -> list[str]:
-        """The pool's workers in order, this agent included: its ONLINE roster, the dagent agents heard in claims."""
-        now = time.monotonic()
-        with self._lock:
-            for name in [n for n, seen in self._peers.items() if now - seen > PEERS_FORGOTTEN]:
-                del self._peers[name]
-            return sorted({self.agent, *self._peers, *self._roster})
+        """The pool's workers in order, this agent included (see Roster)."""
+        return self.roster.fleet()
 
     def announced(self, run_id: str) -> None:
         """The event stream says a run was scheduled: list now when alone or when this agent owns it (and
         then fetch it with the list); otherwise list at this agent's turn. A run heard of again (Prefect
         marks a run Late, a SCHEDULED state, 15 s past its time) keeps its place and its turn."""
-        turn = self._turn(run_id)  # before the lock: fleet() takes it
+        turn = self._turn(run_id)
         now = time.monotonic()
-        with self._lock:
-            alone = now - self._peer_seen > PEERS_FORGOTTEN and self._roster <= {self.agent}
-            # Taken as new, a Late run went behind the owner's newer runs and others' turns at it
-            # started again: under a burst, most runs are marked Late before they are claimed.
-            if not alone and turn == 0:
+        alone = self.roster.alone()
+        # Taken as new, a Late run went behind the owner's newer runs and others' turns at it
+        # started again: under a burst, most runs are marked Late before they are claimed.
+        if not alone and turn == 0:
+            with self._lock:
                 self._own_heard[run_id] = min(now, self._own_heard.get(run_id, now))
-            elif not alone:
-                self._offers[run_id] = min(now + turn, self._offers.get(run_id, now + turn))
-                self._arm()
+        elif not alone:
+            self.timer.offer(run_id, now + turn)
         if alone or turn == 0:
             self.mark_due()
             self.wake()
@@ -200,24 +175,8 @@ class ScheduledRuns:
             self._backlog.clear()
             self.mark_due()
         self._may_list, self._relisted = True, False
-        every = ROSTER_FIRST[self._roster_reads - 1] if 0 < self._roster_reads <= len(ROSTER_FIRST) else ROSTER_EVERY
-        if streaming and time.monotonic() - self._roster_at >= every:
-            self._read_roster()
-
-    def _read_roster(self) -> None:
-        """The pool's ONLINE workers: who shares the lists (a failed read keeps the last one)."""
-        self._roster_at = time.monotonic()
-        self._roster_reads += 1
-        try:
-            workers = self.client.call("POST", f"/work_pools/{self.work_pool}/workers/filter", {"limit": 200}) or []
-        except SourceError as e:
-            log.debug("could not read the pool's workers: %s", e)
-            return
-        names = {
-            str(w["name"]) for w in workers if isinstance(w, dict) and w.get("status") == "ONLINE" and w.get("name")
-        }
-        with self._lock:
-            self._roster = frozenset(names)
+        if streaming:
+            self.roster.refresh()
 
     def next(self, limit: int) -> dict[str, Any] | None:
         """The next run worth a claim, its own first, oldest first; None when none is left (lists once a poll,
@@ -272,28 +231,11 @@ class ScheduledRuns:
         ids = [run_id for _, run_id in heard if run_id not in seen][: min(OWN_FETCH_MAX, 2 * limit)]
         if not ids:
             return []
-        body: dict[str, Any] = {
-            "flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": ["SCHEDULED"]}}},
-            "work_pools": {"name": {"any_": [self.work_pool]}},
-            "sort": "EXPECTED_START_TIME_ASC",
-            "limit": len(ids),
-        }
         try:
-            items = self.client.call("POST", "/flow_runs/filter", body)
-            if not isinstance(items, list):
-                raise SourceError("Prefect API: /flow_runs/filter: expected a list")
+            runs, later = fetch_scheduled(self.client, self.work_pool, ids, queues, due_by)
         except SourceError as e:
             log.debug("could not fetch this agent's own runs (%s); the list serves", e)
             return []
-        runs, later = [], {}
-        for flow_run in items:
-            if not isinstance(flow_run, dict) or flow_run.get("id") not in ids:
-                continue
-            start = start_time(flow_run)
-            if start is not None and start > due_by:
-                later[flow_run["id"]] = start
-            elif flow_run.get("work_queue_id") in queues and not _retried_in_process(flow_run):
-                runs.append(flow_run)
         with self._lock:
             for run_id in set(ids) - {r["id"] for r in runs} - set(later):
                 self._own_heard.pop(run_id, None)  # taken or gone, or for the list to show: no longer to fetch
@@ -420,65 +362,25 @@ class ScheduledRuns:
                 ready.append(flow_run)
             else:
                 turns.append((flow_run["id"], time.monotonic() + (comes - now).total_seconds()))
-        with self._lock:
-            for run_id, at in turns:
-                # A run heard taken before then is dropped from the offers: no list for it.
-                self._offers[run_id] = min(at, self._offers.get(run_id, at))
-            self._arm()
+        for run_id, at in turns:
+            # A run heard taken before then is withdrawn from the offers: no list for it.
+            self.timer.offer(run_id, at)
         return ready
 
     def wake_at(self, when: datetime) -> None:
         """List again (and wake the loop) at `when`; an earlier wake-up already armed covers it."""
-        at = time.monotonic() + max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-        with self._lock:
-            if self._list_at is None or at < self._list_at:
-                self._list_at = at
-            self._arm()
+        self.timer.list_at(time.monotonic() + max(0.0, (when - datetime.now(timezone.utc)).total_seconds()))
 
-    def _arm(self) -> None:
-        """(Under the lock) one timer for the earliest wake-up or offer."""
-        times = [*self._offers.values(), *([self._list_at] if self._list_at is not None else [])]
-        if not times:
-            return
-        at = min(times)
-        if self._timer is not None and self._timer.is_alive():
-            if self._timer_at <= at:
-                return
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = threading.Timer(max(0.0, at - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._timer = None
-            due = self._list_at is not None and self._list_at <= now
-            if due:
-                self._list_at = None
-            ripe = [run_id for run_id, at in self._offers.items() if at <= now]
-            for run_id in ripe:
-                del self._offers[run_id]
-            self._arm()
-        if due or ripe:
-            self.mark_due()
-            self.wake()
+    def _rung(self, list_due: bool, ripe: list[str]) -> None:
+        """The wake-up timer fired: a list fell due, or this agent's turn came at offered runs."""
+        self.mark_due()
+        self.wake()
 
     @property
     def wake_armed(self) -> bool:
         """True while a wake-up timer is pending."""
-        with self._lock:
-            return self._timer is not None and self._timer.is_alive()
+        return self.timer.armed
 
     def close(self) -> None:
         """Disarm the wake-up."""
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-
-
-def _retried_in_process(flow_run: dict[str, Any]) -> bool:
-    """AwaitingRetry while its engine sleeps and runs it again itself: not a run to claim."""
-    policy = flow_run.get("empirical_policy")
-    return isinstance(policy, dict) and policy.get("retry_type") == "in_process"
+        self.timer.close()
