@@ -55,7 +55,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "submitted event not emitted",
-        "sources/prefect/source.py",
+        "sources/prefect/eventchains.py",
         'chain.submitted = self._emit("prefect.worker.submitted-flow-run", self._me, chain.related)',
         "chain.submitted = None",
         ("flow completes",),

@@ -1246,7 +1246,7 @@ def test_an_idle_source_sends_no_events_and_a_container_that_never_ran_says_crea
     source.connect()
     for _ in range(3):
         source.poll(0)
-    source._events.flush()  # type: ignore[union-attr]
+    source._events.sender.flush()  # type: ignore[union-attr]
     sent = [e["event"] for _, p, body in transport.seen if p == "/events" for e in body]
     assert sent == ["prefect.worker.started"]  # and nothing more while idle
     [claim] = source.poll(1)

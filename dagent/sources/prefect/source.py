@@ -16,12 +16,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from dagent import __version__
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import ConfigError, DagentError, SourceError, SourceUnavailable, one_line
@@ -29,6 +27,7 @@ from dagent.runs import RunRequest
 from dagent.sources.prefect import jobvars, template
 from dagent.sources.prefect.claims import FINAL_STATES, claim_note, claimer
 from dagent.sources.prefect.client import PrefectClient, path_id
+from dagent.sources.prefect.eventchains import WorkerEvents
 from dagent.sources.prefect.events import StateEventWatcher
 from dagent.sources.prefect.fleet import position
 from dagent.sources.prefect.flowruns import FlowRuns
@@ -37,16 +36,7 @@ from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.logship import LogShipper
 from dagent.sources.prefect.lookups import Lookups
 from dagent.sources.prefect.pace import Pace
-from dagent.sources.prefect.worker_events import (
-    EventSender,
-    Resource,
-    as_role,
-    container_resource,
-    executed_related,
-    pool_related,
-    run_related,
-    worker_resource,
-)
+from dagent.sources.prefect.worker_events import run_related
 from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
@@ -57,18 +47,6 @@ CANCEL_CHECK_STREAMING = 60.0
 ENGINE_EVENT_WAIT = 2.0
 _ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
 _LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
-
-
-@dataclass
-class _RunEvents:
-    """One run's event chain: its related resources, then each event's id as it is sent (under _lock's object)."""
-
-    related: list[Resource]
-    run_name: str
-    adopted: bool = False  # resumed after a restart: its submission and container were said before
-    submitted: str | None = None
-    container: Resource | None = None
-    last: str | None = None
 
 
 class PrefectSource:
@@ -92,9 +70,7 @@ class PrefectSource:
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
-        self._events = EventSender(self.client) if config.api.send_events else None
-        self._me: Resource = worker_resource(config.name, "dagent-" + __version__)
-        self._started_event: str | None = None
+        self._events = WorkerEvents(self.client, config.name, self.hostname, config.api.send_events)
         self._pace = Pace()
         self._scheduled = ScheduledRuns(
             self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
@@ -111,7 +87,6 @@ class PrefectSource:
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
         # Each claimed run's related resources and its event chain (submitted, last container event).
-        self._run_events: dict[str, _RunEvents] = {}
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -146,7 +121,7 @@ class PrefectSource:
             self.pool_template = given
         self.pool_id = str(pool.get("id") or "")
         log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
-        self._started_event = self._emit("prefect.worker.started", self._me, pool_related(self.pool_id, pool_name))
+        self._events.started(self.pool_id, pool_name)
 
     def _template_to_create(self) -> dict[str, Any]:
         """api.base_job_template (`--base-job-template`), else dagent's own template."""
@@ -338,8 +313,7 @@ class PrefectSource:
         except Exception as e:  # any type: one run's data never stops the poll, recover or the start
             self._refuse_run(run_id, e)
             return None
-        with self._lock:
-            self._run_events[run_id] = _RunEvents(related, str(flow_run.get("name") or ""))
+        self._events.begin(run_id, related, str(flow_run.get("name") or ""))
         return Claim(run, origin, run_id)
 
     def _refuse_run(self, run_id: str, error: BaseException) -> None:
@@ -426,7 +400,7 @@ class PrefectSource:
             fresh = run_id in self._fresh
             self._fresh.discard(run_id)
         if fresh and self._runs.submitting(run_id):
-            self._submitted(run_id)
+            self._events.submitted(run_id)
             return True
         state = self._runs.state(run_id) or {}
         kind, message = state.get("type"), state.get("message")
@@ -444,7 +418,7 @@ class PrefectSource:
         if kind == "PENDING" and state.get("name") != "Submitting":
             self._runs.submitting(run_id)  # a resumed claim of ours takes the worker's next step too
         # Ours (Submitting already), or moved on by its container: the container decides, as before.
-        self._submitted(run_id)
+        self._events.submitted(run_id)
         return True
 
     def started(self, claim: Claim, container_id: str) -> None:
@@ -453,7 +427,7 @@ class PrefectSource:
         run_path = f"/flow_runs/{path_id(claim.handle)}"
         self.client.call("PATCH", run_path, {"infrastructure_pid": f"{self.hostname}:{container_id}"})
         self._label(claim.handle)
-        self._container_up(claim.handle, container_id)
+        self._events.container_up(claim.handle, container_id)
 
     def _label(self, run_id: str) -> None:
         """The worker's flow-run labels, which Prefect's worker sets before it starts a run's container."""
@@ -471,7 +445,7 @@ class PrefectSource:
         run_id = claim.handle
         heard = self._engine_said(run_id) if result.outcome == "succeeded" else None
         self._track(run_id, mine=False)
-        self._ended(run_id, result)
+        self._events.ended(run_id, result)
         with self._lock:
             abandoned = run_id in self._abandoned
             self._abandoned.discard(run_id)
@@ -515,46 +489,6 @@ class PrefectSource:
             # Only when CRASHED stands: an engine that ended the run (FAILED) has logged its error itself.
             self._ship_tail(run_id, result)
 
-    # --- the worker's events --------------------------------------------------------------------
-
-    def _emit(self, name: str, resource: Resource, related: list[Resource], follows: str | None = None) -> str | None:
-        return None if self._events is None else self._events.emit(name, resource, related, follows)
-
-    def _submitted(self, run_id: str) -> None:
-        with self._lock:
-            chain = self._run_events.get(run_id)
-        if chain is not None and chain.submitted is None and not chain.adopted:
-            chain.submitted = self._emit("prefect.worker.submitted-flow-run", self._me, chain.related)
-
-    def _container_up(self, run_id: str, container_id: str) -> None:
-        with self._lock:
-            chain = self._run_events.get(run_id)
-        if chain is None:
-            return
-        chain.container = container_resource(container_id, chain.run_name)
-        if chain.adopted:
-            return  # its created and running were said by the agent that started it, before a restart
-        related = [*chain.related, as_role(self._me, "worker")]
-        created = self._emit("prefect.docker.container.created", chain.container, related)
-        chain.last = self._emit("prefect.docker.container.running", chain.container, related, created)
-
-    def _ended(self, run_id: str, result: RunResult) -> None:
-        """The container's end and the run's execution, as the worker says them; a container that never
-        came to be after the run was submitted is creation-failed, and then nothing was executed."""
-        with self._lock:
-            chain = self._run_events.pop(run_id, None)
-        if chain is None:
-            return
-        if chain.container is None or not result.container_id:
-            if chain.submitted is not None:
-                self._emit("prefect.docker.container.creation-failed", self._me, chain.related)
-            return
-        related = [*chain.related, as_role(self._me, "worker")]
-        self._emit("prefect.docker.container.exited", chain.container, related, chain.last)
-        pid = f"{self.hostname}:{result.container_id}"
-        self._emit("prefect.worker.executed-flow-run", self._me,
-                   executed_related(chain.related, pid, result.exit_code), chain.submitted)  # fmt: skip
-
     def _ship_tail(self, run_id: str, result: RunResult) -> None:
         """The end of a failed container's output to the run's logs, so Prefect's UI shows the error itself."""
         if self._logs is None or not result.tail:
@@ -579,8 +513,7 @@ class PrefectSource:
     def refuse(self, claim: Claim, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
         self._track(claim.handle, mine=False)
-        with self._lock:
-            self._run_events.pop(claim.handle, None)
+        self._events.forget(claim.handle)
         log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
         self._runs.set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
 
@@ -691,9 +624,7 @@ class PrefectSource:
         claim = self._prepare(flow_run)
         if claim is not None:
             self._track(flow_run["id"], mine=True)
-            with self._lock:
-                if (chain := self._run_events.get(flow_run["id"])) is not None:
-                    chain.adopted = True
+            self._events.adopted(flow_run["id"])
         return claim
 
     def close(self) -> None:
@@ -703,9 +634,5 @@ class PrefectSource:
         self._scheduled.close()
         if self._logs is not None:
             self._logs.close()
-        if self._events is not None:
-            if self._started_event is not None:
-                related = pool_related(self.pool_id, self.api.work_pool)
-                self._emit("prefect.worker.stopped", self._me, related, self._started_event)
-            self._events.close()
+        self._events.close()
         self.client.close()
