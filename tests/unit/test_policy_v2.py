@@ -407,9 +407,9 @@ def test_prefect_labels_cannot_claim_the_agents_labels() -> None:
     source = PrefectSource(config)
     try:
         with pytest.raises(RunFileError, match=r"labels\.dagent\.keep"):
-            source._run_request("r1", {"image": "busybox", "labels": {"dagent.keep": "always"}})
+            source.prepare.run_request("r1", {"image": "busybox", "labels": {"dagent.keep": "always"}})
         with pytest.raises(RunFileError, match="labels"):
-            source._run_request("r1", {"image": "busybox", "labels": ["a"]})
+            source.prepare.run_request("r1", {"image": "busybox", "labels": ["a"]})
     finally:
         source.close()
     origin = Origin("prefect", labels={"io.prefect.flow-run-id": "r1"},

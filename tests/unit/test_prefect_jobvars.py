@@ -139,7 +139,7 @@ def test_only_the_prefect_settings_named_one_by_one_reach_the_container(monkeypa
            "send_agent_logs": False, "send_events": False}  # fmt: skip
     source = PrefectSource(load_config({"source": "prefect", "api": api}, environ={}).config)
     try:
-        origin = source._origin("r1", FlowRunContext({}, None, None), {"image": "busybox"})
+        origin = source.prepare.origin("r1", FlowRunContext({}, None, None), {"image": "busybox"})
     finally:
         source.close()
     passed = {k: v.get_secret_value() for k, v in origin.secret_env.items()}

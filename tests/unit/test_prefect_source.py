@@ -24,6 +24,7 @@ from dagent.sources.prefect import roster as roster_module
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.pace import Pace
+from dagent.sources.prefect.preparing import Pool
 from tests.support.fakes import RoutingTransport
 
 NAME = "unit"
@@ -1095,14 +1096,14 @@ def test_a_run_with_bad_job_variables_is_crashed_and_the_poll_goes_on(bad: str) 
 def test_an_exception_of_any_type_while_preparing_a_run_crashes_that_run_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     world = World([_flow_run("good1"), _flow_run("boom"), _flow_run("good2")])
     source, _ = _source(world)
-    real = source._run_request
+    real = source.prepare.run_request
 
     def run_request(run_id: str, variables: Any) -> Any:
         if run_id == "boom":
             raise RecursionError("maximum recursion depth exceeded")
         return real(run_id, variables)
 
-    monkeypatch.setattr(source, "_run_request", run_request)
+    monkeypatch.setattr(source.prepare, "run_request", run_request)
     assert sorted(c.run.id for c in source.poll(3)) == ["good1", "good2"]
     assert world.states["boom"]["type"] == "CRASHED" and "RecursionError" in world.states["boom"]["message"]
 
@@ -1202,7 +1203,7 @@ def test_a_runs_life_emits_the_events_prefects_worker_emits() -> None:
         return world(method, path, body)
 
     source, transport = _source(with_flows, send_events=True)
-    source.pool_id = "p1"
+    source.prepare.pool = Pool(id="p1")
     [claim] = source.poll(1)
     assert source.starting(claim)
     source.started(claim, "c" * 64)
@@ -1284,7 +1285,7 @@ def test_a_started_run_gets_the_workers_labels_and_a_failure_to_set_them_is_not_
         return world(method, path, body)
 
     source, transport = _source(handler)
-    source.pool_id = "p1"
+    source.prepare.pool = Pool(id="p1")
     [claim] = source.poll(1)
     source.started(claim, "c" * 64)
     [labels] = [body for method, path, body in transport.seen if path == "/flow_runs/r1/labels"]
@@ -1298,7 +1299,7 @@ def test_a_run_whose_container_never_ran_still_says_which_worker_tried() -> None
     """Prefect's worker labels a run before it starts the container; dagent after, and on a failed start too."""
     world = World([_flow_run("r1")])
     source, transport = _source(world)
-    source.pool_id = "p1"
+    source.prepare.pool = Pool(id="p1")
     [claim] = source.poll(1)
     assert source.starting(claim)
     source.report(claim, RunResult.crashed("r1", "start failed: OCI runtime create failed"))

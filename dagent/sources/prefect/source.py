@@ -8,23 +8,18 @@ request: each method copies what it needs, asks the API, then takes the lock aga
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
-from dagent.errors import ConfigError, DagentError, SourceError, SourceUnavailable, one_line
+from dagent.errors import DagentError, SourceError, SourceUnavailable, one_line
 from dagent.runs import RunRequest
-from dagent.sources.prefect import jobvars, template
 from dagent.sources.prefect.claims import FINAL_STATES, claim_note, claimer
 from dagent.sources.prefect.client import PrefectClient, path_id
 from dagent.sources.prefect.eventchains import WorkerEvents
@@ -36,6 +31,7 @@ from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.logship import LogShipper
 from dagent.sources.prefect.lookups import Lookups
 from dagent.sources.prefect.pace import Pace
+from dagent.sources.prefect.preparing import Pool, RunPreparer
 from dagent.sources.prefect.worker_events import run_related
 from dagent.spec import Origin
 
@@ -61,12 +57,10 @@ class PrefectSource:
         self.labels = frozenset(config.labels)
         self.hostname = socket.gethostname()
         self.worker = config.name
-        self.pool_template: dict[str, Any] = base_job_template()  # until connect() reads the pool's
-        self.pool_id = ""
-        self.server_version: str | None = None
         self._claim_note = claim_note(config.name)
         self._runs = FlowRuns(self.client, self._claim_note)
         self._lookups = Lookups(self.client)
+        self.prepare = RunPreparer(config, self.client, self._lookups)  # its pool is set by connect()
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
@@ -88,18 +82,23 @@ class PrefectSource:
         self._unprepared: dict[str, dict[str, Any]] = {}
         # Each claimed run's related resources and its event chain (submitted, last container event).
 
+    @property
+    def pool_id(self) -> str:
+        """The work pool's id, once connected ("" before)."""
+        return self.prepare.pool.id
+
     # --- start-up --------------------------------------------------------------------------------
 
     def reconfigure(self, config: AgentConfig) -> None:
         """A reload's live keys: labels and docker.* (api.* takes a restart)."""
         self.config = config
+        self.prepare.config = config
         self.labels = frozenset(config.labels)
         self._scheduled.mark_due()  # runs left for want of a label are worth another look
 
     def connect(self) -> None:
         """Check the API answers and the credentials work; read (or create) the work pool."""
         version = self.client.call("GET", "/admin/version")
-        self.server_version = str(version) if isinstance(version, str) else None
         pool_name = self.api.work_pool
         pool = self.client.call("GET", f"/work_pools/{pool_name}", allow=(404,))
         if pool is None:
@@ -107,7 +106,7 @@ class PrefectSource:
             pool = self.client.call(
                 "POST",
                 "/work_pools/",
-                {"name": pool_name, "type": "docker", "base_job_template": self._template_to_create()},
+                {"name": pool_name, "type": "docker", "base_job_template": self.prepare.template_to_create()},
                 allow=(409,),
             )
             if pool is None:  # another agent created it meanwhile
@@ -117,24 +116,14 @@ class PrefectSource:
         if pool.get("type") != "docker":
             raise SourceError(f"api.work_pool {pool_name!r} is a {pool.get('type')!r} pool; dagent serves docker pools")
         given = pool.get("base_job_template")
-        if isinstance(given, dict) and isinstance(given.get("job_configuration"), dict):
-            self.pool_template = given
-        self.pool_id = str(pool.get("id") or "")
+        self.prepare.pool = Pool(
+            id=str(pool.get("id") or ""),
+            template=given if isinstance(given, dict) and isinstance(given.get("job_configuration"), dict)
+            else base_job_template(),
+            server_version=str(version) if isinstance(version, str) else None,
+        )  # fmt: skip
         log.info("connected to Prefect %s at %s; serving pool %s", version, self.client.url, pool_name)
         self._events.started(self.pool_id, pool_name)
-
-    def _template_to_create(self) -> dict[str, Any]:
-        """api.base_job_template (`--base-job-template`), else dagent's own template."""
-        path = self.api.base_job_template
-        if path is None:
-            return base_job_template()
-        try:
-            given = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"api.base_job_template {path}: not a readable JSON file ({one_line(e)})") from None
-        if not isinstance(given, dict) or not isinstance(given.get("job_configuration"), dict):
-            raise ConfigError(f"api.base_job_template {path}: needs job_configuration and variables tables")
-        return given
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Follow the pool's state changes on Prefect's event stream: wake the loop for new or cancelled runs.
@@ -251,7 +240,7 @@ class PrefectSource:
             return None
         try:
             deployment = self._lookups.deployment(flow_run.get("deployment_id"))
-            variables = self._job_variables(flow_run, deployment)
+            variables = self.prepare.job_variables(flow_run, deployment)
         except SourceUnavailable:
             raise  # the agent's own trouble: the run stays scheduled for whoever can reach the API
         except Exception as e:
@@ -289,7 +278,7 @@ class PrefectSource:
         """The Claim for a run already ours (resumed, or claimed while the API failed); a bad one is CRASHED."""
         try:
             deployment = self._lookups.deployment(flow_run.get("deployment_id"))
-            variables = self._job_variables(flow_run, deployment)
+            variables = self.prepare.job_variables(flow_run, deployment)
         except SourceUnavailable:
             raise
         except Exception as e:
@@ -303,10 +292,10 @@ class PrefectSource:
         """The Claim for a run that is ours; a run whose data cannot be made into one is CRASHED with why, once."""
         run_id = flow_run["id"]
         try:
-            run = self._run_request(run_id, variables)
+            run = self.prepare.run_request(run_id, variables)
             flow = self._lookups.flow(flow_run.get("flow_id"))
             context = FlowRunContext(flow_run, deployment, flow.get("name") if flow else None)
-            origin = self._origin(run_id, context, variables)
+            origin = self.prepare.origin(run_id, context, variables)
             related = run_related(flow_run, deployment, flow, self.pool_id, self.api.work_pool)
         except SourceUnavailable:
             raise
@@ -345,45 +334,6 @@ class PrefectSource:
             log.debug("flow run %s: WAIT; trying again in %.0f s", run_id, delay)
             self._scheduled.wake_at(datetime.now(timezone.utc) + timedelta(seconds=delay))
         return False
-
-    def _job_variables(self, flow_run: Mapping[str, Any], deployment: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The run's job configuration, rendered from the pool's base job template as Prefect renders it."""
-        values = template.job_variables((deployment or {}).get("job_variables"), flow_run.get("job_variables"))
-        config = template.render(self.pool_template, values)
-        if template.references(config):
-            config = template.resolve(config, self._lookups.reference)
-        if "required_labels" in values and "required_labels" not in config:
-            config["required_labels"] = values["required_labels"]  # dagent's routing, on any pool's template
-        return config
-
-    def _run_request(self, run_id: str, variables: Mapping[str, Any]) -> RunRequest:
-        never = self.config.docker.pull == "never"  # the operator's word over Prefect's default rule
-        return jobvars.run_request(run_id, variables, self._default_image(), self._implicit_host(), not never)
-
-    def _default_image(self) -> str | None:
-        """api.default_image, else the image Prefect's worker picks: the server's Prefect on this Python."""
-        if self.api.default_image or not self.server_version:
-            return self.api.default_image
-        return f"prefecthq/prefect:{self.server_version}-python{sys.version_info.major}.{sys.version_info.minor}"
-
-    def _implicit_host(self) -> bool:
-        """Prefect's rule: a run that names no network gets the host's when the API is on localhost.
-
-        dagent follows it only where its policy allows the host's network; elsewhere such a run
-        stays on the default bridge and reaches the API through host.docker.internal.
-        """
-        host = (urlsplit(self.api.container_url or self.client.url).hostname or "").lower()
-        return self.config.docker.allow_host_network and host in ("127.0.0.1", "localhost")
-
-    def _origin(self, run_id: str, context: FlowRunContext, variables: Mapping[str, Any]) -> Origin:
-        api = self.api
-        return jobvars.container_origin(
-            run_id, context, variables, api_url=self.client.url, container_url=api.container_url,
-            docker_interface=self.config.docker.docker_interface, work_pool=api.work_pool,
-            work_pool_id=self.pool_id, worker=self.worker, token=api.token,
-            auth_string=api.auth_string, implicit_host=self._implicit_host(),
-            passed_settings={name: os.environ[name] for name in api.pass_settings if name in os.environ},
-        )  # fmt: skip
 
     # --- a run's life ----------------------------------------------------------------------------
 
