@@ -304,7 +304,7 @@ def test_refuse_forgets_the_run() -> None:
     [claim] = source.poll(1)
     source.refuse(claim, "refused by docker.allow_privileged")
     assert world.states["r1"]["type"] == "CRASHED"
-    assert source._mine == set() and source._heard == {}
+    assert source._book._mine == set() and source._book._heard == {}
 
 
 def test_an_edited_deployment_is_seen_without_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -453,7 +453,7 @@ def test_many_threads_at_once_leave_consistent_state(seed: int) -> None:
     source.close()
     assert errors == [], errors[:3]
     assert len({c.run.id for c in claims}) == len(claims) == len(ids)
-    assert source._mine == set() and source._abandoned == set()
+    assert source._book._mine == set() and source._book._abandoned == set()
 
 
 def _run_all(threads: list[threading.Thread]) -> None:
@@ -710,11 +710,11 @@ def test_a_run_that_ended_and_was_claimed_again_by_another_agent_gets_its_end_ba
     world.states["r1"] = {"type": "PENDING", "message": "Claimed by dagent agent 'other'", "id": "p3"}
     world.history["r1"] += [{"id": "s2", "type": "SCHEDULED", "timestamp": _at(5)},
                             {"id": "p3", "type": "PENDING", "timestamp": _at(6)}]  # fmt: skip
-    source._track("r1", mine=True)
+    source._book.track("r1", mine=True)
     source.report(claim, RunResult.ended("r1", "succeeded", 0, "c", "t0"))
     assert world.states["r1"]["id"] == "p3"
     world.states["r1"] = {"type": "PENDING", "message": NOTE, "id": "p3"}
-    source._track("r1", mine=True)
+    source._book.track("r1", mine=True)
     source.report(claim, RunResult.ended("r1", "succeeded", 0, "c", "t0"))
     assert world.states["r1"]["type"] == "CRASHED"  # ours and never ended: as before
 

@@ -2,15 +2,14 @@
 
 Threads: the agent's loop thread polls, claims, checks cancellations and beats the heart; each run's
 thread calls starting/started/report/refuse/log; the event stream's thread and wake-up timers call
-`_on_state` and `_due`. Every field below `_lock` is guarded by it, and it is never held across a
-request: each method copies what it needs, asks the API, then takes the lock again to record.
+`_on_state`. What they share is an object's of its own, each with its own lock never held across a
+request (`RunBook`: the runs claimed; `ScheduledRuns`, `Roster`, `WakeTimer`, `Pace`, `WorkerEvents`).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -32,6 +31,7 @@ from dagent.sources.prefect.logship import LogShipper
 from dagent.sources.prefect.lookups import Lookups
 from dagent.sources.prefect.pace import Pace
 from dagent.sources.prefect.preparing import Pool, RunPreparer
+from dagent.sources.prefect.runbook import RunBook
 from dagent.sources.prefect.worker_events import run_related
 from dagent.spec import Origin
 
@@ -71,13 +71,8 @@ class PrefectSource:
             config.effective_poll_interval, self._streaming, lambda: self._wake(), self._pace,
         )  # fmt: skip
         self._last_cancel_check = 0.0  # the loop thread's own
-        # Shared by the loop, the run threads, the event stream and the timers: guarded by _lock.
-        self._lock = threading.Condition()
-        self._mine: set[str] = set()
-        self._heard: dict[str, str] = {}  # run id → its latest state type
-        self._abandoned: set[str] = set()  # claims cancelled before they started: nothing to report
-        self._fresh: set[str] = set()  # runs this process claimed, not yet started: their state is our Pending
-        self._cancel_confirmed: set[str] = set()  # CANCELLING heard and borne out by the run's state
+        # Shared by the loop, the run threads and the event stream: the runs claimed, under its own lock.
+        self._book = RunBook()
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
         # Each claimed run's related resources and its event chain (submitted, last container event).
@@ -165,10 +160,7 @@ class PrefectSource:
             else:
                 self._pace.left(run_id)
             self._scheduled.heard_taken(run_id, by_peer=peer, peer_name=name if peer else None)
-            with self._lock:
-                if run_id in self._mine:
-                    self._heard[run_id] = state
-                    self._lock.notify_all()
+            self._book.hear(run_id, state)
         if state == "CANCELLING":
             self._wake()
 
@@ -176,17 +168,6 @@ class PrefectSource:
         # Runs scheduled while the stream was down were announced to nobody: list at once.
         self._scheduled.mark_due()
         self._wake()
-
-    def _track(self, run_id: str, mine: bool) -> None:
-        """Start following a run just claimed (its state was just read), or forget it entirely."""
-        with self._lock:
-            self._heard.pop(run_id, None)
-            if mine:
-                self._mine.add(run_id)
-            else:
-                self._mine.discard(run_id)
-                self._fresh.discard(run_id)
-                self._cancel_confirmed.discard(run_id)
 
     def _streaming(self) -> bool:
         return self._watcher is not None and self._watcher.connected
@@ -323,9 +304,7 @@ class PrefectSource:
         self._pace.sent(run_id)
         answer = self._runs.claim(run_id, listed_at)
         if answer.ours:
-            self._track(run_id, mine=True)
-            with self._lock:
-                self._fresh.add(run_id)
+            self._book.track(run_id, mine=True, fresh=True)
             log.info("claimed flow run %s", run_id)
             return True
         self._pace.dropped(run_id)  # not heard back: a refused claim makes no event
@@ -346,10 +325,7 @@ class PrefectSource:
         the not-cancelled check. A resumed run's state is read first: its container may have ended
         it meanwhile, and `Submitting` over an engine's COMPLETED would revive it."""
         run_id = claim.handle
-        with self._lock:
-            fresh = run_id in self._fresh
-            self._fresh.discard(run_id)
-        if fresh and self._runs.submitting(run_id):
+        if self._book.take_fresh(run_id) and self._runs.submitting(run_id):
             self._events.submitted(run_id)
             return True
         state = self._runs.state(run_id) or {}
@@ -357,13 +333,11 @@ class PrefectSource:
         if kind in ("CANCELLING", "CANCELLED"):
             log.info("flow run %s was cancelled before it started", run_id)
             if kind == "CANCELLED":
-                with self._lock:
-                    self._abandoned.add(run_id)  # nothing left to report; CANCELLING still gets CANCELLED
+                self._book.abandon(run_id)  # nothing left to report; CANCELLING still gets CANCELLED
             return False
         if kind == "PENDING" and message != self._claim_note:
             log.warning("flow run %s was claimed by another worker before it started; leaving it to them", run_id)
-            with self._lock:
-                self._abandoned.add(run_id)  # theirs: nothing of ours to report
+            self._book.abandon(run_id)  # theirs: nothing of ours to report
             return False
         if kind == "PENDING" and state.get("name") != "Submitting":
             self._runs.submitting(run_id)  # a resumed claim of ours takes the worker's next step too
@@ -394,12 +368,9 @@ class PrefectSource:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
         run_id = claim.handle
         heard = self._engine_said(run_id) if result.outcome == "succeeded" else None
-        self._track(run_id, mine=False)
+        self._book.track(run_id, mine=False)
         self._events.ended(run_id, result)
-        with self._lock:
-            abandoned = run_id in self._abandoned
-            self._abandoned.discard(run_id)
-        if abandoned:  # cancelled before it started: nothing to say
+        if self._book.take_abandoned(run_id):  # cancelled before it started: nothing to say
             return
         if result.outcome == "cancelled":
             if (self._runs.state(run_id) or {}).get("type") not in FINAL_STATES:
@@ -454,15 +425,11 @@ class PrefectSource:
         The event comes through Prefect's event pipeline, so it may trail the container's exit
         by a moment: waiting that moment is cheaper than a request per run.
         """
-        with self._lock:
-            if self._streaming():
-                self._lock.wait_for(lambda: self._heard.get(run_id) in _ENGINE_ENDS, timeout=ENGINE_EVENT_WAIT)
-            heard = self._heard.get(run_id)
-        return heard if heard in _ENGINE_ENDS else None
+        return self._book.wait_heard(run_id, _ENGINE_ENDS, ENGINE_EVENT_WAIT if self._streaming() else 0.0)
 
     def refuse(self, claim: Claim, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
-        self._track(claim.handle, mine=False)
+        self._book.track(claim.handle, mine=False)
         self._events.forget(claim.handle)
         log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
         self._runs.set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
@@ -470,14 +437,10 @@ class PrefectSource:
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
         """Runs of ours in CANCELLING: heard on the event stream, else asked once per poll interval."""
         if self._streaming():
-            with self._lock:
-                heard = [r for r in run_ids if self._heard.get(r) == "CANCELLING"]
-                new = [r for r in heard if r not in self._cancel_confirmed]
+            heard, new = self._book.cancelling(run_ids)
             # An event is a hint (anyone who may write events could send one): the run's state says, once.
             confirmed = [r for r in new if self._still_cancelling(r)]
-            with self._lock:
-                self._cancel_confirmed.update(confirmed)
-                asked = [r for r in heard if r in self._cancel_confirmed]
+            asked = self._book.confirm_cancelling(confirmed, heard)
             if asked:
                 return asked
         now = time.monotonic()
@@ -504,9 +467,7 @@ class PrefectSource:
         if kind not in ("CANCELLING", "CANCELLED"):
             log.warning("flow run %s: a CANCELLING event the run's state does not bear out (%s); not stopping it",
                         run_id, kind)  # fmt: skip
-            with self._lock:
-                if self._heard.get(run_id) == "CANCELLING":
-                    self._heard[run_id] = str(kind)
+            self._book.unhear_cancelling(run_id, str(kind))
             return False
         return True
 
@@ -573,7 +534,7 @@ class PrefectSource:
         # A run that cannot be resumed is CRASHED with why: never left PENDING to fail at every restart.
         claim = self._prepare(flow_run)
         if claim is not None:
-            self._track(flow_run["id"], mine=True)
+            self._book.track(flow_run["id"], mine=True)
             self._events.adopted(flow_run["id"])
         return claim
 
