@@ -335,7 +335,7 @@ def _judge_api(case: Case) -> str | None:
             elif call == "recover":
                 source.recover({}, [])
             elif call == "cancellations":
-                source._last_cancel_check = -1e9
+                source._cancels._last_check = -1e9
                 source.cancellations(["r1"])
             elif call == "heartbeat":
                 source.heartbeat()
@@ -371,7 +371,7 @@ def judge(case: Case) -> str | None:
     if case.kind == "job-variables":
         source = PrefectSource(_agent_config())
         try:
-            source._run_request("run-1", case.data)
+            source.prepare.run_request("run-1", case.data)
         except RunFileError as e:
             if len(str(e).splitlines()) != 1:
                 return f"{len(str(e).splitlines())} lines: {e}"
@@ -663,8 +663,8 @@ def try_bypass(attempt: Attempt, root: Path) -> str | None:
         if attempt.via == "job-variables":
             source = PrefectSource(config)
             try:
-                run = source._run_request("bypass-1", attempt.fields)
-                origin = source._origin("bypass-1", FlowRunContext({}, None, None), attempt.fields)
+                run = source.prepare.run_request("bypass-1", attempt.fields)
+                origin = source.prepare.origin("bypass-1", FlowRunContext({}, None, None), attempt.fields)
             finally:
                 source.close()
         else:

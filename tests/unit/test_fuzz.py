@@ -160,7 +160,7 @@ def _prefect() -> PrefectSource:
 )
 def test_any_job_variables(variables: dict[str, Any]) -> None:
     try:
-        _prefect()._run_request("fuzz", variables)
+        _prefect().prepare.run_request("fuzz", variables)
     except RunFileError as e:
         _one_line_each(e)
 
@@ -232,7 +232,7 @@ def test_any_number_through_docker_py(key: str, value: Any) -> None:
 )  # fmt: skip
 def test_any_job_variables_through_docker_py(variables: dict[str, Any]) -> None:
     """Any job variables become docker-py's request or one clear line; never an exception."""
-    _through_docker_py(lambda: _prefect()._run_request("fuzz", {"image": "busybox", **variables}))
+    _through_docker_py(lambda: _prefect().prepare.run_request("fuzz", {"image": "busybox", **variables}))
 
 
 # --- the whole preparation path, as the sources take a run (issue 27) -----------------------------
@@ -318,16 +318,16 @@ def _whole_path(make: Any) -> None:
 def test_any_job_variables_through_the_whole_preparation(deployment: dict[str, Any], run: dict[str, Any]) -> None:
     """Deployment and flow-run job variables → template → lookups → run → origin → spec, or one line each."""
     source = _prefect()
-    source._lookups = _lookups()  # the real lookups, answered in memory
+    source._lookups = source.prepare.lookups = _lookups()  # the real lookups, answered in memory
 
     def make() -> tuple[Any, Any]:
         flow_run = {"id": "fuzz", "job_variables": run, "name": "fuzzy"}
         # A deployment that names an image, so that most runs get as far as their origin and spec.
-        variables = source._job_variables(
+        variables = source.prepare.job_variables(
             flow_run, {"id": "d", "name": "dep", "job_variables": {"image": "busybox", **deployment}}
         )
-        request = source._run_request("fuzz", variables)
-        return request, source._origin("fuzz", FlowRunContext(flow_run, None, "flow"), variables)
+        request = source.prepare.run_request("fuzz", variables)
+        return request, source.prepare.origin("fuzz", FlowRunContext(flow_run, None, "flow"), variables)
 
     _whole_path(make)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,6 +18,7 @@ from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import DagentError, SourceError, SourceUnavailable, one_line
 from dagent.runs import RunRequest
+from dagent.sources.prefect.cancels import CancelWatch
 from dagent.sources.prefect.claims import FINAL_STATES, claim_note, claimer
 from dagent.sources.prefect.client import PrefectClient, path_id
 from dagent.sources.prefect.eventchains import WorkerEvents
@@ -37,8 +37,6 @@ from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
 
-# Seconds between cancellation checks over REST while the event stream reports cancellations.
-CANCEL_CHECK_STREAMING = 60.0
 # How long a container that exited 0 waits for the engine's final state to be heard on the stream.
 ENGINE_EVENT_WAIT = 2.0
 _ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
@@ -70,12 +68,12 @@ class PrefectSource:
             self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
             config.effective_poll_interval, self._streaming, lambda: self._wake(), self._pace,
         )  # fmt: skip
-        self._last_cancel_check = 0.0  # the loop thread's own
         # Shared by the loop, the run threads and the event stream: the runs claimed, under its own lock.
         self._book = RunBook()
+        streaming, interval = (lambda: self._streaming()), config.effective_poll_interval
+        self._cancels = CancelWatch(self.client, self._runs, self._book, streaming, interval)
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
-        # Each claimed run's related resources and its event chain (submitted, last container event).
 
     @property
     def pool_id(self) -> str:
@@ -435,41 +433,8 @@ class PrefectSource:
         self._runs.set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
 
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
-        """Runs of ours in CANCELLING: heard on the event stream, else asked once per poll interval."""
-        if self._streaming():
-            heard, new = self._book.cancelling(run_ids)
-            # An event is a hint (anyone who may write events could send one): the run's state says, once.
-            confirmed = [r for r in new if self._still_cancelling(r)]
-            asked = self._book.confirm_cancelling(confirmed, heard)
-            if asked:
-                return asked
-        now = time.monotonic()
-        # While events flow, a rare check only covers an event lost in a reconnect.
-        every = CANCEL_CHECK_STREAMING if self._streaming() else max(self.config.effective_poll_interval, 2.0)
-        if now - self._last_cancel_check < every:
-            return []
-        self._last_cancel_check = now
-        found = (
-            self.client.call(
-                "POST",
-                "/flow_runs/filter",
-                {
-                    "flow_runs": {"id": {"any_": list(run_ids)}, "state": {"type": {"any_": ["CANCELLING"]}}},
-                    "limit": len(run_ids),
-                },
-            )
-            or []
-        )
-        return [r["id"] for r in found if isinstance(r, dict) and isinstance(r.get("id"), str)]
-
-    def _still_cancelling(self, run_id: str) -> bool:
-        kind = (self._runs.state(run_id) or {}).get("type")
-        if kind not in ("CANCELLING", "CANCELLED"):
-            log.warning("flow run %s: a CANCELLING event the run's state does not bear out (%s); not stopping it",
-                        run_id, kind)  # fmt: skip
-            self._book.unhear_cancelling(run_id, str(kind))
-            return False
-        return True
+        """Runs of ours in CANCELLING (see CancelWatch)."""
+        return self._cancels.cancelling(run_ids)
 
     def log(self, claim: Claim, level: str, message: str) -> None:
         """Queue the agent's own line about a run for Prefect (api.send_agent_logs); sent in batches."""
