@@ -34,7 +34,7 @@ MUTANTS: list[Mutant] = [
     Mutant("privileged dropped", "spec.py", '"privileged": self.privileged,', '"privileged": False,', ("privileged",)),
     Mutant(
         "exit-0 runs never CRASHED",
-        "sources/prefect/source.py",
+        "sources/prefect/reporting.py",
         "message = f\"the container exited with code 0 but the flow run is {kind or 'not final'}\"",
         "return",
         ("defaults only",),
@@ -48,7 +48,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "worker labels not set",
-        "sources/prefect/source.py",
+        "sources/prefect/reporting.py",
         "if not self.api.worker_labels:",
         "if True:",
         ("defaults only",),

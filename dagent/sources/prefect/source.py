@@ -19,7 +19,7 @@ from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
 from dagent.errors import DagentError, SourceError, SourceUnavailable, one_line
 from dagent.runs import RunRequest
 from dagent.sources.prefect.cancels import CancelWatch
-from dagent.sources.prefect.claims import FINAL_STATES, claim_note, claimer
+from dagent.sources.prefect.claims import claim_note, claimer
 from dagent.sources.prefect.client import PrefectClient, path_id
 from dagent.sources.prefect.eventchains import WorkerEvents
 from dagent.sources.prefect.events import StateEventWatcher
@@ -27,20 +27,15 @@ from dagent.sources.prefect.fleet import position
 from dagent.sources.prefect.flowruns import FlowRuns
 from dagent.sources.prefect.jobvars import FlowRunContext, base_job_template
 from dagent.sources.prefect.listing import ScheduledRuns
-from dagent.sources.prefect.logship import LogShipper
 from dagent.sources.prefect.lookups import Lookups
 from dagent.sources.prefect.pace import Pace
 from dagent.sources.prefect.preparing import Pool, RunPreparer
+from dagent.sources.prefect.reporting import Reporter
 from dagent.sources.prefect.runbook import RunBook
 from dagent.sources.prefect.worker_events import run_related
 from dagent.spec import Origin
 
 log = logging.getLogger("dagent.prefect")
-
-# How long a container that exited 0 waits for the engine's final state to be heard on the stream.
-ENGINE_EVENT_WAIT = 2.0
-_ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
-_LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 
 class PrefectSource:
@@ -61,7 +56,6 @@ class PrefectSource:
         self.prepare = RunPreparer(config, self.client, self._lookups)  # its pool is set by connect()
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
-        self._logs = LogShipper(self.client) if config.api.send_agent_logs else None
         self._events = WorkerEvents(self.client, config.name, self.hostname, config.api.send_events)
         self._pace = Pace()
         self._scheduled = ScheduledRuns(
@@ -72,6 +66,8 @@ class PrefectSource:
         self._book = RunBook()
         streaming, interval = (lambda: self._streaming()), config.effective_poll_interval
         self._cancels = CancelWatch(self.client, self._runs, self._book, streaming, interval)
+        self._reporter = Reporter(self.client, self._runs, self._book, self._events, self.api, self.worker,
+                                  self.hostname, lambda: self.pool_id, streaming)  # fmt: skip
         # The loop thread's own: runs claimed whose claim could not be made for want of the API; tried first.
         self._unprepared: dict[str, dict[str, Any]] = {}
 
@@ -344,93 +340,16 @@ class PrefectSource:
         return True
 
     def started(self, claim: Claim, container_id: str) -> None:
-        """Record where the run is (`infrastructure_pid` = host:container) and, as Prefect's worker
-        does, which worker runs it (`prefect.worker.*` and `prefect.work-pool.*` flow-run labels)."""
-        run_path = f"/flow_runs/{path_id(claim.handle)}"
-        self.client.call("PATCH", run_path, {"infrastructure_pid": f"{self.hostname}:{container_id}"})
-        self._label(claim.handle)
-        self._events.container_up(claim.handle, container_id)
-
-    def _label(self, run_id: str) -> None:
-        """The worker's flow-run labels, which Prefect's worker sets before it starts a run's container."""
-        if not self.api.worker_labels:
-            return
-        labels = {"prefect.worker.name": self.worker, "prefect.worker.type": "docker",
-                  "prefect.work-pool.name": self.api.work_pool, "prefect.work-pool.id": self.pool_id}  # fmt: skip
-        try:
-            self.client.call("PATCH", f"/flow_runs/{path_id(run_id)}/labels", {k: v for k, v in labels.items() if v})
-        except SourceError as e:  # a label is the UI's, never worth a running run
-            log.warning("flow run %s: could not set the worker's labels (%s)", run_id, one_line(e))
+        """Tell Prefect where the run is and which worker runs it (see Reporter)."""
+        self._reporter.started(claim.handle, container_id)
 
     def report(self, claim: Claim, result: RunResult) -> None:
         """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
-        run_id = claim.handle
-        heard = self._engine_said(run_id) if result.outcome == "succeeded" else None
-        self._book.track(run_id, mine=False)
-        self._events.ended(run_id, result)
-        if self._book.take_abandoned(run_id):  # cancelled before it started: nothing to say
-            return
-        if result.outcome == "cancelled":
-            if (self._runs.state(run_id) or {}).get("type") not in FINAL_STATES:
-                self._runs.set_state(
-                    run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True
-                )
-            return
-        if result.outcome == "timed-out":
-            message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
-        elif result.exit_code is None:
-            # Set after the container started (one request less on the way to it), so say here too who
-            # tried, as the worker's labels say on a run whose container would not start.
-            self._label(run_id)
-            message = f"dagent could not run the container: {result.error}"
-        elif result.exit_code != 0:
-            message = f"the container {result.why or f'exited with code {result.exit_code}'}"
-            if result.tail:
-                message += f"; its last line: {result.tail[-1][:300]}"
-        else:
-            state = {"type": heard} if heard else (self._runs.state(run_id) or {})
-            kind = state.get("type")
-            if kind in _ENGINE_ENDS:
-                return  # the engine reported the run itself, or suspended it to resume later
-            other = claimer(str(state.get("message") or "")) if kind == "PENDING" else None
-            if other is not None and other != self.worker:
-                # Another agent's claim since: of a retry (then it is theirs), or a stale claim that
-                # revived the ended run, whose end we put back now (its own check may never come).
-                try:
-                    if self._runs.revived(run_id, state.get("id")):
-                        log.info("flow run %s ended; %s's stale claim revived it: its end is put back", run_id, other)
-                except SourceError as e:
-                    log.warning("flow run %s: could not check %s's claim on it (%s)", run_id, other, e)
-                return
-            message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
-        # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
-        if self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True):
-            # Only when CRASHED stands: an engine that ended the run (FAILED) has logged its error itself.
-            self._ship_tail(run_id, result)
-
-    def _ship_tail(self, run_id: str, result: RunResult) -> None:
-        """The end of a failed container's output to the run's logs, so Prefect's UI shows the error itself."""
-        if self._logs is None or not result.tail:
-            return
-        self._logs.add(run_id, _LOG_LEVELS["ERROR"], f"dagent: the container {result.why}; its last output:")
-        for line in result.tail:
-            self._logs.add(run_id, _LOG_LEVELS["ERROR"], line)
-        self._logs.flush()
-
-    def _engine_said(self, run_id: str) -> str | None:
-        """The final (or paused) state the engine set, as heard on the event stream; None if not heard.
-
-        The event comes through Prefect's event pipeline, so it may trail the container's exit
-        by a moment: waiting that moment is cheaper than a request per run.
-        """
-        return self._book.wait_heard(run_id, _ENGINE_ENDS, ENGINE_EVENT_WAIT if self._streaming() else 0.0)
+        self._reporter.report(claim.handle, result)
 
     def refuse(self, claim: Claim, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
-        self._book.track(claim.handle, mine=False)
-        self._events.forget(claim.handle)
-        log.error("flow run %s refused: %s", claim.handle, reason.replace("\n", "; "))
-        self._runs.set_state(claim.handle, "CRASHED", "Crashed", f"Crashed: dagent refused this run: {reason}"[:2000])
+        self._reporter.refuse(claim.handle, reason)
 
     def cancellations(self, run_ids: Sequence[str]) -> Sequence[str]:
         """Runs of ours in CANCELLING (see CancelWatch)."""
@@ -438,8 +357,7 @@ class PrefectSource:
 
     def log(self, claim: Claim, level: str, message: str) -> None:
         """Queue the agent's own line about a run for Prefect (api.send_agent_logs); sent in batches."""
-        if self._logs is not None:
-            self._logs.add(claim.handle, _LOG_LEVELS.get(level, 20), message)
+        self._reporter.log(claim.handle, level, message)
 
     # --- restart ---------------------------------------------------------------------------------
 
@@ -508,7 +426,6 @@ class PrefectSource:
         if self._watcher is not None:
             self._watcher.stop()
         self._scheduled.close()
-        if self._logs is not None:
-            self._logs.close()
+        self._reporter.close()
         self._events.close()
         self.client.close()
