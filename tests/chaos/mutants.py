@@ -75,7 +75,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "recovery reads the worker's infrastructure_pid as this host's",
-        "sources/prefect/source.py",
+        "sources/prefect/recovery.py",
         "if host == self.hostname and container_id and not any(",
         "if container_id and not any(",
         ("mixed-fleet",),

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dagent.config import AgentConfig
-from dagent.contracts import Claim, ContainerInfo, RunResult, owned_by
+from dagent.contracts import Claim, ContainerInfo, RunResult
 from dagent.errors import DagentError, SourceError, SourceUnavailable, one_line
 from dagent.runs import RunRequest
 from dagent.sources.prefect.cancels import CancelWatch
@@ -30,6 +30,7 @@ from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.lookups import Lookups
 from dagent.sources.prefect.pace import Pace
 from dagent.sources.prefect.preparing import Pool, RunPreparer
+from dagent.sources.prefect.recovery import Recovery
 from dagent.sources.prefect.reporting import Reporter
 from dagent.sources.prefect.runbook import RunBook
 from dagent.sources.prefect.worker_events import run_related
@@ -363,63 +364,9 @@ class PrefectSource:
 
     def recover(self, containers: Mapping[str, ContainerInfo], live: Collection[str]) -> Sequence[Claim]:
         """Resume our runs that have a container or never started; crash those whose container is gone."""
-        found = (
-            self.client.call(
-                "POST",
-                "/flow_runs/filter",
-                {
-                    "work_pools": {"name": {"any_": [self.api.work_pool]}},
-                    "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-                    "limit": 200,
-                },
-            )
-            or []
-        )
-        claims: list[Claim] = []
-        for flow_run in found if isinstance(found, list) else []:
-            if not isinstance(flow_run, dict):
-                continue
-            try:
-                path_id(flow_run.get("id"), "flow run id")
-                claim = self._recover_one(flow_run, containers, live)
-            except SourceUnavailable:
-                raise  # the agent's own trouble: the start fails and is tried again
-            except SourceError as e:  # an answer about this run alone: it waits for the next start
-                log.warning("flow run %s: cannot recover it (%s)", str(flow_run.get("id"))[:60], one_line(e))
-                continue
-            if claim is not None:
-                claims.append(claim)
-        return claims
-
-    def _recover_one(
-        self, flow_run: dict[str, Any], containers: Mapping[str, ContainerInfo], live: Collection[str]
-    ) -> Claim | None:
-        run_id = flow_run["id"]
-        state = flow_run.get("state") or {}
-        host, _, container_id = str(flow_run.get("infrastructure_pid") or "").partition(":")
-        ours_pending = state.get("type") == "PENDING" and state.get("message") == self._claim_note
-        info = containers.get(run_id)
-        if owned_by(info, self.worker):
-            return self._resume(flow_run)  # adopt the container (running, or finished and unreported)
-        if info is None and ours_pending and not self._runs.claim_stands(run_id, state.get("id")):
-            # Our claim revived a run that had already ended, and we died before its check: it
-            # has stepped back now, the run's end put back.
-            return None
-        if info is None and ours_pending and not container_id:
-            return self._resume(flow_run)  # claimed, never started: run it now
-        if host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
-            # Whoever started it, its container is gone from this host's daemon.
-            log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
-            self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: the run's container is gone (agent restarted)")
-        return None
-
-    def _resume(self, flow_run: dict[str, Any]) -> Claim | None:
-        # A run that cannot be resumed is CRASHED with why: never left PENDING to fail at every restart.
-        claim = self._prepare(flow_run)
-        if claim is not None:
-            self._book.track(flow_run["id"], mine=True)
-            self._events.adopted(flow_run["id"])
-        return claim
+        recovery = Recovery(self.client, self._runs, self._book, self._events, self.api.work_pool, self.worker,
+                            self.hostname, self._claim_note, self._prepare)  # fmt: skip
+        return recovery.recover(containers, live)
 
     def close(self) -> None:
         """Send queued log lines and events, stop the event stream and close the API connection pool."""
