@@ -22,6 +22,7 @@ from dagent.hostview import socket_path, view_error
 from dagent.images import names_reference
 from dagent.policy import VolumeFacts
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID
+from dagent.units import parse_time
 
 if TYPE_CHECKING:
     import docker
@@ -225,14 +226,7 @@ class DaemonSession:
         for info in self.managed(agent):
             if info.state not in ("exited", "dead") or info.run_id in busy:
                 continue
-            finished = parse_docker_time(info.finished_at) if info.finished_at else now
+            finished = (parse_time(info.finished_at) if info.finished_at else None) or now
             if (now - finished).total_seconds() >= older_than:
                 self._call(f"remove {info.name}", partial(self.client.api.remove_container, info.id, force=True))
                 yield info
-
-
-def parse_docker_time(value: str) -> datetime:
-    """A time as Docker writes it (nanoseconds, Z) as a datetime in UTC."""
-    # Docker gives nanoseconds and a Z; Python wants at most microseconds and an offset.
-    head, _, frac = value.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")

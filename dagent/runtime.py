@@ -15,11 +15,12 @@ import requests
 
 from dagent import exits
 from dagent.contracts import Outcome, RunHandle, RunResult, should_remove, utc_now
-from dagent.daemon import DaemonSession, parse_docker_time
+from dagent.daemon import DaemonSession
 from dagent.daemon_faults import explain, is_transient, reason
 from dagent.errors import DaemonError
 from dagent.images import PullProgress, parse_image
 from dagent.spec import LABEL_AGENT, LABEL_RUN_ID, ContainerSpec, RegistryLogin, container_name
+from dagent.units import parse_time
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
@@ -33,9 +34,8 @@ WAIT_SLICE = 30.0
 
 def _container_time(container: Container, key: str) -> str | None:
     value = (container.attrs or {}).get("State", {}).get(key)
-    if not value or value.startswith("0001-"):
-        return None
-    return parse_docker_time(value).isoformat(timespec="milliseconds")
+    parsed = None if not value or value.startswith("0001-") else parse_time(value)
+    return parsed.isoformat(timespec="milliseconds") if parsed else None
 
 
 # The longest piece of a container's output passed on as one line; a longer line goes in pieces, so an

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from functools import cache
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 _BYTES_RE = re.compile(r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
 _FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -73,3 +78,22 @@ def parse_duration(value: object, zero: bool = False) -> float:
     if not low_ok or not seconds <= MAX_SECONDS:  # both false for nan
         raise ValueError(f"a duration is more than 0 and at most {MAX_SECONDS / 86400:g}d, got {value!r}")
     return seconds
+
+
+@cache
+def _datetimes() -> TypeAdapter[datetime]:
+    return TypeAdapter(datetime)  # built at the first time read, not at import
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A time as an API writes it (ISO 8601, a Z or an offset, up to nanoseconds), in UTC; None if it is not one.
+
+    One parser for every time dagent reads (Prefect's states and schedules, Docker's container times):
+    pydantic's. A time with no offset is taken as UTC."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = _datetimes().validate_python(value)
+    except ValidationError:
+        return None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)

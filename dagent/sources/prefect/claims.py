@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from dagent.units import parse_time
+
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 _NOTE = "Claimed by dagent agent "
 
@@ -53,11 +55,7 @@ def start_time(flow_run: Mapping[str, Any]) -> datetime | None:
 
 def when(state: Mapping[str, Any]) -> datetime:
     """A state's timestamp; the epoch when it has none or cannot be read."""
-    try:
-        stamp = datetime.fromisoformat(str(state.get("timestamp")).replace("Z", "+00:00"))
-    except ValueError:
-        return EPOCH
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    return parse_time(state.get("timestamp")) or EPOCH
 
 
 def retried_in_process(flow_run: dict[str, Any]) -> bool:

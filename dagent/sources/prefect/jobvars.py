@@ -6,7 +6,6 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +17,7 @@ from dagent.images import normalize_registry, parse_image
 from dagent.runs import RunRequest, parse_run
 from dagent.sources.prefect.create_kwargs import DECISIONS
 from dagent.spec import Origin, RegistryLogin
+from dagent.units import parse_time
 
 log = logging.getLogger("dagent.prefect")
 
@@ -390,7 +390,5 @@ def registry_login(block: Any, origin: str) -> RegistryLogin | None:
 
 def _utc(stamp: Any) -> str | None:
     """An API timestamp as Python's UTC isoformat (what Prefect's worker puts in a label)."""
-    try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).astimezone(timezone.utc).isoformat()
-    except ValueError:
-        return None
+    parsed = parse_time(stamp)
+    return parsed.isoformat() if parsed else None
