@@ -42,7 +42,7 @@ from bench.common import REPO, by_kind, percentile, prefect_worker_pool
 from dagent.sources.prefect.claims import claimer
 from dagent.sources.prefect.events import StateEventWatcher
 from dagent.sources.prefect.fleet import position
-from dagent.sources.prefect.listing import ROSTER_FIRST
+from dagent.sources.prefect.roster import ROSTER_FIRST
 from tests.support import infra, prefect_infra
 from tests.support.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
