@@ -207,6 +207,15 @@ class InboxSource:
             if not marker.with_suffix(".toml").exists():
                 # Its run file had moved to done/ or failed/ when the agent was killed: finished.
                 marker.unlink(missing_ok=True)
+        for held in self.mine.glob(".*.failing"):
+            # Taken from new/ on its way to failed/ when the agent was killed: judged again.
+            try:
+                durable.link(held, self.new / held.name[1 : -len(".failing")])
+                held.unlink()
+            except FileExistsError:
+                self._move_to_failed(
+                    held, f"{shown_path(held.name)}: a new file took its name in new/ while it moved to failed/"
+                )
         # A report's temporary file is removed before its run file leaves claimed/, so only runs
         # still claimed here can have one; other agents' are theirs to sweep.
         ours = {path.stem for path in self.mine.glob("*.toml")}
@@ -225,25 +234,47 @@ class InboxSource:
         (self.cancel / run_id).unlink(missing_ok=True)
 
     def _move_to_failed(self, path: Path, reason: str, quiet: bool = False) -> None:
-        target = self.failed / path.name
-        n = 1
-        while os.path.lexists(target):  # the entry itself: a link in failed/ may point anywhere, or loop
-            target = self.failed / f"{path.stem}.{n}{path.suffix}"
-            n += 1
-        try:
-            durable.rename(path, target)  # only one agent moves it
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            # Left where it is, and not read again until it changes: one line, not one per poll.
-            with contextlib.suppress(OSError):
-                self._left[path.name] = path.lstat().st_mtime
-            log.error("%s; and it cannot be moved to %s: %s", reason.splitlines()[0], self.failed, e.strerror)
-            return
-        durable.write(target.with_name(target.name + ".error"), reason + "\n")
+        """Move an entry to failed/ with its `.error` written first, so a reader never sees one without the other."""
+        held = path
+        if path.parent != self.mine:
+            # new/ is shared: take the entry into claimed/<agent>/ first (one agent's rename wins),
+            # hidden and not *.toml, so the .error can be written before the entry appears in failed/.
+            held = self.mine / f".{path.name}.failing"
+            try:
+                durable.rename(path, held)
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                # Left where it is, and not read again until it changes: one line, not one per poll.
+                with contextlib.suppress(OSError):
+                    self._left[path.name] = path.lstat().st_mtime
+                log.error("%s; and it cannot be moved to %s: %s", reason.splitlines()[0], self.failed, e.strerror)
+                return
+        target = self._reserve_failed(path.name.removeprefix(".").removesuffix(".failing"), reason)
+        durable.rename(held, target)
         if not quiet:
             for line in reason.splitlines() or [f"{path.name} is invalid"]:
                 log.error("%s", line)
+
+    def _reserve_failed(self, name: str, reason: str) -> Path:
+        """A free name in failed/, claimed by creating its `.error` exclusively (agents may share the inbox)."""
+        stem, suffix = os.path.splitext(name)
+        n = 0
+        while True:
+            target = self.failed / (name if n == 0 else f"{stem}.{n}{suffix}")
+            n += 1
+            if os.path.lexists(target):  # the entry itself: a link in failed/ may point anywhere, or loop
+                continue
+            error = target.with_name(target.name + ".error")
+            try:
+                fd = os.open(error, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(reason + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            return target
 
 
 def _why(path: Path, error: BaseException) -> str:

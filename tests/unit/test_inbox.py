@@ -226,3 +226,52 @@ def test_max_file_size_is_configurable(tmp_path: Path) -> None:
     source.connect()
     _drop(source, "r1", 'image = "busybox"\n' + "# x\n" * 1000)
     assert source.poll(1) == [] and "larger than 2048 bytes" in (source.failed / "r1.toml.error").read_text()
+
+
+def test_an_entry_reaches_failed_only_with_its_error_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever watches failed/ for *.toml finds the .error already written, for a bad new/ file and a refused claim."""
+    import dagent.durable
+
+    source = _source(tmp_path)
+    _drop(source, "bad", "nope = 1\n")
+    _drop(source, "good")
+    renamed = dagent.durable.rename
+    seen: list[tuple[str, bool]] = []
+
+    def watched(old: Path, new: Path) -> None:
+        if new.parent == source.failed:
+            seen.append((new.name, new.with_name(new.name + ".error").exists()))
+        renamed(old, new)
+
+    monkeypatch.setattr(dagent.durable, "rename", watched)
+    [claim] = source.poll(5)
+    source.refuse(claim, "refused by docker.allowed_volumes")
+    assert seen == [("bad.toml", True), ("good.toml", True)]
+    assert "refused by" in (source.failed / "good.toml.error").read_text()
+    assert sorted(p.name for p in source.mine.iterdir()) == []
+
+
+def test_two_entries_of_one_name_keep_their_own_error(tmp_path: Path) -> None:
+    """A name already in failed/ (or its .error alone) is not overwritten: the next number is taken."""
+    source = _source(tmp_path)
+    (source.failed / "x.toml.error").write_text("left by an agent killed mid-move\n")
+    _drop(source, "x", "nope = 1\n")
+    source.poll(5)
+    _drop(source, "x", "nope = 2\n")
+    source.poll(5)
+    assert sorted(p.name for p in source.failed.iterdir()) == [
+        "x.1.toml", "x.1.toml.error", "x.2.toml", "x.2.toml.error", "x.toml.error"
+    ]  # fmt: skip
+    assert (source.failed / "x.1.toml").read_text() == "nope = 1\n" and "nope" in (
+        source.failed / "x.2.toml.error"
+    ).read_text()
+
+
+def test_an_entry_caught_on_its_way_to_failed_is_judged_again(tmp_path: Path) -> None:
+    """A kill between taking a bad file from new/ and its move leaves it hidden in claimed/; the next start puts it back."""
+    source = _source(tmp_path)
+    (source.mine / ".r1.toml.failing").write_text('image = "busybox"\n')
+    source.recover({})
+    assert (source.new / "r1.toml").exists() and list(source.mine.iterdir()) == []
+    [claim] = source.poll(5)
+    assert claim.run.id == "r1"
