@@ -85,10 +85,14 @@ def _taken_after(chaos: Chaos, ids: list[str], dagent: str, restarted: dict[str,
     for flow_run in _runs(chaos, ids):
         who = "dagent" if _owner(flow_run) == dagent else PREFECT_WORKER
         history = chaos.api.call("GET", f"/flow_run_states/?flow_run_id={flow_run['id']}")
-        pending = [h for h in history if h["type"] == "PENDING" and h.get("name") == "Pending"]
-        when = max((datetime.fromisoformat(h["timestamp"]).timestamp() for h in pending), default=0.0)
-        taken[who] += who in restarted and when > restarted[who]
+        taken[who] += who in restarted and _claimed_at(history) > restarted[who]
     return dict(taken)
+
+
+def _claimed_at(history: list[dict[str, Any]]) -> float:
+    """When the run was last claimed (its Pending), 0 if never."""
+    pending = [h for h in history if h["type"] == "PENDING" and h.get("name") == "Pending"]
+    return max((datetime.fromisoformat(h["timestamp"]).timestamp() for h in pending), default=0.0)
 
 
 def _runs(chaos: Chaos, ids: list[str]) -> list[dict[str, Any]]:
@@ -140,6 +144,7 @@ def mixed_fleet(chaos: Chaos) -> Row:
     cancelled: dict[str, list[str]] = {"worker": [], "dagent": []}
     in_flight: dict[str, int] = {}  # each side's containers running when it was stopped
     restarted: dict[str, float] = {}
+    worker_stopped = 0.0
     started = time.monotonic()
     try:
         for i in range(total):
@@ -147,6 +152,7 @@ def mixed_fleet(chaos: Chaos) -> Row:
             time.sleep(0.25)
             if i == total // 3:  # Prefect's worker stopped as an operator stops it, and started again
                 in_flight[PREFECT_WORKER] = _running(chaos, agent.name, mine=False)
+                worker_stopped = time.time()
                 _stop(worker)
                 worker = _worker(chaos, pool, worker_log)
                 restarted[PREFECT_WORKER] = time.time()
@@ -166,7 +172,7 @@ def mixed_fleet(chaos: Chaos) -> Row:
         _stop(worker)
         if dagent.process.poll() is None:
             dagent.signal(timeout=60)
-    _judge(row, chaos, ids, count, agent.name, cancelled)
+    _judge(row, chaos, ids, count, agent.name, cancelled, worker_stopped)
     for who, up in alive.items():
         if not up:
             row.failures.append(f"{who} exited by itself")
@@ -193,7 +199,15 @@ def mixed_fleet(chaos: Chaos) -> Row:
     return row
 
 
-def _judge(row: Row, chaos: Chaos, ids: list[str], count: Path, dagent: str, cancelled: dict[str, list[str]]) -> None:
+def _judge(
+    row: Row,
+    chaos: Chaos,
+    ids: list[str],
+    count: Path,
+    dagent: str,
+    cancelled: dict[str, list[str]],
+    worker_stopped: float,
+) -> None:
     """Each run started once, ended as its side ends it, and was never touched by the other side."""
     row.runs = len(ids)
     starts = _starts(count)
@@ -211,7 +225,7 @@ def _judge(row: Row, chaos: Chaos, ids: list[str], count: Path, dagent: str, can
         row.failures.append(f"{owners['nobody']} run(s) with no worker label")
     if not (owners["worker"] and owners["dagent"]):
         row.failures.append("one side ran nothing: the row proves nothing about sharing a pool")
-    misread, crashed, wrong_pid, odd, ends = [], [], [], list[str](), Counter[str]()
+    misread, crashed, wrong_pid, no_pid, odd, ends = [], [], [], list[str](), list[str](), Counter[str]()
     host = socket.gethostname()
     for run_id, flow_run in runs.items():
         if run_id in abandoned:
@@ -234,10 +248,17 @@ def _judge(row: Row, chaos: Chaos, ids: list[str], count: Path, dagent: str, can
         if any(word in messages for word in other_words):
             misread.append(run_id)
         pid = str(flow_run.get("infrastructure_pid") or "")
-        if not pid.startswith("http+docker://localhost:" if side == "worker" else f"{host}:"):
-            wrong_pid.append(run_id)
+        if not pid and side == "worker" and 0 < _claimed_at(history) < worker_stopped:
+            # Prefect's worker records the pid after the container started; a SIGTERM in between leaves none.
+            no_pid.append(run_id)
+        elif not pid.startswith("http+docker://localhost:" if side == "worker" else f"{host}:"):
+            wrong_pid.append(f"{run_id} ({side}, labelled {_owner(flow_run)!r}, pid {pid!r})")
         ends[f"{side} {(flow_run.get('state') or {}).get('type')}"] += 1
     row.notes.append("ends: " + ", ".join(f"{k} {v}" for k, v in sorted(ends.items())))
+    if no_pid:
+        row.notes.append(
+            f"{len(no_pid)} of the worker's runs have no pid: started as its SIGTERM came, before it recorded one"
+        )
     row.stuck = sum(
         1 for i in ids if i not in cancelled["worker"] and i not in abandoned and (runs[i].get("state") or {}).get(
             "type") not in ("COMPLETED", "CANCELLED")
