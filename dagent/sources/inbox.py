@@ -26,9 +26,9 @@ class InboxSource:
     """new/ → claimed/<agent>/ → done/ (or failed/); cancel/<id> asks for a stop.
 
     Claiming is `rename(2)` out of new/, so of several agents on one inbox exactly one wins each
-    file. A marker `claimed/<agent>/<id>.started` is written before the container is created: after
-    a crash, a claimed run with neither container nor marker never ran and is run; one with a
-    marker but no container is reported crashed, never run twice.
+    file. A marker `claimed/<agent>/<id>.started` is written once the run's container exists (it is
+    removed only after the marker): after a crash, a claimed run with neither container nor marker
+    never ran and is run; one with a marker but no container is reported crashed, never run twice.
     """
 
     name = "inbox"
@@ -151,14 +151,16 @@ class InboxSource:
         return claim
 
     def starting(self, claim: Claim) -> bool:
-        """Mark the run as started before its container exists (see the class docstring)."""
-        if (self.cancel / claim.run.id).exists():
-            return False
-        durable.touch(self._marker(claim.run.id))
-        return True
+        """False when cancel/<id> asks for a stop before the start."""
+        return not (self.cancel / claim.run.id).exists()
 
     def started(self, claim: Claim, container_id: str) -> None:
-        """Nothing to record: the container's labels say which run it is."""
+        """Mark the run as started, its container now made (see the class docstring).
+
+        Not before the create: a kill between a marker and a create that never came would leave a
+        marker and no container, read at the restart as a run that ran, and the run would be lost.
+        """
+        durable.touch(self._marker(claim.run.id))
 
     def report(self, claim: Claim, result: RunResult) -> None:
         """Write done/<id>.json once, then move the run file next to it."""

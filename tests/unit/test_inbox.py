@@ -101,14 +101,24 @@ def test_recover_rules(tmp_path: Path) -> None:
     for name in ("with-container", "never-started", "vanished", "reported"):
         _drop(source, name)
     claims = {c.run.id: c for c in source.poll(10)}
-    source.starting(claims["with-container"])
-    source.starting(claims["vanished"])
+    for run_id in ("with-container", "vanished"):
+        assert source.starting(claims[run_id])
+        source.started(claims[run_id], "cid")
     (source.done / "reported.json").write_text("{}")  # reported just before the crash
     resumed = source.recover({"with-container": _info("with-container")})
     assert sorted(c.run.id for c in resumed) == ["never-started", "with-container"]
     crashed = json.loads((source.done / "vanished.json").read_text())
     assert crashed["outcome"] == "crashed" and "not run again" in crashed["error"]
     assert (source.done / "reported.toml").exists()
+
+
+def test_a_kill_before_the_create_loses_no_run(tmp_path: Path) -> None:
+    """Told it may start, then killed before the container was made: no marker, so the restart runs it."""
+    source = _source(tmp_path)
+    _drop(source, "k1")
+    [claim] = source.poll(1)
+    assert source.starting(claim)
+    assert [c.run.id for c in source.recover({})] == ["k1"] and not (source.done / "k1.json").exists()
 
 
 def test_recovery_sweeps_markers_a_crash_left_behind_a_finished_run(tmp_path: Path) -> None:
@@ -118,7 +128,7 @@ def test_recovery_sweeps_markers_a_crash_left_behind_a_finished_run(tmp_path: Pa
         _drop(source, name)
     claims = {c.run.id: c for c in source.poll(10)}
     for claim in claims.values():
-        source.starting(claim)
+        source.started(claim, "cid")
     # The crash's leftovers: the run file already moved on, its marker not yet removed.
     (source.done / "archived.json").write_text("{}")
     Path(claims["archived"].handle).rename(source.done / "archived.toml")
