@@ -10,9 +10,11 @@ import io
 import itertools
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -228,3 +230,66 @@ class RoutingTransport(requests.adapters.BaseAdapter):
 
     def close(self) -> None:
         pass
+
+
+class FakeClock:
+    """A `dagent.clock.Clock` that moves only when told: `advance` fires the timers it passes, in order,
+    in the caller's thread (so a test needs no sleep and no wait)."""
+
+    def __init__(self, wall: float | None = None) -> None:
+        self._monotonic = 1000.0
+        self._wall = time.time() if wall is None else wall  # runs a test makes carry the host's times
+        self._timers: list[_FakeTimer] = []
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def time(self) -> float:
+        return self._wall
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._wall, timezone.utc)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> _FakeTimer:
+        timer = _FakeTimer(self._monotonic + max(0.0, delay), fn)
+        self._timers.append(timer)
+        return timer
+
+    def set_wall(self, wall: float) -> None:
+        """Set the wall clock alone (a host whose clock was changed)."""
+        self._wall = wall
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks on, firing each timer that falls due on the way at its own time."""
+        end = self._monotonic + seconds
+        while True:
+            due = [t for t in self._timers if t.is_alive() and t.at <= end]
+            if not due:
+                break
+            timer = min(due, key=lambda t: t.at)
+            self._step_to(timer.at)
+            timer.fire()
+        self._step_to(end)
+        self._timers = [t for t in self._timers if t.is_alive()]
+
+    def _step_to(self, at: float) -> None:
+        if at > self._monotonic:
+            self._wall += at - self._monotonic
+            self._monotonic = at
+
+
+class _FakeTimer:
+    def __init__(self, at: float, fn: Callable[[], None]) -> None:
+        self.at = at
+        self._fn: Callable[[], None] | None = fn
+
+    def cancel(self) -> None:
+        self._fn = None
+
+    def is_alive(self) -> bool:
+        return self._fn is not None
+
+    def fire(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()

@@ -25,7 +25,7 @@ from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.listing import ScheduledRuns
 from dagent.sources.prefect.pace import Pace
 from dagent.sources.prefect.preparing import Pool
-from tests.support.fakes import RoutingTransport
+from tests.support.fakes import FakeClock, RoutingTransport
 
 NAME = "unit"
 NOTE = f"Claimed by dagent agent {NAME!r}"
@@ -37,7 +37,9 @@ def _config() -> Any:
     ).config
 
 
-def _source(handler: Callable[[str, str, Any], tuple[int, Any]], **api: Any) -> tuple[PrefectSource, RoutingTransport]:
+def _source(
+    handler: Callable[[str, str, Any], tuple[int, Any]], clock: FakeClock | None = None, **api: Any
+) -> tuple[PrefectSource, RoutingTransport]:
     config = load_config(
         {"name": NAME, "source": "prefect", "poll_interval": 1, "retry": {"attempts": 2, "backoff_initial": 0.001},
          "api": {"url": "http://prefect.test/api", "event_stream": False, "send_agent_logs": False,
@@ -45,7 +47,7 @@ def _source(handler: Callable[[str, str, Any], tuple[int, Any]], **api: Any) -> 
         environ={},
     ).config  # fmt: skip
     transport = RoutingTransport(handler)
-    return PrefectSource(config, PrefectClient(config, transport)), transport
+    return PrefectSource(config, PrefectClient(config, transport), clock or FakeClock()), transport
 
 
 def _flow_run(run_id: str, deployment: str | None = None, **job_variables: Any) -> dict[str, Any]:
@@ -130,15 +132,20 @@ def test_an_agent_alone_tries_the_oldest_run_first() -> None:
     """As Prefect's worker does: with nobody to share with, the page's order is the queue's."""
     ids = [str(uuid.UUID(int=i)) for i in range(10)]
     page = ScheduledRuns(PrefectClient(_config(), RoutingTransport(World([_flow_run(i) for i in ids]))),
-                         "agent-3", "pool", [], 0.0, 1.0, lambda: False, lambda: None)  # fmt: skip
+                         "agent-3", "pool", [], 0.0, 1.0, lambda: False, lambda: None, clock=FakeClock())  # fmt: skip
     page.begin()
     assert [page.next(4)["id"] for _ in ids] == ids  # type: ignore[index]
 
 
 def _just_listed(runs: ScheduledRuns) -> None:
     """As after a list in this agent's readiness slot: nothing is due."""
-    runs.listed_at, runs._due = time.monotonic(), False
-    runs._ready_slot = int(time.time() // listing.READY_SLOT)
+    runs.listed_at, runs._due = runs.clock.monotonic(), False
+    runs._ready_slot = int(runs.clock.time() // listing.READY_SLOT)
+
+
+def _clock(runs: ScheduledRuns) -> FakeClock:
+    assert isinstance(runs.clock, FakeClock)
+    return runs.clock
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +156,7 @@ def _long_slots(monkeypatch: pytest.MonkeyPatch) -> None:
 def _scheduled(world: World, agent: str = "a") -> tuple[ScheduledRuns, threading.Event]:
     woke = threading.Event()
     client = PrefectClient(_config(), RoutingTransport(world))
-    return ScheduledRuns(client, agent, "pool", [], 0.0, 1.0, lambda: True, woke.set), woke
+    return ScheduledRuns(client, agent, "pool", [], 0.0, 1.0, lambda: True, woke.set, clock=FakeClock()), woke
 
 
 def test_an_announced_run_is_listed_at_once_by_an_agent_alone() -> None:
@@ -180,7 +187,10 @@ def test_with_other_claimers_seen_an_announced_run_waits_for_this_agents_turn(mo
     _with_peers(runs)
     runs.announced(_late_run())  # two workers rank it first: 0.4 s at least
     assert not woke.is_set() and not runs._should_list()
-    assert woke.wait(2) and runs._should_list()  # its turn came: list
+    _clock(runs).advance(0.39)
+    assert not woke.is_set()
+    _clock(runs).advance(2)
+    assert woke.is_set() and runs._should_list()  # its turn came: list
 
 
 def test_the_owner_of_an_announced_run_lists_at_once_and_keeps_it_to_fetch() -> None:
@@ -189,7 +199,7 @@ def test_the_owner_of_an_announced_run_lists_at_once_and_keeps_it_to_fetch() -> 
     _with_peers(runs)
     owned = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, ["a", *PEERS]) == 0)
     runs.announced(owned)
-    assert woke.wait(0.5) and runs._should_list() and owned in runs._own_heard
+    assert woke.is_set() and runs._should_list() and owned in runs._own_heard  # at once: no time passed
 
 
 def test_a_server_slow_to_answer_stretches_this_agents_turn() -> None:
@@ -201,7 +211,7 @@ def test_a_server_slow_to_answer_stretches_this_agents_turn() -> None:
         return world(method, path, body)
 
     client = PrefectClient(_config(), RoutingTransport(slow))
-    runs = ScheduledRuns(client, "a", "pool", [], 0.0, 1.0, lambda: True, lambda: None)
+    runs = ScheduledRuns(client, "a", "pool", [], 0.0, 1.0, lambda: True, lambda: None, clock=FakeClock())
     _with_peers(runs)
     run_id = _late_run("a", 1)
     at_rest = runs._turn(run_id)
@@ -219,7 +229,8 @@ def test_a_run_taken_before_this_agents_turn_costs_it_nothing(monkeypatch: pytes
     run_id = _late_run()
     runs.announced(run_id)
     runs.heard_taken(run_id, by_peer=True)  # a worker ranked before this one took it
-    assert not woke.wait(0.8) and not runs._should_list()  # no list, no claim
+    _clock(runs).advance(0.8)
+    assert not woke.is_set() and not runs._should_list()  # no list, no claim
     runs.close()
 
 
@@ -237,7 +248,7 @@ def test_other_claimers_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fleet that shrank to one agent stops waiting for turns."""
     runs, woke = _scheduled(World())
     runs.heard_taken("other", by_peer=True)
-    runs.roster._peer_seen -= roster_module.PEERS_FORGOTTEN + 1
+    _clock(runs).advance(roster_module.PEERS_FORGOTTEN + 1)
     runs.announced("r1")
     assert woke.is_set()
 
@@ -245,9 +256,9 @@ def test_other_claimers_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_claim_in_another_agents_words_counts_as_a_peer() -> None:
     source, _ = _source(World())
     source._on_state("PENDING", "r1", NOTE)
-    assert source._scheduled.roster._peer_seen < 0
+    assert source._scheduled.roster.alone()
     source._on_state("PENDING", "r2", "Claimed by dagent agent 'other'")
-    assert source._scheduled.roster._peer_seen > 0
+    assert not source._scheduled.roster.alone()
 
 
 def test_a_reconnected_event_stream_lists_at_once() -> None:
@@ -486,26 +497,24 @@ def test_the_fleet_shares_the_lists_that_keep_prefects_queues_ready(monkeypatch:
     assert runs.fleet() == ["a", "b", "c"]
     slots = [s for s in range(30) if fleet_module.slot_owner(s, runs.fleet()) == "b"]
     assert slots == list(range(1, 30, 3))  # every third slot: one list in 150 s, where alone it is one in 50 s
-    now = 3000.0 * 50 + 10  # slot 3000, owned by "a" (3000 % 3 == 0)
-    monkeypatch.setattr(listing.time, "time", lambda: now)
-    _just_listed(runs)
-    runs._ready_slot = -1
-    assert not runs._should_list()  # not b's slot, nothing due
-    now = 3001 * 50 + 1
-    assert runs._should_list()  # b's slot
+    _clock(runs).set_wall(3000.0 * 50 + 10)  # slot 3000, owned by "a" (3000 % 3 == 0)
+    _just_listed(runs)  # not b's slot, nothing due
+    _clock(runs).advance(41)  # slot 3001: b's
+    assert runs._should_list()
 
 
 def test_a_list_in_streaming_mode_arms_a_wake_up_for_the_agents_next_slot(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listing, "READY_SLOT", 50.0)
+    clock = FakeClock()
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(World())), "b", "pool", [], 0.0, 1.0,
-                         lambda: True, lambda: None)  # fmt: skip
+                         lambda: True, lambda: None, clock=clock)  # fmt: skip
     runs.heard_taken("r1", by_peer=True, peer_name="a")
     runs.begin()
     assert runs.next(4) is None
-    slot = int(time.time() // 50.0)
-    assert runs._ready_slot == slot and runs.wake_armed
+    slot = int(clock.time() // 50.0)
+    assert runs.wake_armed
     ahead = next(k for k in (1, 2) if ["a", "b"][(slot + k) % 2] == "b")
-    assert abs(runs.timer.armed_at - time.monotonic() - ((slot + ahead) * 50.0 + 0.2 - time.time())) < 1.0
+    assert abs(runs.timer.armed_at - clock.monotonic() - ((slot + ahead) * 50.0 + 0.2 - clock.time())) < 1e-6
     runs.close()
 
 
@@ -520,22 +529,23 @@ def test_the_pools_online_workers_share_the_slots_a_quiet_fleet_never_forgets() 
     """Claims are rare in a quiet pool: the roster of ONLINE workers is read every ROSTER_EVERY while streaming."""
     world = World()
     world.workers = {"a": "ONLINE", "c": "ONLINE", "gone": "OFFLINE", "prefect-worker": "ONLINE"}
+    clock = FakeClock()
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(world)), "b", "pool", [], 0.0, 1.0,
-                         lambda: True, lambda: None)  # fmt: skip
+                         lambda: True, lambda: None, clock=clock)  # fmt: skip
     runs.begin()
     assert runs.fleet() == ["a", "b", "c", "prefect-worker"]
     world.workers = {}
     runs.begin()  # not read again before ROSTER_EVERY
     assert runs.fleet() == ["a", "b", "c", "prefect-worker"]
-    runs.roster._read_at -= roster_module.ROSTER_FIRST[0]  # the second read comes a minute after the first
+    clock.advance(roster_module.ROSTER_FIRST[0])  # the second read comes a minute after the first
     runs.begin()
     assert runs.fleet() == ["b"]
     world.workers = {"a": "ONLINE"}
-    runs.roster._read_at -= roster_module.ROSTER_FIRST[1]
+    clock.advance(roster_module.ROSTER_FIRST[1])
     runs.begin()
     assert runs.fleet() == ["a", "b"]
     world.workers = {}
-    runs.roster._read_at -= roster_module.ROSTER_FIRST[1]
+    clock.advance(roster_module.ROSTER_FIRST[1])
     runs.begin()  # from the fourth on, ROSTER_EVERY apart
     assert runs.fleet() == ["a", "b"]
 
@@ -548,7 +558,9 @@ def test_a_fleet_lists_a_page_wide_enough_to_spread_over(workers: int, free: int
     world = World()
     world.workers = {f"w{i}": "ONLINE" for i in range(workers)}
     transport = RoutingTransport(world)
-    runs = ScheduledRuns(PrefectClient(_config(), transport), "w0", "pool", [], 0.0, 1.0, lambda: True, lambda: None)
+    runs = ScheduledRuns(
+        PrefectClient(_config(), transport), "w0", "pool", [], 0.0, 1.0, lambda: True, lambda: None, clock=FakeClock()
+    )
     runs.begin()
     runs.next(free)
     [body] = [b for _, p, b in transport.seen if p.endswith("/get_scheduled_flow_runs")]
@@ -588,15 +600,16 @@ def test_a_stale_list_still_serves_this_agents_own_runs_until_owned_fresh() -> N
             lists.append(path)
         return world(method, path, body)
 
+    clock = FakeClock()
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(counting)), "a", "pool", [], 0.0, 1.0,
-                         lambda: True, lambda: None)  # fmt: skip
+                         lambda: True, lambda: None, clock=clock)  # fmt: skip
     _with_peers(runs)
     runs.begin()
     assert runs.next(1)["id"] == own[0] and len(lists) == 1  # type: ignore[index]
-    runs._answered_at -= listing.FLEET_FRESH + 0.1
+    clock.advance(listing.FLEET_FRESH + 0.1)
     runs.begin()
     assert runs.next(1)["id"] == own[1] and len(lists) == 1  # type: ignore[index]  # no list
-    runs._answered_at -= listing.OWNED_FRESH
+    clock.advance(listing.OWNED_FRESH)
     runs.begin()
     world.states = {r: {"type": "PENDING", "id": "p"} for r in ids}  # all taken since, unheard
     assert runs.next(1) is None and len(lists) == 2  # too old even for its own: asked again
@@ -628,7 +641,8 @@ def test_a_listed_run_made_just_now_waits_for_this_agents_turn(monkeypatch: pyte
     assert runs.next(4)["id"] == mine  # type: ignore[index]
     world.states[mine] = {"type": "PENDING", "id": "p"}
     assert runs.next(4) is None and runs.wake_armed  # not its turn yet: a wake-up at it
-    assert woke.wait(3)
+    _clock(runs).advance(3)
+    assert woke.is_set()
     runs.begin()
     assert runs.next(4)["id"] == theirs  # type: ignore[index]
     runs.close()
@@ -655,12 +669,12 @@ def test_in_a_fleet_a_list_older_than_fleet_fresh_is_asked_again(monkeypatch: py
     taken_unheard = [r for r in runs._backlog]
     for r in taken_unheard:  # others took every run left, and the stream has not said so yet
         world.states[r["id"]] = {"type": "PENDING", "id": "p"}
-    runs._answered_at -= listing.FLEET_FRESH + 0.1
+    _clock(runs).advance(listing.FLEET_FRESH + 0.1)
     runs.begin()
     assert runs.next(1) is None  # listed again: nothing left to claim
     monkeypatch.setattr(listing, "FLEET_FRESH", 3600.0)  # a fresh list serves
     world.states = {r: {"type": "SCHEDULED", "id": "s"} for r in world.states}
-    runs._due = True
+    runs.mark_due()
     runs.begin()
     assert runs.next(1) is not None
     world.states = {r: {"type": "PENDING", "id": "p"} for r in world.states}
@@ -689,7 +703,7 @@ def test_a_claim_check_that_steps_back_restores_the_engines_end() -> None:
         return 404, {"detail": "Not Found"}
 
     source, _ = _source(handler)
-    assert source._runs.claim("r1", listed_at=time.monotonic() - 5).ours is False
+    assert source._runs.claim("r1", lambda: 5.0).ours is False  # listed 5 s before: the history is read
     assert proposed[-1]["state"]["type"] == "COMPLETED" and proposed[-1]["force"] is True
 
 
@@ -727,7 +741,8 @@ def test_a_listed_run_taken_before_this_agents_turn_costs_no_list(monkeypatch: p
     runs.begin()
     assert runs.next(4) is None and runs.wake_armed
     runs.heard_taken(theirs, by_peer=True)  # a worker ranked before this one took it
-    assert not woke.wait(1.0)
+    _clock(runs).advance(1.0)
+    assert not woke.is_set()
     runs.close()
 
 
@@ -737,25 +752,24 @@ def test_a_slow_server_cannot_keep_one_poll_listing(monkeypatch: pytest.MonkeyPa
     theirs = [r for r in (f"r{i}" for i in range(100)) if listing.position("a", r, sorted(["a", *PEERS])) > 0]
     world = World([_made(r, 60) for r in theirs[:3]])
     lists = []
+    clock = FakeClock()
 
     def slow(method: str, path: str, body: Any) -> tuple[int, Any]:
         if path.endswith("/get_scheduled_flow_runs"):
             lists.append(path)
-            time.sleep(0.1)
+            clock.advance(0.1)
         return world(method, path, body)
 
     client = PrefectClient(_config(), RoutingTransport(slow))
-    runs = ScheduledRuns(client, "a", "pool", [], 0.0, 1.0, lambda: True, lambda: None)
+    runs = ScheduledRuns(client, "a", "pool", [], 0.0, 1.0, lambda: True, lambda: None, clock=clock)
     _with_peers(runs)
     runs.begin()
     assert runs.next(1) is not None and len(lists) == 1  # answered 0.1 s after asking: fresh from the answer
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert runs.next(1) is not None and len(lists) == 2  # stale: listed once more
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert runs.next(1) is None and len(lists) == 2  # not a third time in one poll, nor others' runs from a stale list
-    assert (
-        runs.wake_armed and runs.timer.armed_at - time.monotonic() < 5
-    )  # the runs it left: the next poll, a moment later
+    assert runs.wake_armed and runs.timer.armed_at - clock.monotonic() < 5  # the runs it left: the next poll, soon
     runs.close()
 
 
@@ -771,7 +785,9 @@ def test_a_host_whose_clock_lags_waits_no_longer_than_its_turn(monkeypatch: pyte
     runs.begin()
     assert runs.next(4)["id"] == mine  # type: ignore[index]
     world.states[mine] = {"type": "PENDING", "id": "p"}
-    assert runs.next(4) is None and woke.wait(3)
+    assert runs.next(4) is None and not woke.is_set()
+    _clock(runs).advance(3)
+    assert woke.is_set()
     runs.begin()
     assert runs.next(4)["id"] == theirs  # type: ignore[index]
     runs.close()
@@ -800,11 +816,12 @@ def test_a_trailing_event_stream_holds_the_others_turns_back_until_the_owner_can
     world = World([_made(theirs, 1)])  # made a second ago: at rest, its turn has come
     woke, pace = threading.Event(), _FixedPace(lag=1.5)  # the owner heard of it half a second ago
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(world)), "a", "pool", [], 0.0, 1.0,
-                         lambda: True, woke.set, pace)  # fmt: skip
+                         lambda: True, woke.set, pace, FakeClock())  # fmt: skip
     _with_peers(runs)
     runs.begin()
     assert runs.next(4) is None and runs.wake_armed
-    assert woke.wait(3)
+    _clock(runs).advance(3)
+    assert woke.is_set()
     runs.begin()
     assert runs.next(4)["id"] == theirs  # type: ignore[index]
     runs.close()
@@ -812,7 +829,7 @@ def test_a_trailing_event_stream_holds_the_others_turns_back_until_the_owner_can
 
 def test_an_owner_slow_to_get_to_its_claims_stretches_the_others_turns() -> None:
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(World())), "a", "pool", [], 0.0, 1.0,
-                         lambda: True, lambda: None, _FixedPace(reaction=9.0))  # fmt: skip
+                         lambda: True, lambda: None, _FixedPace(reaction=9.0), clock=FakeClock())  # fmt: skip
     _with_peers(runs)
     assert runs._turn(_late_run("a", 1)) >= 9.0
 
@@ -826,7 +843,7 @@ def test_an_agent_takes_anothers_run_only_once_it_waited_as_long_as_its_own_runs
     theirs = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, fleet) == 1)
     assert runs._turn(theirs) < 1.0
     runs.announced(_owned("a", fleet, True))
-    time.sleep(1.0)
+    _clock(runs).advance(1.0)
     assert runs._turn(theirs) >= 1.0
     runs.close()
 
@@ -841,13 +858,13 @@ def test_a_run_marked_late_keeps_its_place_and_its_turn() -> None:
     theirs = _late_run("a", 1)
     runs.announced(mine[0])
     runs.announced(theirs)
-    turn_at = runs.timer._offers[theirs]
-    time.sleep(0.2)
+    turn_at = runs.timer.armed_at  # the one wake-up: this agent's turn at theirs
+    _clock(runs).advance(0.2)
     runs.announced(mine[1])
     runs.announced(mine[0])  # Late
     runs.announced(theirs)  # Late
     assert sorted(runs._own_heard, key=runs._own_heard.__getitem__) == mine
-    assert runs.timer._offers[theirs] == turn_at
+    assert runs.timer.armed_at == turn_at
     runs.close()
 
 
@@ -858,7 +875,7 @@ def test_its_own_runs_no_longer_wait_once_a_list_shows_nothing_of_its_queues_due
     _with_peers(runs)
     theirs = next(r for r in (f"r{i}" for i in range(1000)) if listing.position("a", r, fleet) == 1)
     runs.announced(_owned("a", fleet, True))
-    time.sleep(1.0)
+    _clock(runs).advance(1.0)
     assert runs._turn(theirs) >= 1.0
     runs.begin()
     assert runs.next(4) is None
@@ -867,26 +884,27 @@ def test_its_own_runs_no_longer_wait_once_a_list_shows_nothing_of_its_queues_due
 
 
 def test_a_claim_heard_on_the_stream_measures_how_far_it_trails() -> None:
-    world = World([_flow_run("r1")])
-    source, _ = _source(world)
+    world, clock = World([_flow_run("r1")]), FakeClock()
+    source, _ = _source(world, clock)
     assert [c.run.id for c in source.poll(4)] == ["r1"]
-    time.sleep(0.2)
+    clock.advance(0.2)
     source._on_state("PENDING", "r1", NOTE)  # our own claim, heard
-    assert source._pace.lag() > 0.1
+    assert 0.1 < source._pace.lag() <= 0.2  # less the claim's own round trip
     source._on_state("PENDING", "r2", "Claimed by dagent agent 'other'")  # another's: no sample
     assert len(source._pace._lags) == 1
 
 
 def test_every_claim_heard_on_the_stream_times_the_fleets_pace() -> None:
-    source, _ = _source(World())
+    clock = FakeClock()
+    source, _ = _source(World(), clock)
     for run_id in ("r1", "r2", "r3"):
         source._on_state("SCHEDULED", run_id)
-    time.sleep(0.2)
+    clock.advance(0.2)
     source._on_state("PENDING", "r1", "Claimed by dagent agent 'other'")
     source._on_state("PENDING", "r2", NOTE)
     source._on_state("CANCELLED", "r3")
     samples = source._pace._claims
-    assert len(samples) == 2 and all(0.15 < seconds < 1.0 for _, seconds, _ in samples)
+    assert [seconds for _, seconds, _ in samples] == pytest.approx([0.2, 0.2])
 
 
 def test_a_claim_by_an_agent_whose_turn_came_is_told_from_its_owners() -> None:
@@ -928,7 +946,7 @@ def _counting(world: World) -> tuple[ScheduledRuns, list[tuple[str, Any]], threa
 
     woke = threading.Event()
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(handler)), "a", "pool", [], 0.0, 1.0,
-                         lambda: True, woke.set)  # fmt: skip
+                         lambda: True, woke.set, clock=FakeClock())  # fmt: skip
     _with_peers(runs)
     _just_listed(runs)
     return runs, calls, woke
@@ -1031,7 +1049,7 @@ def test_an_own_run_due_later_waits_for_its_time() -> None:
     runs.begin()
     while (flow_run := runs.next(1)) is not None:
         assert flow_run["id"] != mine[0]
-    assert runs._own_heard[mine[0]] > time.monotonic() + 3000 and runs.wake_armed
+    assert runs._own_heard[mine[0]] > runs.clock.monotonic() + 3000 and runs.wake_armed
     assert mine[0] not in runs.pace._scheduled  # its claim in an hour will not time the fleet's pace
     runs.close()
 
@@ -1046,7 +1064,7 @@ def test_alone_or_without_the_stream_nothing_is_fetched_by_id(alone: bool) -> No
         return world(method, path, body)
 
     runs = ScheduledRuns(PrefectClient(_config(), RoutingTransport(handler)), "a", "pool", [], 0.0, 1.0,
-                         lambda: alone, lambda: None)  # fmt: skip
+                         lambda: alone, lambda: None, clock=FakeClock())  # fmt: skip
     if not alone:
         _with_peers(runs)
     runs._own_heard[mine[0]] = 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,8 +58,9 @@ class FlowRuns:
             )
         return status == "ACCEPT"
 
-    def claim(self, run_id: str, listed_at: float) -> ClaimAnswer:
-        """Propose PENDING; ours when Prefect's state machine says so (and nobody ran it meanwhile)."""
+    def claim(self, run_id: str, list_age: Callable[[], float]) -> ClaimAnswer:
+        """Propose PENDING; ours when Prefect's state machine says so (and nobody ran it meanwhile).
+        `list_age` is the seconds since the list that showed the run was asked for."""
         tries: list[int] = []
         answer = self.client.call(
             "POST",
@@ -75,7 +76,7 @@ class FlowRuns:
         if status == "ACCEPT":
             # Another agent's whole claim-run-report cycle cannot fit between a list and our
             # accepted claim that close together, so only a slower claim needs the history.
-            fresh = time.monotonic() - listed_at < FRESH_LIST and len(tries) == 1
+            fresh = list_age() < FRESH_LIST and len(tries) == 1
             pending_id = ((answer or {}).get("state") or {}).get("id")
             return ClaimAnswer(fresh or self.claim_stands(run_id, pending_id))
         if status in ("ABORT", "REJECT") and len(tries) > 1:

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from dagent.clock import SYSTEM, Clock
 from dagent.errors import SourceError
 from dagent.sources.prefect.claims import EPOCH, start_time
 from dagent.sources.prefect.client import PrefectClient
@@ -88,7 +88,9 @@ class ScheduledRuns:
         streaming: Callable[[], bool],
         wake: Callable[[], None],
         pace: Pace | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
         self.client = client
         self.agent = agent
         self.work_pool = work_pool
@@ -97,9 +99,9 @@ class ScheduledRuns:
         self.poll_interval = poll_interval
         self.streaming = streaming
         self.wake = wake
-        self.pace = pace or Pace()  # how far the event stream trails, how long the fleet takes to claim
-        self.roster = Roster(client, agent, work_pool)
-        self.timer = WakeTimer(self._rung)
+        self.pace = pace or Pace(clock)  # how far the event stream trails, how long the fleet takes to claim
+        self.roster = Roster(client, agent, work_pool, clock)
+        self.timer = WakeTimer(self._rung, clock)
         # The loop thread's own.
         self._backlog: list[dict[str, Any]] = []  # runs listed scheduled and not yet tried, oldest first
         self.listed_at = 0.0  # when the last list was asked for (monotonic)
@@ -140,7 +142,7 @@ class ScheduledRuns:
         then fetch it with the list); otherwise list at this agent's turn. A run heard of again (Prefect
         marks a run Late, a SCHEDULED state, 15 s past its time) keeps its place and its turn."""
         turn = self._turn(run_id)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         alone = self.roster.alone()
         # Taken as new, a Late run went behind the owner's newer runs and others' turns at it
         # started again: under a burst, most runs are marked Late before they are claimed.
@@ -157,7 +159,7 @@ class ScheduledRuns:
         """Seconds before this agent's turn at a run: TURN for each worker of the fleet ranked before it, or
         longer while the server is slow or the fleet loaded (see fleet.turn)."""
         lag = self.pace.lag() if self.streaming() else 0.0
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._lock:
             # Its own runs waiting now: at a burst's start, before claims time the fleet's pace, and a
             # fair queue after it: another's run is not taken before it waited as long as its own wait.
@@ -171,7 +173,7 @@ class ScheduledRuns:
         # backlog stays good for longer.
         streaming = self.streaming()
         keep = SAFETY_LIST if streaming else self.poll_interval
-        if self._backlog and time.monotonic() - self.listed_at > keep:
+        if self._backlog and self.clock.monotonic() - self.listed_at > keep:
             self._backlog.clear()
             self.mark_due()
         self._may_list, self._relisted = True, False
@@ -185,7 +187,7 @@ class ScheduledRuns:
             if self._backlog and self._stale():
                 # Others' runs are not tried from a stale list (see the module's docstring); this
                 # agent's own are, while they keep.
-                own = time.monotonic() - self._answered_at <= OWNED_FRESH
+                own = self.clock.monotonic() - self._answered_at <= OWNED_FRESH
                 kept = [r for r in self._backlog if own and r["id"] in self._own]
                 if len(kept) < len(self._backlog):
                     self.mark_due()
@@ -195,15 +197,15 @@ class ScheduledRuns:
                         self._may_list, self._relisted = True, True
                     else:
                         # The poll ends with runs it did not try: the next one, a moment later.
-                        self.wake_at(datetime.now(timezone.utc) + timedelta(seconds=FLEET_FRESH))
+                        self.wake_at(self.clock.now() + timedelta(seconds=FLEET_FRESH))
                 self._backlog = kept
             if not self._backlog:
                 if not self._may_list or not self._should_list():
                     return None
                 self._may_list = False
-                self.listed_at = time.monotonic()  # when the list was asked for
+                self.listed_at = self.clock.monotonic()  # when the list was asked for
                 self._backlog = self._list(limit)
-                self._answered_at = time.monotonic()
+                self._answered_at = self.clock.monotonic()
                 if self.streaming():
                     self._next_ready_slot()
                 continue
@@ -224,7 +226,7 @@ class ScheduledRuns:
         runs of, and the caller takes no more runs than it listed.
         """
         queues = {r.get("work_queue_id") for r in listed}
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._lock:
             heard = sorted((at, run_id) for run_id, at in self._own_heard.items() if at <= now)
         seen = {r["id"] for r in listed}
@@ -248,7 +250,7 @@ class ScheduledRuns:
 
     def _stale(self) -> bool:
         """In a fleet, a list answered more than FLEET_FRESH ago: others may have taken its runs, unheard yet."""
-        return time.monotonic() - self._answered_at > FLEET_FRESH and len(self.fleet()) > 1
+        return self.clock.monotonic() - self._answered_at > FLEET_FRESH and len(self.fleet()) > 1
 
     def _should_list(self) -> bool:
         """Without the event stream, every poll lists; with it, only when something may have changed."""
@@ -256,21 +258,21 @@ class ScheduledRuns:
             return True
         with self._lock:
             due = self._due
-        slot = int(time.time() // READY_SLOT)
+        slot = int(self.clock.time() // READY_SLOT)
         mine = slot != self._ready_slot and slot_owner(slot, self.fleet()) == self.agent
         return due or mine
 
     def _next_ready_slot(self) -> None:
         """This list covers the slot it fell in; arm a wake-up for this agent's next slot."""
         fleet = self.fleet()
-        slot = self._ready_slot = int(time.time() // READY_SLOT)
+        slot = self._ready_slot = int(self.clock.time() // READY_SLOT)
         ahead = next(k for k in range(1, len(fleet) + 1) if slot_owner(slot + k, fleet) == self.agent)
         start = datetime.fromtimestamp((slot + ahead) * READY_SLOT, timezone.utc)
         self.wake_at(start + timedelta(seconds=0.2))
 
     def _list(self, limit: int) -> list[dict[str, Any]]:
         """The runs due within `prefetch`; while streaming, arm a wake-up for runs due before the next list."""
-        now = datetime.now(timezone.utc)
+        now = self.clock.now()
         due_by = now + timedelta(seconds=self.prefetch)
         runs = self._due_now(self._ask(limit, due_by), due_by)
         listed, fleet = runs, self.fleet()
@@ -361,7 +363,7 @@ class ScheduledRuns:
             if wait == 0 or since == EPOCH or comes <= now:
                 ready.append(flow_run)
             else:
-                turns.append((flow_run["id"], time.monotonic() + (comes - now).total_seconds()))
+                turns.append((flow_run["id"], self.clock.monotonic() + (comes - now).total_seconds()))
         for run_id, at in turns:
             # A run heard taken before then is withdrawn from the offers: no list for it.
             self.timer.offer(run_id, at)
@@ -369,12 +371,16 @@ class ScheduledRuns:
 
     def wake_at(self, when: datetime) -> None:
         """List again (and wake the loop) at `when`; an earlier wake-up already armed covers it."""
-        self.timer.list_at(time.monotonic() + max(0.0, (when - datetime.now(timezone.utc)).total_seconds()))
+        self.timer.list_at(self.clock.monotonic() + max(0.0, (when - self.clock.now()).total_seconds()))
 
     def _rung(self, list_due: bool, ripe: list[str]) -> None:
         """The wake-up timer fired: a list fell due, or this agent's turn came at offered runs."""
         self.mark_due()
         self.wake()
+
+    def list_age(self) -> float:
+        """Seconds since the last list was asked for."""
+        return self.clock.monotonic() - self.listed_at
 
     @property
     def wake_armed(self) -> bool:

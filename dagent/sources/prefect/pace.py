@@ -5,8 +5,9 @@ by both (see fleet)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
+
+from dagent.clock import SYSTEM, Clock
 
 # The last KEPT samples of the last RECENT seconds count (a burst's pace is not a quiet hour's); at
 # most PENDING runs wait for their second half of a sample (a claim never heard, say). A run claimed
@@ -31,7 +32,8 @@ class Pace:
     whichever agent, so each agent measures the whole fleet, and all of them nearly the same (a run an
     agent's own list shows due later is left out by that agent only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._scheduled: dict[str, float] = {}  # runs heard of on the stream, not yet claimed → when (monotonic)
         self._sent: dict[str, float] = {}  # its own claims sent, not yet heard back → when (monotonic)
@@ -44,7 +46,7 @@ class Pace:
         from the first)."""
         with self._lock:
             if run_id not in self._scheduled:
-                _put(self._scheduled, run_id)
+                _put(self._scheduled, run_id, self._clock.monotonic())
 
     def not_due(self, run_id: str) -> None:
         """A run heard of turned out to be due later: its claim will not time the fleet's pace."""
@@ -54,7 +56,7 @@ class Pace:
     def claimed(self, run_id: str, took_turn: bool = False) -> None:
         """A run was heard claimed: by its owner or one of Prefect's workers, or (`took_turn`) by another
         dagent agent whose turn at it had come."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             heard = self._scheduled.pop(run_id, None)
             if heard is not None and now - heard <= HORIZON:
@@ -69,7 +71,7 @@ class Pace:
     def sent(self, run_id: str) -> None:
         """This agent is about to send a claim of the run."""
         with self._lock:
-            _put(self._sent, run_id)
+            _put(self._sent, run_id, self._clock.monotonic())
 
     def dropped(self, run_id: str) -> None:
         """The claim was not accepted: it will not be heard back."""
@@ -78,7 +80,7 @@ class Pace:
 
     def heard(self, run_id: str, round_trip: float) -> None:
         """This agent's accepted claim of the run came back on the stream; less the claim's own `round_trip`."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             sent = self._sent.pop(run_id, None)
             if sent is not None:
@@ -86,7 +88,7 @@ class Pace:
 
     def lag(self) -> float:
         """How far the event stream trails the server now, in seconds: the median (0 with nothing recent)."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             recent = sorted(value for at, value in self._lags if now - at <= RECENT)
         return _quantile(recent, 0.5)
@@ -95,7 +97,7 @@ class Pace:
         """How long after a run is heard of its claim is heard now, in seconds: the 90th percentile of the
         fleet's claims, those taken at a turn counted no slower than TAKEN_CAP times the owners' (0 with
         nothing recent)."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             recent = [(value, taken) for at, value, taken in self._claims if now - at <= RECENT]
         # No owner claiming lately (all gone, or none serving the runs' queues): a head start waits for nobody.
@@ -107,7 +109,7 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def _put(pending: dict[str, float], run_id: str) -> None:
+def _put(pending: dict[str, float], run_id: str, now: float) -> None:
     if len(pending) >= PENDING:
         del pending[next(iter(pending))]  # the oldest: its second half never came
-    pending[run_id] = time.monotonic()
+    pending[run_id] = now

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
+from dagent.clock import SYSTEM, Clock, Timer
 from dagent.errors import SourceError
 from dagent.sources.prefect.client import PrefectClient
 
@@ -37,8 +37,9 @@ ROSTER_FIRST = (60.0, 60.0)
 class Roster:
     """The workers of one pool as this agent knows them."""
 
-    def __init__(self, client: PrefectClient, agent: str, work_pool: str) -> None:
+    def __init__(self, client: PrefectClient, agent: str, work_pool: str, clock: Clock = SYSTEM) -> None:
         self.client = client
+        self._clock = clock
         self.agent = agent
         self.work_pool = work_pool
         self._lock = threading.Lock()
@@ -52,13 +53,13 @@ class Roster:
         """A run of the pool was claimed: by another agent (`by_peer`), a dagent one if it signed (`peer_name`)."""
         with self._lock:
             if by_peer:
-                self._peer_seen = time.monotonic()
+                self._peer_seen = self._clock.monotonic()
             if peer_name and peer_name != self.agent:
-                self._peers[peer_name] = time.monotonic()
+                self._peers[peer_name] = self._clock.monotonic()
 
     def fleet(self) -> list[str]:
         """The pool's workers in order, this agent included: its ONLINE roster, the dagent agents heard in claims."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             for name in [n for n, seen in self._peers.items() if now - seen > PEERS_FORGOTTEN]:
                 del self._peers[name]
@@ -67,17 +68,17 @@ class Roster:
     def alone(self) -> bool:
         """No other claimer heard of for PEERS_FORGOTTEN, and none ONLINE: this agent lists for itself."""
         with self._lock:
-            return time.monotonic() - self._peer_seen > PEERS_FORGOTTEN and self._online <= {self.agent}
+            return self._clock.monotonic() - self._peer_seen > PEERS_FORGOTTEN and self._online <= {self.agent}
 
     def refresh(self) -> None:
         """Read the pool's ONLINE workers when it is time (the loop thread, while streaming)."""
         every = ROSTER_FIRST[self._reads - 1] if 0 < self._reads <= len(ROSTER_FIRST) else ROSTER_EVERY
-        if time.monotonic() - self._read_at >= every:
+        if self._clock.monotonic() - self._read_at >= every:
             self._read()
 
     def _read(self) -> None:
         """The pool's ONLINE workers: who shares the lists (a failed read keeps the last one)."""
-        self._read_at = time.monotonic()
+        self._read_at = self._clock.monotonic()
         self._reads += 1
         try:
             workers = self.client.call("POST", f"/work_pools/{self.work_pool}/workers/filter", {"limit": 200}) or []
@@ -96,10 +97,11 @@ class WakeTimer:
 
     When it fires, `ring(list_due, ripe_runs)` is called, outside the lock."""
 
-    def __init__(self, ring: Callable[[bool, list[str]], None]) -> None:
+    def __init__(self, ring: Callable[[bool, list[str]], None], clock: Clock = SYSTEM) -> None:
         self._ring = ring
+        self._clock = clock
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._timer: Timer | None = None
         self._timer_at = 0.0  # monotonic
         self._list_at: float | None = None  # a list due later (monotonic)
         self._offers: dict[str, float] = {}  # runs → when this agent's turn at them comes (monotonic)
@@ -151,12 +153,10 @@ class WakeTimer:
                 return
             self._timer.cancel()
         self._timer_at = at
-        self._timer = threading.Timer(max(0.0, at - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = self._clock.call_later(at - self._clock.monotonic(), self._fire)
 
     def _fire(self) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             self._timer = None
             due = self._list_at is not None and self._list_at <= now

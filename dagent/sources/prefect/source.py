@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
+from dagent.clock import SYSTEM, Clock
 from dagent.config import AgentConfig
 from dagent.contracts import Claim, ContainerInfo, RunResult
 from dagent.errors import DagentError, SourceError, SourceUnavailable, one_line
@@ -44,7 +45,7 @@ class PrefectSource:
 
     name = "prefect"
 
-    def __init__(self, config: AgentConfig, client: PrefectClient | None = None) -> None:
+    def __init__(self, config: AgentConfig, client: PrefectClient | None = None, clock: Clock = SYSTEM) -> None:
         self.config = config
         self.api = config.api
         self.client = client or PrefectClient(config)
@@ -58,10 +59,10 @@ class PrefectSource:
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._events = WorkerEvents(self.client, config.name, self.hostname, config.api.send_events)
-        self._pace = Pace()
+        self._pace = Pace(clock)
         self._scheduled = ScheduledRuns(
             self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
-            config.effective_poll_interval, self._streaming, lambda: self._wake(), self._pace,
+            config.effective_poll_interval, self._streaming, lambda: self._wake(), self._pace, clock,
         )  # fmt: skip
         # Shared by the loop, the run threads and the event stream: the runs claimed, under its own lock.
         self._book = RunBook()
@@ -243,7 +244,7 @@ class PrefectSource:
     def _claim_or_leave(self, run_id: str) -> bool:
         """_claim, where an answer about this run alone (a 4xx) leaves the run instead of failing the poll."""
         try:
-            return self._claim(run_id, listed_at=self._scheduled.listed_at)
+            return self._claim(run_id)
         except SourceUnavailable:
             raise
         except SourceError as e:
@@ -294,10 +295,10 @@ class PrefectSource:
         except SourceError as e:  # Prefect refused the CRASHED for this run alone: never the poll's end
             log.warning("flow run %s: could not set it CRASHED (%s)", run_id, one_line(e))
 
-    def _claim(self, run_id: str, listed_at: float) -> bool:
+    def _claim(self, run_id: str) -> bool:
         """Propose PENDING; True when the run is ours (Prefect's state machine decides)."""
         self._pace.sent(run_id)
-        answer = self._runs.claim(run_id, listed_at)
+        answer = self._runs.claim(run_id, self._scheduled.list_age)
         if answer.ours:
             self._book.track(run_id, mine=True, fresh=True)
             log.info("claimed flow run %s", run_id)
@@ -306,7 +307,7 @@ class PrefectSource:
         if answer.wait is not None:
             delay = answer.wait or self.config.effective_poll_interval
             log.debug("flow run %s: WAIT; trying again in %.0f s", run_id, delay)
-            self._scheduled.wake_at(datetime.now(timezone.utc) + timedelta(seconds=delay))
+            self._scheduled.wake_at(self._scheduled.clock.now() + timedelta(seconds=delay))
         return False
 
     # --- a run's life ----------------------------------------------------------------------------
