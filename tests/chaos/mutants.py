@@ -75,8 +75,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "recovery reads the worker's infrastructure_pid as this host's",
-        "sources/prefect/recovery.py",
-        "if host == self.hostname and container_id and not any(",
+        "sources/prefect/decisions.py",
+        "if host == hostname and container_id and not any(",
         "if container_id and not any(",
         ("mixed-fleet",),
     ),

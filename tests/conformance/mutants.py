@@ -34,9 +34,9 @@ MUTANTS: list[Mutant] = [
     Mutant("privileged dropped", "spec.py", '"privileged": self.privileged,', '"privileged": False,', ("privileged",)),
     Mutant(
         "exit-0 runs never CRASHED",
-        "sources/prefect/reporting.py",
-        "message = f\"the container exited with code 0 but the flow run is {kind or 'not final'}\"",
-        "return",
+        "sources/prefect/decisions.py",
+        'return EndAction("crash", f"the container exited with code 0 but the flow run is {kind or \'not final\'}")',
+        'return EndAction("leave")',
         ("defaults only",),
     ),
     Mutant(

@@ -11,6 +11,7 @@ from typing import Any
 from dagent.contracts import Claim, ContainerInfo, owned_by
 from dagent.errors import SourceError, SourceUnavailable, one_line
 from dagent.sources.prefect.client import PrefectClient, path_id
+from dagent.sources.prefect.decisions import recover_action
 from dagent.sources.prefect.eventchains import WorkerEvents
 from dagent.sources.prefect.flowruns import FlowRuns
 from dagent.sources.prefect.runbook import RunBook
@@ -69,20 +70,16 @@ class Recovery:
         self, flow_run: dict[str, Any], containers: Mapping[str, ContainerInfo], live: Collection[str]
     ) -> Claim | None:
         run_id = flow_run["id"]
-        state = flow_run.get("state") or {}
-        host, _, container_id = str(flow_run.get("infrastructure_pid") or "").partition(":")
-        ours_pending = state.get("type") == "PENDING" and state.get("message") == self._claim_note
         info = containers.get(run_id)
-        if owned_by(info, self.worker):
-            return self._resume(flow_run)  # adopt the container (running, or finished and unreported)
-        if info is None and ours_pending and not self._runs.claim_stands(run_id, state.get("id")):
-            # Our claim revived a run that had already ended, and we died before its check: it
-            # has stepped back now, the run's end put back.
-            return None
-        if info is None and ours_pending and not container_id:
-            return self._resume(flow_run)  # claimed, never started: run it now
-        if host == self.hostname and container_id and not any(c.startswith(container_id) for c in live):
-            # Whoever started it, its container is gone from this host's daemon.
+        facts = (flow_run, owned_by(info, self.worker), info is not None, self._claim_note, self.hostname, live)
+        action = recover_action(*facts)
+        if action == "ask_claim":
+            state = flow_run.get("state") or {}
+            action = recover_action(*facts, claim_stands=self._runs.claim_stands(run_id, state.get("id")))
+        if action == "resume":
+            return self._resume(flow_run)
+        if action == "crash":
+            container_id = str(flow_run.get("infrastructure_pid") or "").partition(":")[2]
             log.warning("flow run %s: its container %s is gone; marking it crashed", run_id, container_id[:12])
             self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: the run's container is gone (agent restarted)")
         return None

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from dagent.config import ApiConfig
 from dagent.contracts import RunResult
 from dagent.errors import SourceError, one_line
-from dagent.sources.prefect.claims import FINAL_STATES, claimer
 from dagent.sources.prefect.client import PrefectClient, path_id
+from dagent.sources.prefect.decisions import ENGINE_ENDS, end_by_result, end_by_state
 from dagent.sources.prefect.eventchains import WorkerEvents
 from dagent.sources.prefect.flowruns import FlowRuns
 from dagent.sources.prefect.logship import LogShipper
@@ -22,7 +23,6 @@ log = logging.getLogger("dagent.prefect")
 
 # How long a container that exited 0 waits for the engine's final state to be heard on the stream.
 ENGINE_EVENT_WAIT = 2.0
-_ENGINE_ENDS = FINAL_STATES | {"PAUSED"}  # the engine's last word: it ended or suspended the run
 _LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 
@@ -64,49 +64,35 @@ class Reporter:
             log.warning("flow run %s: could not set the worker's labels (%s)", run_id, one_line(e))
 
     def report(self, run_id: str, result: RunResult) -> None:
-        """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself."""
+        """Set CANCELLED or CRASHED when the flow engine in the container could not say it itself (see decisions)."""
         heard = self._engine_said(run_id) if result.outcome == "succeeded" else None
         self._book.track(run_id, mine=False)
         self._events.ended(run_id, result)
         if self._book.take_abandoned(run_id):  # cancelled before it started: nothing to say
             return
-        if result.outcome == "cancelled":
-            if (self._runs.state(run_id) or {}).get("type") not in FINAL_STATES:
-                self._runs.set_state(
-                    run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True
-                )
-            return
-        if result.outcome == "timed-out":
-            message = f"dagent stopped the container after its timeout ({result.error}); exit code {result.exit_code}"
-        elif result.exit_code is None:
-            # Set after the container started (one request less on the way to it), so say here too who
-            # tried, as the worker's labels say on a run whose container would not start.
-            self._label(run_id)
-            message = f"dagent could not run the container: {result.error}"
-        elif result.exit_code != 0:
-            message = f"the container {result.why or f'exited with code {result.exit_code}'}"
-            if result.tail:
-                message += f"; its last line: {result.tail[-1][:300]}"
-        else:
+        state: dict[str, Any] = {}
+        action = end_by_result(result)
+        if action is None:
             state = {"type": heard} if heard else (self._runs.state(run_id) or {})
-            kind = state.get("type")
-            if kind in _ENGINE_ENDS:
-                return  # the engine reported the run itself, or suspended it to resume later
-            other = claimer(str(state.get("message") or "")) if kind == "PENDING" else None
-            if other is not None and other != self.worker:
-                # Another agent's claim since: of a retry (then it is theirs), or a stale claim that
-                # revived the ended run, whose end we put back now (its own check may never come).
-                try:
-                    if self._runs.revived(run_id, state.get("id")):
-                        log.info("flow run %s ended; %s's stale claim revived it: its end is put back", run_id, other)
-                except SourceError as e:
-                    log.warning("flow run %s: could not check %s's claim on it (%s)", run_id, other, e)
-                return
-            message = f"the container exited with code 0 but the flow run is {kind or 'not final'}"
-        # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
-        if self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + message, quiet=True):
-            # Only when CRASHED stands: an engine that ended the run (FAILED) has logged its error itself.
-            self._ship_tail(run_id, result)
+            action = end_by_state(result, state, self.worker)
+        if action.kind == "cancel":
+            self._runs.set_state(
+                run_id, "CANCELLED", "Cancelled", "Cancelled: dagent stopped the container", force=True
+            )
+        elif action.kind == "put_back":
+            try:
+                if self._runs.revived(run_id, state.get("id")):
+                    log.info("flow run %s ended; %s's stale claim revived it: its end is put back",
+                             run_id, action.other)  # fmt: skip
+            except SourceError as e:
+                log.warning("flow run %s: could not check %s's claim on it (%s)", run_id, action.other, e)
+        elif action.kind == "crash":
+            if action.label:
+                self._label(run_id)
+            # Without force, Prefect refuses CRASHED over a final state: an engine's FAILED stands.
+            if self._runs.set_state(run_id, "CRASHED", "Crashed", "Crashed: " + action.message, quiet=True):
+                # Only when CRASHED stands: an engine that ended the run (FAILED) has logged its error itself.
+                self._ship_tail(run_id, result)
 
     def _ship_tail(self, run_id: str, result: RunResult) -> None:
         """The end of a failed container's output to the run's logs, so Prefect's UI shows the error itself."""
@@ -123,7 +109,7 @@ class Reporter:
         The event comes through Prefect's event pipeline, so it may trail the container's exit
         by a moment: waiting that moment is cheaper than a request per run.
         """
-        return self._book.wait_heard(run_id, _ENGINE_ENDS, ENGINE_EVENT_WAIT if self._streaming() else 0.0)
+        return self._book.wait_heard(run_id, ENGINE_ENDS, ENGINE_EVENT_WAIT if self._streaming() else 0.0)
 
     def refuse(self, run_id: str, reason: str) -> None:
         """The run may not run here: mark it CRASHED with why, so users see it in Prefect."""
