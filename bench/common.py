@@ -18,11 +18,6 @@ def by_kind(requests: list[tuple[str, str]], per: float) -> dict[str, float]:
     return {kind: round(n / per, 2) for kind, n in kinds.most_common()}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def prefect_worker_pool(venv: Path, api_url: str, home: Path, pool: str) -> None:
     """A docker work pool made as a user of Prefect's worker makes it: with the CLI and its default template."""
     env = {"PREFECT_API_URL": api_url, "PATH": "/usr/bin:/bin", "PREFECT_HOME": str(home / "ph")}

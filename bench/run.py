@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker
 
-from bench.common import REPO, by_kind, percentile, prefect_worker_pool
+from bench.common import REPO, by_kind, prefect_worker_pool
+from dagent.stats import quantile
 from tests.support import infra, prefect_infra
 from tests.support.helpers import code_commit
 from tests.support.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
@@ -270,7 +271,7 @@ class Bench:
             figures.dispatch_samples = [round(started - created, 3) for created, started in times.values()]
             figures.dispatch_breakdown = self._breakdown(system, times, proxy)
             figures.dispatch_p50_s = round(statistics.median(figures.dispatch_samples), 3)
-            figures.dispatch_p95_s = round(percentile(figures.dispatch_samples, 0.95), 3)
+            figures.dispatch_p95_s = round(quantile(figures.dispatch_samples, 0.95), 3)
             peak = [0.0]
             sampling = threading.Event()
 

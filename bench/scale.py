@@ -38,11 +38,12 @@ from typing import Any
 import docker
 
 from bench import costs
-from bench.common import REPO, by_kind, percentile, prefect_worker_pool
+from bench.common import REPO, by_kind, prefect_worker_pool
 from dagent.sources.prefect.claims import claimer
 from dagent.sources.prefect.events import StateEventWatcher
 from dagent.sources.prefect.fleet import position
 from dagent.sources.prefect.roster import ROSTER_FIRST
+from dagent.stats import quantile
 from tests.support import infra, prefect_infra
 from tests.support.prefect_api import FINAL, FaultyHTTPProxy, PrefectAPI
 
@@ -129,7 +130,7 @@ def _refused(log: list[tuple[float, str, str, str]], names: list[str], size: int
     late.sort()
     return {
         "per_run_by_place": {k: round(v / size, 3) for k, v in sorted(places.items())},
-        "after_first_accept_s": [round(percentile(late, q), 2) for q in (0.5, 0.95)] if late else None,
+        "after_first_accept_s": [round(quantile(late, q), 2) for q in (0.5, 0.95)] if late else None,
     }
 
 
@@ -189,8 +190,8 @@ def _stream_lag(ear: Ear, made: list[tuple[str, float]], log: list[tuple[float, 
     scheduled = sorted(ear.scheduled[r] - t for r, t in made if r in ear.scheduled)
     pending = sorted(ear.pending[r] - accepted[r] for r, _ in made if r in ear.pending and r in accepted)
     return {
-        "scheduled_after_created_s": [round(percentile(scheduled, q), 2) for q in (0.5, 0.95)] if scheduled else None,
-        "pending_after_claim_s": [round(percentile(pending, q), 2) for q in (0.5, 0.95)] if pending else None,
+        "scheduled_after_created_s": [round(quantile(scheduled, q), 2) for q in (0.5, 0.95)] if scheduled else None,
+        "pending_after_claim_s": [round(quantile(pending, q), 2) for q in (0.5, 0.95)] if pending else None,
         "unheard": sum(1 for r, _ in made if r not in ear.scheduled),
     }
 
@@ -369,7 +370,7 @@ class Scale:
         if not samples:
             return {"runs": len(ids), "started": 0}
         return {"runs": len(ids), "started": len(samples), "p50_s": round(statistics.median(samples), 3),
-                "p95_s": round(percentile(samples, 0.95), 3)}  # fmt: skip
+                "p95_s": round(quantile(samples, 0.95), 3)}  # fmt: skip
 
     def _settle(self, ids: list[str], timeout: float) -> dict[str, int]:
         """Wait until every run is final (or the timeout); the runs' states, counted."""
@@ -452,7 +453,7 @@ class Scale:
             "started_twice": sum(1 for r in ids if self.starts.starts[r] > 1),
             "never_started": sum(1 for r in ids if self.starts.starts[r] == 0),
             "dispatch_p50_s": round(statistics.median(lag), 3) if lag else None,
-            "dispatch_p95_s": round(percentile(lag, 0.95), 3) if lag else None,
+            "dispatch_p95_s": round(quantile(lag, 0.95), 3) if lag else None,
             **self._claims(proxy, before, made, names),
         }
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenacity import (
-    RetryCallState,
     Retrying,
     retry_if_not_exception_type,
     stop_after_attempt,
@@ -30,6 +29,7 @@ from dagent.contracts import Claim, RunHandle, RunResult, Runtime, Source
 from dagent.errors import DaemonError, DagentError, InputError, RunFileError, one_line
 from dagent.hostview import HostView
 from dagent.metrics import Metrics
+from dagent.retry import logged
 from dagent.spec import ContainerSpec, build
 
 log = logging.getLogger("dagent.agent")
@@ -107,13 +107,11 @@ class RunExecutor:
     def _execute(self) -> None:
         run_id = self.run_id
 
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
-            log.debug("run %s: attempt %d failed", run_id, state.attempt_number, exc_info=error)
+        def say(error: str, _: int, delay: float) -> str:
             # Safe to repeat: the run resumes from the step it reached, its container is adopted.
-            log.warning("run %s: %s; trying again in %.0f s", run_id, one_line(error), delay)
+            return f"run {run_id}: {error}; trying again in {delay:.0f} s"
 
+        before_sleep = logged(log, logging.WARNING, say, trace=True)
         stopping = self._services.stopping
         retrying = Retrying(
             stop=stop_after_attempt(EXECUTE_ATTEMPTS) | stop_when_event_set(stopping),

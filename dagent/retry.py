@@ -31,11 +31,19 @@ def _wait(settings: RetryConfig) -> Callable[[RetryCallState], float]:
     return wait
 
 
-def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+def logged(
+    logger: logging.Logger, level: int, say: Callable[[str, int, float], str], trace: bool = False, limit: int = 300
+) -> Callable[[RetryCallState], None]:
+    """The one tenacity `before_sleep` of dagent: logs `say(error, attempt, delay)` at `level`, the error in one
+    line (and its traceback at DEBUG with `trace`). tenacity's own `before_sleep_log` prints the exception's
+    repr and the function's name, which a user has no use for."""
+
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s failed (%s); try %d in %.1fs", what, one_line(error, 200), state.attempt_number + 1, delay)
+        if trace:
+            logger.debug("attempt %d failed", state.attempt_number, exc_info=error)
+        logger.log(level, "%s", say(one_line(error, limit), state.attempt_number, delay))
 
     return before_sleep
 
@@ -46,7 +54,12 @@ def retrying(settings: RetryConfig, is_transient: Callable[[BaseException], bool
         stop=stop_after_attempt(settings.attempts),
         wait=_wait(settings),
         retry=retry_if_exception(is_transient),
-        before_sleep=_log_retry(what),
+        before_sleep=logged(
+            log,
+            logging.WARNING,
+            lambda error, n, delay: f"{what} failed ({error}); try {n + 1} in {delay:.1f}s",
+            limit=200,
+        ),
         reraise=True,
     )
 

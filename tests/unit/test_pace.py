@@ -7,6 +7,7 @@ import pytest
 from dagent.sources.prefect import fleet
 from dagent.sources.prefect import pace as pace_module
 from dagent.sources.prefect.pace import Pace
+from dagent.stats import quantile
 from tests.support.fakes import FakeClock
 
 
@@ -137,5 +138,5 @@ def test_runs_taken_from_owners_that_are_slow_themselves_do_count() -> None:
     for i in range(40):  # owners busy: their own claims 0.5 s apart; the ten slowest runs taken at a turn
         clock.advance(start + (0.5 * (i + 1) if i < 30 else 16.0 + (i - 30)) - clock.monotonic())
         pace.claimed(f"r{i}", took_turn=i >= 30)
-    owners_p90 = sorted(0.5 * (i + 1) for i in range(30))[27]
+    owners_p90 = quantile((0.5 * (i + 1) for i in range(30)), 0.9)
     assert pace.reaction() == pytest.approx(pace_module.TAKEN_CAP * owners_p90)  # counted, and capped

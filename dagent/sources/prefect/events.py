@@ -12,9 +12,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, stop_when_event_set, wait_exponential
+from tenacity import Retrying, stop_when_event_set, wait_exponential
 
-from dagent.errors import one_line
+from dagent.retry import logged
 
 log = logging.getLogger("dagent.prefect.events")
 
@@ -110,10 +110,9 @@ class StateEventWatcher:
                 sock.close()  # type: ignore[attr-defined]
 
     def _run(self) -> None:
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
-            log.debug("event stream: %s; reconnecting in %.0fs", one_line(error), delay)
+        before_sleep = logged(
+            log, logging.DEBUG, lambda error, _, delay: f"event stream: {error}; reconnecting in {delay:.0f}s"
+        )
 
         # A connection that closes cleanly starts the backoff anew; a failing one doubles it.
         while not self._stop.is_set():

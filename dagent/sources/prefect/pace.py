@@ -8,6 +8,7 @@ import threading
 from collections import deque
 
 from dagent.clock import SYSTEM, Clock
+from dagent.stats import quantile
 
 # The last KEPT samples of the last RECENT seconds count (a burst's pace is not a quiet hour's); at
 # most PENDING runs wait for their second half of a sample (a claim never heard, say). A run claimed
@@ -90,8 +91,8 @@ class Pace:
         """How far the event stream trails the server now, in seconds: the median (0 with nothing recent)."""
         now = self._clock.monotonic()
         with self._lock:
-            recent = sorted(value for at, value in self._lags if now - at <= RECENT)
-        return _quantile(recent, 0.5)
+            recent = [value for at, value in self._lags if now - at <= RECENT]
+        return quantile(recent, 0.5)
 
     def reaction(self) -> float:
         """How long after a run is heard of its claim is heard now, in seconds: the 90th percentile of the
@@ -101,12 +102,8 @@ class Pace:
         with self._lock:
             recent = [(value, taken) for at, value, taken in self._claims if now - at <= RECENT]
         # No owner claiming lately (all gone, or none serving the runs' queues): a head start waits for nobody.
-        cap = TAKEN_CAP * _quantile(sorted(value for value, taken in recent if not taken), 0.9)
-        return _quantile(sorted(min(value, cap) if taken else value for value, taken in recent), 0.9)
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+        cap = TAKEN_CAP * quantile((value for value, taken in recent if not taken), 0.9)
+        return quantile((min(value, cap) if taken else value for value, taken in recent), 0.9)
 
 
 def _put(pending: dict[str, float], run_id: str, now: float) -> None:
