@@ -21,6 +21,12 @@ log = logging.getLogger("dagent.prefect.events")
 MAX_BACKOFF = 60.0
 # A stream that says nothing this long is pinged; one that does not answer in as long again is dead
 # (a half-open connection after a NAT or load balancer forgot it): reconnect, and poll meanwhile.
+# websocket-client's own keep-alive (WebSocketApp.run_forever's ping_interval, ping_timeout and
+# reconnect) is not used: it pings from a thread of its own on a timer even while events flow, it
+# reconnects after a fixed interval (no backoff, no jitter: the agents of a fleet whose server
+# restarted would all come back in step), and Prefect's handshake (auth, its answer, then the filter)
+# would become callbacks. Here one thread pings only a quiet stream and reconnects with tenacity's
+# exponential backoff, as every other retry of dagent does.
 QUIET = 45.0
 # The largest message read from the stream (one event is a few KB): a bigger frame, or fragments
 # adding up to more, end the connection instead of the agent's memory.
