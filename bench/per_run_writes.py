@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.costs import paced
-from bench.scale import _cpu_and_rss, _machine, _tree
+from bench.scale_probes import cpu_and_rss, machine_id, process_tree
 from dagent.config import AgentConfig
 from dagent.sources.prefect.client import PrefectClient
 from dagent.sources.prefect.worker_events import (
@@ -91,8 +91,8 @@ def _measure(server: prefect_infra.PrefectServer, rounds: int, window: float, ra
     }
 
     def cpu() -> float:
-        pids = _tree(server.process.pid) + (server.postgres.pids() if server.postgres is not None else [])
-        return _cpu_and_rss(pids)[0]
+        pids = process_tree(server.process.pid) + (server.postgres.pids() if server.postgres is not None else [])
+        return cpu_and_rss(pids)[0]
 
     def idle() -> float:
         before, t = cpu(), time.monotonic()
@@ -114,7 +114,7 @@ def _measure(server: prefect_infra.PrefectServer, rounds: int, window: float, ra
         "each_round": {k: [round(x, 1) for x in v] for k, v in per_request.items()},
         "background_cpu_s_per_min": [round(b, 3) for b in background],
         "rounds": rounds, "window_s": window, "rate_per_s": rate, "backend": server.backend,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_id(),
     }  # fmt: skip
 
 

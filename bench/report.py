@@ -138,7 +138,7 @@ def conformance_mutants_block() -> str:
 
 
 def scale_tables() -> str:
-    from bench.scale import tables
+    from bench.scale_report import tables
 
     return str(tables(json.loads((RESULTS / "scale.json").read_text())))
 
