@@ -14,7 +14,7 @@ import sys
 STEPS = [
     ("Python itself (this venv's site)", "pass"),
     ("ssl (libssl, libcrypto)", "import ssl"),
-    ("asyncio (pydantic-settings and tenacity import it)", "import asyncio"),
+    ("dagent's package (it defers asyncio and tarfile: dagent/_lazy.py)", "import dagent"),
     ("pydantic, one model built", "import pydantic\nclass A(pydantic.BaseModel):\n    x: int = 1"),
     ("pydantic-settings", "import pydantic_settings"),
     ("requests (urllib3, charset-normalizer, idna)", "import requests"),
@@ -27,7 +27,10 @@ STEPS = [
     ),
     ("prometheus-client (only with health.address)", "import prometheus_client"),
     ("the Prefect source and websocket-client", "import dagent.sources.prefect.source, websocket"),
-]
+    ("asyncio, were it loaded (pydantic-settings imports it for its CLI; no agent uses it)",
+     "import asyncio\nasyncio.get_event_loop_policy"),
+    ("tarfile, were it loaded (docker-py imports it for builds; no agent uses it)", "import tarfile\ntarfile.open"),
+]  # fmt: skip
 
 _PROBE = """
 import json, sys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import docker
 import pytest
@@ -374,3 +375,26 @@ def test_an_agent_on_the_local_socket_never_loads_paramiko(dagent: Dagent) -> No
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=dagent.workdir, check=True)
     assert out.stdout.split() == ["False", "True"], out.stderr[-500:]
+
+
+def test_an_idle_agent_never_loads_what_it_does_not_use(dagent: Dagent, tmp_path: Path) -> None:
+    """asyncio (pydantic-settings imports it for its CLI), tarfile (docker-py, for builds), prometheus-client
+    (without health.address) and
+    websocket-client (on the inbox) stay out of an idle `dagent start`: each is memory an agent pays for."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading, time, os\n"
+        "def look():\n"
+        "    time.sleep(4)\n"
+        "    loaded = [m for m in ('asyncio', 'tarfile', 'prometheus_client', 'websocket', 'paramiko') if m in sys.modules\n"
+        "              and type(sys.modules[m]).__name__ == 'module']\n"
+        "    print(','.join(loaded) or 'none', 'docker' in sys.modules, flush=True)\n"
+        "    os._exit(0)\n"
+        "threading.Thread(target=look, daemon=True).start()\n"
+        "from dagent.cli import main\n"
+        f"main(['start', '--inbox', {str(tmp_path / 'inbox')!r}])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=dagent.workdir, timeout=60)
+    assert out.stdout.split() == ["none", "True"], out.stdout + out.stderr[-800:]
