@@ -42,6 +42,6 @@ def rename(source: Path, target: Path) -> None:
 
 
 def link(source: Path, target: Path) -> None:
-    """os.link (fails if `target` exists), durable once it returns."""
-    os.link(source, target)
+    """os.link of the entry itself, a symlink not followed (fails if `target` exists), durable once it returns."""
+    os.link(source, target, follow_symlinks=False)
     fsync_dir(target.parent)

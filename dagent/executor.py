@@ -111,7 +111,7 @@ class RunExecutor:
             # Safe to repeat: the run resumes from the step it reached, its container is adopted.
             return f"run {run_id}: {error}; trying again in {delay:.0f} s"
 
-        before_sleep = logged(log, logging.WARNING, say, trace=True)
+        before_sleep = logged(log, logging.WARNING, say, trace=f"run {run_id}")
         stopping = self._services.stopping
         retrying = Retrying(
             stop=stop_after_attempt(EXECUTE_ATTEMPTS) | stop_when_event_set(stopping),

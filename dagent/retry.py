@@ -32,17 +32,17 @@ def _wait(settings: RetryConfig) -> Callable[[RetryCallState], float]:
 
 
 def logged(
-    logger: logging.Logger, level: int, say: Callable[[str, int, float], str], trace: bool = False, limit: int = 300
+    logger: logging.Logger, level: int, say: Callable[[str, int, float], str], trace: str = "", limit: int = 300
 ) -> Callable[[RetryCallState], None]:
-    """The one tenacity `before_sleep` of dagent: logs `say(error, attempt, delay)` at `level`, the error in one
-    line (and its traceback at DEBUG with `trace`). tenacity's own `before_sleep_log` prints the exception's
-    repr and the function's name, which a user has no use for."""
+    """The one tenacity `before_sleep` of dagent: logs `say(error, attempt, delay)` at `level`, the error in
+    one line (and its traceback at DEBUG, named `trace`, when one is given). tenacity's own
+    `before_sleep_log` prints the exception's repr and the function's name, which a user has no use for."""
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         if trace:
-            logger.debug("attempt %d failed", state.attempt_number, exc_info=error)
+            logger.debug("%s: attempt %d failed", trace, state.attempt_number, exc_info=error)
         logger.log(level, "%s", say(one_line(error, limit), state.attempt_number, delay))
 
     return before_sleep

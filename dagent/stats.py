@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from fractions import Fraction
 
 
 def quantile(values: Iterable[float], q: float) -> float:
@@ -12,10 +13,11 @@ def quantile(values: Iterable[float], q: float) -> float:
     data = sorted(values)
     if len(data) < 2:
         return data[0] if data else 0.0
-    # quantiles(n=1000) gives the 999 cut points 0.001 … 0.999: the one at q, to a thousandth.
-    k = round(q * 1000)
-    if k <= 0:
+    # q as k/n with the smallest n: statistics.quantiles makes the n - 1 cut points, of which the k-th is
+    # at q (0.9 is the 9th of 10; a thousand cut points for one would be as right, and slower).
+    share = Fraction(q).limit_denominator(1000)
+    if share <= 0:
         return data[0]
-    if k >= 1000:
+    if share >= 1:
         return data[-1]
-    return statistics.quantiles(data, n=1000, method="inclusive")[k - 1]
+    return statistics.quantiles(data, n=share.denominator, method="inclusive")[share.numerator - 1]

@@ -211,13 +211,18 @@ class InboxSource:
                 marker.unlink(missing_ok=True)
         for held in self.mine.glob(".*.failing"):
             # Taken from new/ on its way to failed/ when the agent was killed: judged again.
+            original = self.new / held.name[1 : -len(".failing")]
             try:
-                durable.link(held, self.new / held.name[1 : -len(".failing")])
+                if _same_entry(held, original):  # killed between putting it back and removing this
+                    held.unlink()
+                    continue
+                durable.link(held, original)
                 held.unlink()
             except FileExistsError:
-                self._move_to_failed(
-                    held, f"{shown_path(held.name)}: a new file took its name in new/ while it moved to failed/"
-                )
+                self._move_to_failed(held, f"{shown_path(original.name)}: a new file took its name in new/ "
+                                           "while it moved to failed/")  # fmt: skip
+            except OSError as e:
+                self._move_to_failed(held, f"{shown_path(original.name)}: cannot go back to new/: {e.strerror}")
         # A report's temporary file is removed before its run file leaves claimed/, so only runs
         # still claimed here can have one; other agents' are theirs to sweep.
         ours = {path.stem for path in self.mine.glob("*.toml")}
@@ -236,7 +241,9 @@ class InboxSource:
         (self.cancel / run_id).unlink(missing_ok=True)
 
     def _move_to_failed(self, path: Path, reason: str, quiet: bool = False) -> None:
-        """Move an entry to failed/ with its `.error` written first, so a reader never sees one without the other."""
+        """Move an entry to failed/ with its `.error` written first: a watcher of failed/*.toml never finds an
+        entry there without it (a `.error` alone may be seen for a moment, or for good after a kill)."""
+        name = path.name.removeprefix(".").removesuffix(".failing") if path.name.endswith(".failing") else path.name
         held = path
         if path.parent != self.mine:
             # new/ is shared: take the entry into claimed/<agent>/ first (one agent's rename wins),
@@ -245,18 +252,40 @@ class InboxSource:
             try:
                 durable.rename(path, held)
             except FileNotFoundError:
-                return
+                return  # another agent took it
             except OSError as e:
-                # Left where it is, and not read again until it changes: one line, not one per poll.
-                with contextlib.suppress(OSError):
-                    self._left[path.name] = path.lstat().st_mtime
-                log.error("%s; and it cannot be moved to %s: %s", reason.splitlines()[0], self.failed, e.strerror)
+                self._cannot_move(path, reason, e)
                 return
-        target = self._reserve_failed(path.name.removeprefix(".").removesuffix(".failing"), reason)
-        durable.rename(held, target)
+        try:
+            target = self._reserve_failed(name, reason)
+        except OSError as e:
+            self._put_back(held, path)
+            self._cannot_move(path, reason, e)
+            return
+        try:
+            durable.rename(held, target)
+        except OSError as e:
+            target.with_name(target.name + ".error").unlink(missing_ok=True)
+            self._put_back(held, path)
+            self._cannot_move(path, reason, e)
+            return
         if not quiet:
-            for line in reason.splitlines() or [f"{path.name} is invalid"]:
+            for line in reason.splitlines() or [f"{name} is invalid"]:
                 log.error("%s", line)
+
+    def _cannot_move(self, path: Path, reason: str, error: OSError) -> None:
+        """Left where it is, and not read again until it changes: one line, not one per poll."""
+        with contextlib.suppress(OSError):
+            self._left[path.name] = path.lstat().st_mtime
+        log.error("%s; and it cannot be moved to %s: %s", reason.splitlines()[0], self.failed, error.strerror)
+
+    def _put_back(self, held: Path, path: Path) -> None:
+        """An entry taken from new/ goes back there (never over a newer file of its name: then the next start does)."""
+        if held == path:
+            return
+        with contextlib.suppress(OSError):
+            durable.link(held, path)
+            held.unlink()
 
     def _reserve_failed(self, name: str, reason: str) -> Path:
         """A free name in failed/, claimed by creating its `.error` exclusively (agents may share the inbox)."""
@@ -272,11 +301,24 @@ class InboxSource:
                 fd = os.open(error, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(reason + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(reason + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError:
+                error.unlink(missing_ok=True)  # a full disk, say: no half-written reason left behind
+                raise
             return target
+
+
+def _same_entry(a: Path, b: Path) -> bool:
+    """Whether two paths are links to one inode (the entries themselves: a symlink is not followed)."""
+    try:
+        x, y = a.lstat(), b.lstat()
+    except OSError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
 
 
 def _why(path: Path, error: BaseException) -> str:

@@ -89,6 +89,11 @@ def _taken_after(chaos: Chaos, ids: list[str], dagent: str, restarted: dict[str,
     return dict(taken)
 
 
+# How long Prefect's worker may take from its claim to recording the pid: a run claimed longer than this
+# before its SIGTERM and left with no pid is a missing pid, not the stop's doing.
+SUBMITTING = 15.0
+
+
 def _claimed_at(history: list[dict[str, Any]]) -> float:
     """When the run was last claimed (its Pending), 0 if never."""
     pending = [h for h in history if h["type"] == "PENDING" and h.get("name") == "Pending"]
@@ -248,7 +253,7 @@ def _judge(
         if any(word in messages for word in other_words):
             misread.append(run_id)
         pid = str(flow_run.get("infrastructure_pid") or "")
-        if not pid and side == "worker" and 0 < _claimed_at(history) < worker_stopped:
+        if not pid and side == "worker" and worker_stopped - SUBMITTING < _claimed_at(history) < worker_stopped:
             # Prefect's worker records the pid after the container started; a SIGTERM in between leaves none.
             no_pid.append(run_id)
         elif not pid.startswith("http+docker://localhost:" if side == "worker" else f"{host}:"):

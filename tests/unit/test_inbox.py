@@ -285,3 +285,58 @@ def test_an_entry_caught_on_its_way_to_failed_is_judged_again(tmp_path: Path) ->
     assert (source.new / "r1.toml").exists() and list(source.mine.iterdir()) == []
     [claim] = source.poll(5)
     assert claim.run.id == "r1"
+
+
+def test_an_entry_failed_cannot_take_goes_back_to_new_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """failed/ refusing the entry (a full disk, a read-only mount): it is left in new/, said once, and no
+    .error is left behind without it."""
+    import dagent.durable
+
+    source = _source(tmp_path)
+    _drop(source, "bad", "nope = 1\n")
+    renamed = dagent.durable.rename
+
+    def full(old: Path, new: Path) -> None:
+        if new.parent == source.failed:
+            raise OSError(28, "No space left on device")
+        renamed(old, new)
+
+    monkeypatch.setattr(dagent.durable, "rename", full)
+    assert source.poll(5) == [] and source.poll(5) == []
+    assert [p.name for p in source.new.iterdir()] == ["bad.toml"] and list(source.failed.iterdir()) == []
+    assert [p.name for p in source.mine.iterdir()] == []
+    said = [r.getMessage() for r in caplog.records if "cannot be moved" in r.getMessage()]
+    assert len(said) == 1 and "No space left on device" in said[0]
+
+
+def test_a_kill_after_an_entry_went_back_to_new_leaves_one_copy(tmp_path: Path) -> None:
+    """Killed between putting a held entry back in new/ and removing it: the next start keeps the one in new/."""
+    source = _source(tmp_path)
+    _drop(source, "r1")
+    os.link(source.new / "r1.toml", source.mine / ".r1.toml.failing")
+    source.recover({})
+    assert [p.name for p in source.new.iterdir()] == ["r1.toml"] and list(source.mine.iterdir()) == []
+    assert list(source.failed.iterdir()) == []
+
+
+def test_a_held_entry_that_cannot_go_back_is_moved_to_failed(tmp_path: Path) -> None:
+    """A directory named like a run file, caught mid-move: a link cannot take it back, failed/ does."""
+    source = _source(tmp_path)
+    (source.mine / ".d.toml.failing").mkdir()
+    source.recover({})
+    assert (source.failed / "d.toml").is_dir() and "cannot go back to new/" in (
+        source.failed / "d.toml.error"
+    ).read_text()
+    assert list(source.mine.iterdir()) == []
+
+
+def test_a_symlink_held_mid_move_goes_back_as_a_symlink(tmp_path: Path) -> None:
+    """The entry itself goes back, never a hard link to what a symlink points at."""
+    source = _source(tmp_path)
+    secret = tmp_path / "secret.toml"
+    secret.write_text('image = "busybox"\n')
+    (source.mine / ".s.toml.failing").symlink_to(secret)
+    source.recover({})
+    assert (source.new / "s.toml").is_symlink() and secret.stat().st_nlink == 1

@@ -19,18 +19,24 @@ def package(tmp_path: Path) -> Iterator[str]:
     root = tmp_path / name
     root.mkdir()
     (root / "__init__.py").write_text(
-        "import builtins\nbuiltins.loads = getattr(builtins, 'loads', 0) + 1\nVALUE = 42\nfrom . import sub\n"
+        # As asyncio's does: a submodule's names by *, then the submodule itself by name.
+        "import builtins\nbuiltins.loads = getattr(builtins, 'loads', 0) + 1\nVALUE = 42\n"
+        "from .sub import *\nNAMES = sub.__all__\n"
     )
-    (root / "sub.py").write_text("THING = 'sub'\n")
+    (root / "sub.py").write_text(
+        "import builtins\nbuiltins.subs = getattr(builtins, 'subs', 0) + 1\n__all__ = ['THING']\nTHING = 'sub'\n"
+    )
     sys.path.insert(0, str(tmp_path))
     import builtins
 
-    builtins.loads = 0  # type: ignore[attr-defined]
+    builtins.loads = builtins.subs = 0  # type: ignore[attr-defined]
     yield name
     sys.path.remove(str(tmp_path))
     for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         del sys.modules[module]
     del builtins.loads  # type: ignore[attr-defined]
+    if hasattr(builtins, "subs"):
+        del builtins.subs
 
 
 def _loads() -> int:
@@ -48,13 +54,32 @@ def test_an_import_alone_does_not_load_it(package: str) -> None:
     assert type(sys.modules[package]).__name__ == "module"  # the real one took its place
 
 
-def test_a_submodule_loads_it_and_from_import_reads_it(package: str) -> None:
+def test_a_submodule_import_loads_the_package_first_and_runs_once(package: str) -> None:
+    """`import pkg.sub` loads the package as a plain import would, and its submodule is not run twice."""
+    import builtins
+
     defer(package)
     sub = importlib.import_module(f"{package}.sub")
-    assert sub.THING == "sub" and _loads() == 1
+    assert sub.THING == "sub" and _loads() == 1 and builtins.subs == 1  # type: ignore[attr-defined]
+    real = sys.modules[package]
+    assert sys.modules[f"{package}.sub"] is sub and real.sub is sub and real.NAMES == ["THING"]
     scope: dict[str, object] = {}
     exec(f"from {package} import VALUE", scope)
-    assert scope["VALUE"] == 42 and _loads() == 1
+    assert scope["VALUE"] == 42 and _loads() == 1 and builtins.subs == 1  # type: ignore[attr-defined]
+
+
+def test_many_threads_reading_at_once_load_it_once(package: str) -> None:
+    import threading
+
+    defer(package)
+    stand_in = importlib.import_module(package)
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.append(stand_in.VALUE)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [42] * 8 and _loads() == 1
 
 
 def test_a_module_imported_already_or_missing_is_left_alone(package: str) -> None:

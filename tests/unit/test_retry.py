@@ -48,11 +48,15 @@ def test_the_logger_cuts_the_error_and_can_add_its_traceback(caplog: pytest.LogC
     from tenacity import Retrying, stop_after_attempt, wait_none
 
     log = logging.getLogger("dagent.test")
-    before = logged(log, logging.INFO, lambda error, n, delay: f"[{error}] {n}", trace=True, limit=5)
+    before = logged(log, logging.INFO, lambda error, n, delay: f"[{error}] {n}", trace="run r1", limit=5)
     with caplog.at_level(logging.DEBUG, "dagent.test"), pytest.raises(Flaky):
         Retrying(stop=stop_after_attempt(2), wait=wait_none(), before_sleep=before, reraise=True)(
             lambda: (_ for _ in ()).throw(Flaky("0123456789"))
         )
     debug, info = caplog.records
-    assert debug.levelno == logging.DEBUG and debug.exc_info is not None
+    assert (
+        debug.levelno == logging.DEBUG
+        and debug.exc_info is not None
+        and debug.getMessage() == "run r1: attempt 1 failed"
+    )
     assert info.levelno == logging.INFO and info.getMessage() == "[01...] 1"  # at most `limit` characters

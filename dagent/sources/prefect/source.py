@@ -59,6 +59,7 @@ class PrefectSource:
         self._watcher: StateEventWatcher | None = None
         self._wake: Callable[[], None] = lambda: None
         self._events = WorkerEvents(self.client, config.name, self.hostname, config.api.send_events)
+        self._clock = clock
         self._pace = Pace(clock)
         self._scheduled = ScheduledRuns(
             self.client, config.name, self.api.work_pool, list(self.api.work_queues), self.api.prefetch,
@@ -307,7 +308,7 @@ class PrefectSource:
         if answer.wait is not None:
             delay = answer.wait or self.config.effective_poll_interval
             log.debug("flow run %s: WAIT; trying again in %.0f s", run_id, delay)
-            self._scheduled.wake_at(self._scheduled.clock.now() + timedelta(seconds=delay))
+            self._scheduled.wake_at(self._clock.now() + timedelta(seconds=delay))
         return False
 
     # --- a run's life ----------------------------------------------------------------------------
