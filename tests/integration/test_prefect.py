@@ -309,9 +309,12 @@ def test_an_agent_that_loses_the_event_stream_polls_and_loses_no_run(
                 return lists() == seen
 
             wait_for(quiet, 60, "an idle agent that stops listing once the event stream is up")
+            # Six polls; a list at every one would be six. Two may come on their own: the one that keeps
+            # Prefect's queues READY (one a 50-s slot) and the one a (re)connected stream asks for.
             before = lists()
-            time.sleep(8)
-            assert lists() - before <= 1, "an idle agent with the event stream up listed at every poll"
+            time.sleep(12)
+            listed = lists() - before
+            assert listed <= 2, f"an idle agent with the event stream up listed {listed} times in 6 polls"
             proxy.refuse_websockets = True
             proxy.cut_websockets()
             time.sleep(1)
